@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Idempotent set-up: Python venv with libtorch (torch==2.11.0) and ONNX Runtime
+# (onnxruntime==1.31.1, or onnxruntime-gpu with --gpu) in a cache outside the
+# repo, Debian's Fashion-MNIST package when apt is available, then a build.
+#   scripts/setup.sh [--gpu] [--no-build] [--release]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GPU=0; BUILD=1; PROFILE=dev
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) GPU=1 ;;
+    --no-build) BUILD=0 ;;
+    --release) PROFILE=release ;;
+    *) echo "setup: unknown option $arg (use --gpu, --no-build, --release)" >&2; exit 2 ;;
+  esac
+done
+source scripts/env.sh
+say() { echo "[setup] $*"; }
+die() { echo "[setup] error: $*" >&2; exit 1; }
+
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+command -v python3 >/dev/null || die "python3 not found: install Python 3.10+ first"
+
+mkdir -p "$VIT_CACHE"
+if [ ! -x "$VIT_VENV/bin/python" ]; then
+  say "creating venv $VIT_VENV"
+  python3 -m venv "$VIT_VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+fi
+ORT_PKG=onnxruntime; [ "$GPU" = 1 ] && ORT_PKG=onnxruntime-gpu
+want=("torch==2.11.0" "$ORT_PKG==1.31.1" "onnx" "numpy")
+have() { "$VIT_VENV/bin/python" -m pip show "$1" 2>/dev/null | awk '/^Version:/{print $2}'; }
+if [ "$(have torch)" != "2.11.0" ] || [ "$(have "$ORT_PKG")" != "1.31.1" ] || [ -z "$(have onnx)" ]; then
+  if [ "$GPU" = 1 ] && [ -n "$(have onnxruntime)" ]; then
+    say "replacing onnxruntime (CPU) with onnxruntime-gpu"
+    "$VIT_VENV/bin/python" -m pip uninstall -y -q onnxruntime
+  fi
+  say "installing ${want[*]} into $VIT_VENV (large download the first time)"
+  "$VIT_VENV/bin/python" -m pip install -q "${want[@]}" || die "pip install failed: check access to PyPI"
+else
+  say "venv ready: torch $(have torch), $ORT_PKG $(have "$ORT_PKG")"
+fi
+source scripts/env.sh   # picks up ORT_DYLIB_PATH now that it exists
+[ -n "${ORT_DYLIB_PATH:-}" ] || die "libonnxruntime.so not found in $VIT_VENV"
+
+if [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte" ]; then
+  if command -v apt-get >/dev/null; then
+    say "installing Debian package dataset-fashion-mnist"
+    SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+      || die "apt-get install dataset-fashion-mnist failed"
+  else
+    say "warning: no apt-get; Fashion-MNIST not installed (set FASHION_MNIST_DIR to IDX files)"
+  fi
+fi
+
+if [ "$BUILD" = 1 ]; then
+  flags=(--workspace --all-features --bins); [ "$PROFILE" = release ] && flags+=(--release)
+  say "cargo build ${flags[*]} (target dir $CARGO_TARGET_DIR)"
+  cargo build "${flags[@]}" || die "cargo build failed"
+fi
+say "done"

@@ -1,0 +1,408 @@
+//! `ViTConfig`: the one description of a model, shared by training, ONNX export
+//! and inference. Presets live as TOML files in `models/`; the exported ONNX file
+//! carries the same struct as JSON in its metadata, so inference needs no flags.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors from reading or validating a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// The file is not valid TOML for a `ViTConfig`.
+    #[error("config {path} is not a valid ViT config: {message}")]
+    Parse { path: String, message: String },
+    /// A value is out of range or inconsistent with another one.
+    #[error("invalid config value `{field}` = {value}: {reason}")]
+    Invalid { field: &'static str, value: String, reason: String },
+}
+
+/// Which network family the config describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// Standard pre-LN ViT (Dosovitskiy et al. 2020), timm tensor names.
+    #[default]
+    Standard,
+    /// DLStudio's ViTHelper network, as used by the Purdue ECE 60146 HW9 report.
+    Dlstudio,
+}
+
+/// How the token sequence is reduced to one vector for the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The class token's output.
+    #[default]
+    Cls,
+    /// The mean over all tokens (the class token included).
+    Mean,
+}
+
+/// How attention products are written (dlstudio variant: the report's two heads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Attention {
+    /// Batched matrix products (exported as ONNX `MatMul`).
+    #[default]
+    Matmul,
+    /// `einsum` (exported as ONNX `Einsum`).
+    Einsum,
+}
+
+/// Interpolation used when an image is not already `image_size` square.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    /// Bilinear ("triangle") filter, aspect ratio not kept (as PIL's `resize`).
+    #[default]
+    Bilinear,
+    /// Nearest neighbour, aspect ratio not kept.
+    Nearest,
+}
+
+/// Pixel preprocessing: `x = (pixel / 255 - mean[c]) / std[c]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Preprocess {
+    /// Per-channel mean (one value is used for every channel).
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation (one value is used for every channel).
+    pub std: Vec<f32>,
+    /// Interpolation for images of another size.
+    pub resize: Resize,
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Self { mean: vec![0.5], std: vec![0.5], resize: Resize::Bilinear }
+    }
+}
+
+/// Optimiser family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Adam with L2 weight decay added to the gradient (PyTorch `Adam`).
+    #[default]
+    Adam,
+    /// AdamW with decoupled weight decay (PyTorch `AdamW`); no decay on norms, biases, tokens.
+    Adamw,
+}
+
+/// Training hyper-parameters; every field can be overridden on the command line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per optimisation step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Optimiser family.
+    pub optimizer: Optimizer,
+    /// Adam betas.
+    pub betas: (f64, f64),
+    /// Adam epsilon.
+    pub eps: f64,
+    /// Weight decay (L2 for adam, decoupled for adamw).
+    pub weight_decay: f64,
+    /// Linear warm-up length in epochs (0: none).
+    pub warmup_epochs: f64,
+    /// Cosine decay of the learning rate to 0 after warm-up.
+    pub cosine: bool,
+    /// Clip the global gradient norm to this value (0: no clipping).
+    pub grad_clip: f64,
+    /// Label smoothing for the cross-entropy (0: none).
+    pub label_smoothing: f64,
+    /// Random horizontal flips of training images.
+    pub hflip: bool,
+    /// Random crop after zero padding by this many pixels (0: none).
+    pub crop_padding: usize,
+    /// Log the training loss every this many iterations.
+    pub log_every: usize,
+    /// Seed for weights, shuffling, split and dropout.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 16,
+            lr: 1e-4,
+            optimizer: Optimizer::Adam,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            warmup_epochs: 0.0,
+            cosine: false,
+            grad_clip: 0.0,
+            label_smoothing: 0.0,
+            hflip: false,
+            crop_padding: 0,
+            log_every: 100,
+            seed: 0,
+        }
+    }
+}
+
+/// A Vision Transformer: architecture, preprocessing and training recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ViTConfig {
+    /// Network family.
+    pub variant: Variant,
+    /// Input images are `image_size` x `image_size`.
+    pub image_size: usize,
+    /// Square patch side; must divide `image_size`.
+    pub patch_size: usize,
+    /// 1 (grayscale) or 3 (RGB).
+    pub in_channels: usize,
+    /// Number of classes; 0 in a preset means "from the data".
+    pub num_classes: usize,
+    /// Token width.
+    pub embed_dim: usize,
+    /// Number of transformer blocks.
+    pub depth: usize,
+    /// Attention heads; must divide `embed_dim`.
+    pub num_heads: usize,
+    /// MLP hidden width = `mlp_ratio * embed_dim` (standard variant).
+    pub mlp_ratio: f64,
+    /// Class-token or mean pooling before the head.
+    pub pooling: Pooling,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Dropout probability (standard variant; 0 disables).
+    pub dropout: f64,
+    /// Bias on the q/k/v projection (standard variant).
+    pub qkv_bias: bool,
+    /// Attention product form (dlstudio variant).
+    pub attention: Attention,
+    /// Pixel preprocessing.
+    pub preprocess: Preprocess,
+    /// Training recipe.
+    pub train: TrainConfig,
+}
+
+impl Default for ViTConfig {
+    fn default() -> Self {
+        Self {
+            variant: Variant::Standard,
+            image_size: 32,
+            patch_size: 4,
+            in_channels: 3,
+            num_classes: 0,
+            embed_dim: 64,
+            depth: 4,
+            num_heads: 4,
+            mlp_ratio: 2.0,
+            pooling: Pooling::Cls,
+            layer_norm_eps: 1e-6,
+            dropout: 0.0,
+            qkv_bias: true,
+            attention: Attention::Matmul,
+            preprocess: Preprocess::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, value: value.to_string(), reason: reason.into() }
+}
+
+impl ViTConfig {
+    /// Reads a TOML preset and validates it (a `num_classes` of 0 is allowed here).
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate_architecture()?;
+        Ok(cfg)
+    }
+
+    /// Parses the JSON form stored in ONNX metadata and run folders.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = serde_json::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: "<json>".into(), message: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The JSON form (stable field order).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("ViTConfig always serialises")
+    }
+
+    /// The TOML form, as written into run folders.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("ViTConfig always serialises")
+    }
+
+    /// Patches per side.
+    pub fn grid_size(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Patches per image.
+    pub fn num_patches(&self) -> usize {
+        self.grid_size() * self.grid_size()
+    }
+
+    /// Tokens per image: the patches plus the class token.
+    pub fn num_tokens(&self) -> usize {
+        self.num_patches() + 1
+    }
+
+    /// Per-head width.
+    pub fn head_dim(&self) -> usize {
+        self.embed_dim / self.num_heads
+    }
+
+    /// MLP hidden width of the standard variant.
+    pub fn mlp_hidden(&self) -> usize {
+        (self.embed_dim as f64 * self.mlp_ratio).round() as usize
+    }
+
+    /// Mean and std expanded to one value per channel.
+    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        let expand = |v: &[f32]| {
+            if v.len() == 1 { vec![v[0]; self.in_channels] } else { v.to_vec() }
+        };
+        (expand(&self.preprocess.mean), expand(&self.preprocess.std))
+    }
+
+    /// Full validation, `num_classes` included (use before building a model).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_architecture()?;
+        if self.num_classes < 2 {
+            return Err(invalid("num_classes", self.num_classes, "a classifier needs at least 2 classes"));
+        }
+        Ok(())
+    }
+
+    /// Validation of everything but `num_classes` (which may come from the data).
+    pub fn validate_architecture(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+            ("embed_dim", self.embed_dim),
+            ("depth", self.depth),
+            ("num_heads", self.num_heads),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(invalid(field, value, "must be at least 1"));
+            }
+        }
+        if self.image_size % self.patch_size != 0 {
+            return Err(invalid(
+                "patch_size",
+                self.patch_size,
+                format!("must divide image_size = {}", self.image_size),
+            ));
+        }
+        if self.embed_dim % self.num_heads != 0 {
+            return Err(invalid(
+                "num_heads",
+                self.num_heads,
+                format!("must divide embed_dim = {}", self.embed_dim),
+            ));
+        }
+        if self.in_channels != 1 && self.in_channels != 3 {
+            return Err(invalid("in_channels", self.in_channels, "must be 1 (grayscale) or 3 (RGB)"));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio.is_finite()) {
+            return Err(invalid("mlp_ratio", self.mlp_ratio, "must be a positive number"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(invalid("dropout", self.dropout, "must be in [0, 1)"));
+        }
+        if !(self.layer_norm_eps > 0.0) {
+            return Err(invalid("layer_norm_eps", self.layer_norm_eps, "must be positive"));
+        }
+        if self.variant == Variant::Dlstudio && self.pooling != Pooling::Mean {
+            return Err(invalid("pooling", "cls", "the dlstudio variant pools by mean, as ViTHelper"));
+        }
+        let p = &self.preprocess;
+        for (field, v) in [("preprocess.mean", &p.mean), ("preprocess.std", &p.std)] {
+            if v.len() != 1 && v.len() != self.in_channels {
+                return Err(invalid(
+                    field,
+                    format!("{v:?}"),
+                    format!("needs 1 or in_channels = {} values", self.in_channels),
+                ));
+            }
+        }
+        if p.std.iter().any(|s| !(*s > 0.0)) {
+            return Err(invalid("preprocess.std", format!("{:?}", p.std), "every std must be positive"));
+        }
+        let t = &self.train;
+        if t.batch_size == 0 {
+            return Err(invalid("train.batch_size", 0, "must be at least 1"));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(invalid("train.lr", t.lr, "must be a positive number"));
+        }
+        if !(0.0..1.0).contains(&t.betas.0) || !(0.0..1.0).contains(&t.betas.1) {
+            return Err(invalid("train.betas", format!("{:?}", t.betas), "each beta must be in [0, 1)"));
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            return Err(invalid("train.label_smoothing", t.label_smoothing, "must be in [0, 1)"));
+        }
+        if t.log_every == 0 {
+            return Err(invalid("train.log_every", 0, "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_once_classes_are_known() {
+        let mut cfg = ViTConfig::default();
+        assert!(cfg.validate().is_err(), "num_classes 0 must be rejected by validate()");
+        cfg.num_classes = 10;
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_patch_not_dividing_image() {
+        let cfg = ViTConfig { image_size: 30, patch_size: 4, num_classes: 3, ..Default::default() };
+        let msg = cfg.validate().unwrap_err().to_string();
+        assert!(msg.contains("patch_size") && msg.contains("30"), "{msg}");
+    }
+
+    #[test]
+    fn rejects_heads_not_dividing_embed() {
+        let cfg = ViTConfig { embed_dim: 64, num_heads: 3, num_classes: 3, ..Default::default() };
+        let msg = cfg.validate().unwrap_err().to_string();
+        assert!(msg.contains("num_heads") && msg.contains("64"), "{msg}");
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let cfg = ViTConfig { num_classes: 5, depth: 3, ..Default::default() };
+        assert_eq!(ViTConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn unknown_toml_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.toml");
+        std::fs::write(&path, "embed_dimm = 3\n").unwrap();
+        let msg = ViTConfig::from_toml_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("embed_dimm"), "{msg}");
+    }
+}

@@ -1,0 +1,278 @@
+//! Data sets for training and evaluation, decoded once into compact u8 memory.
+//!
+//! Two sources are recognised, as a PyTorch user expects:
+//! - an image folder as torchvision's `ImageFolder`: `DIR/<class>/*.{jpg,jpeg,png,bmp,webp}`,
+//!   split by `DIR/train` + `DIR/val` when both exist, otherwise by a seeded fraction;
+//! - a Fashion-MNIST/MNIST IDX folder (`train-images-idx3-ubyte[.gz]` ...).
+//!
+//! Every image goes through [`Preprocessor::prepare`], the same code inference uses.
+//! Unreadable files are skipped with a warning each and counted; a set with
+//! nothing usable is an error.
+
+mod folder;
+mod idx;
+
+use std::path::{Path, PathBuf};
+
+use rand::{seq::SliceRandom, SeedableRng};
+
+use crate::preprocess::Preprocessor;
+
+pub use folder::{scan_image_folder, FolderScan, IMAGE_EXTENSIONS};
+pub use idx::{read_idx_images, read_idx_labels, FASHION_MNIST_LABELS};
+
+/// Errors loading a data set.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The path does not exist or is not a directory.
+    #[error("data folder {0} does not exist or is not a directory (pass --data DIR with DIR/<class>/*.jpg, DIR/train + DIR/val, or Fashion-MNIST IDX files)")]
+    NotADir(PathBuf),
+    /// No class sub-folders.
+    #[error("data folder {0} has no class sub-folders (expected DIR/<class>/*.jpg)")]
+    NoClasses(PathBuf),
+    /// A class folder holds no image files.
+    #[error("class folder {0} holds no image files (.jpg, .jpeg, .png, .bmp, .webp); remove it or add images")]
+    EmptyClass(PathBuf),
+    /// train/ and val/ disagree on the classes.
+    #[error("class folders differ between {train} ({train_classes:?}) and {val} ({val_classes:?})")]
+    SplitMismatch { train: PathBuf, val: PathBuf, train_classes: Vec<String>, val_classes: Vec<String> },
+    /// Nothing could be decoded.
+    #[error("no usable image in {path}: all {skipped} files failed to decode")]
+    NothingUsable { path: PathBuf, skipped: usize },
+    /// An IDX file is malformed.
+    #[error("IDX file {path}: {message}")]
+    Idx { path: PathBuf, message: String },
+    /// An I/O error on a named file.
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A bad option value.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A file that was skipped, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// The decode or read error.
+    pub reason: String,
+}
+
+/// Decoded images of one split: `len()` images of `image_len` u8 values each (CHW).
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    /// Images back to back, CHW u8.
+    pub pixels: Vec<u8>,
+    /// Class index per image.
+    pub labels: Vec<i64>,
+    /// Values per image.
+    pub image_len: usize,
+    /// Source path per image (empty for IDX data).
+    pub paths: Vec<PathBuf>,
+    /// Files that could not be used.
+    pub skipped: Vec<Skipped>,
+}
+
+impl Dataset {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// CHW u8 pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.pixels[i * self.image_len..(i + 1) * self.image_len]
+    }
+
+    /// The images at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let mut out = Dataset { image_len: self.image_len, ..Default::default() };
+        out.pixels.reserve(indices.len() * self.image_len);
+        for &i in indices {
+            out.pixels.extend_from_slice(self.image(i));
+            out.labels.push(self.labels[i]);
+            if let Some(p) = self.paths.get(i) {
+                out.paths.push(p.clone());
+            }
+        }
+        out
+    }
+
+    /// Images per class index (`num_classes` counters).
+    pub fn class_counts(&self, num_classes: usize) -> Vec<usize> {
+        let mut counts = vec![0; num_classes];
+        for &l in &self.labels {
+            if let Some(c) = counts.get_mut(l as usize) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// Where the data came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// `DIR/train` and `DIR/val` image folders.
+    FolderSplits,
+    /// One image folder split by `val_fraction`.
+    FolderSeededSplit,
+    /// IDX files (train + t10k as val).
+    Idx,
+}
+
+/// How to load a data set.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Validation fraction when the folder has no train/val split.
+    pub val_fraction: f64,
+    /// Seed of that split.
+    pub seed: u64,
+    /// Keep at most this many images per class in each split (quick runs).
+    pub max_per_class: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { val_fraction: 0.2, seed: 0, max_per_class: None }
+    }
+}
+
+/// A loaded training/validation pair.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// Training images.
+    pub train: Dataset,
+    /// Validation images.
+    pub val: Dataset,
+    /// Where they came from.
+    pub source: SourceKind,
+}
+
+impl Splits {
+    /// Files skipped in both splits.
+    pub fn skipped(&self) -> usize {
+        self.train.skipped.len() + self.val.skipped.len()
+    }
+}
+
+/// True when `dir` holds Fashion-MNIST/MNIST style IDX training files.
+pub fn is_idx_dir(dir: &Path) -> bool {
+    idx::find(dir, "train-images-idx3-ubyte").is_some()
+}
+
+/// Loads train and validation splits from `dir` (see the module docs for layouts).
+pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Result<Splits, DataError> {
+    if !dir.is_dir() {
+        return Err(DataError::NotADir(dir.to_path_buf()));
+    }
+    if !(0.0..1.0).contains(&opts.val_fraction) {
+        return Err(DataError::Invalid(format!(
+            "--val-fraction {} must be in [0, 1)",
+            opts.val_fraction
+        )));
+    }
+    if is_idx_dir(dir) {
+        let train = idx::load_split(dir, "train", prep, opts.max_per_class)?;
+        let val = idx::load_split(dir, "t10k", prep, opts.max_per_class)?;
+        let classes = FASHION_MNIST_LABELS.iter().map(|s| s.to_string()).collect();
+        return Ok(Splits { classes, train, val, source: SourceKind::Idx });
+    }
+    let (train_dir, val_dir) = (dir.join("train"), dir.join("val"));
+    if train_dir.is_dir() && val_dir.is_dir() {
+        let train_scan = scan_image_folder(&train_dir)?;
+        let val_scan = scan_image_folder(&val_dir)?;
+        if train_scan.classes != val_scan.classes {
+            return Err(DataError::SplitMismatch {
+                train: train_dir,
+                val: val_dir,
+                train_classes: train_scan.classes,
+                val_classes: val_scan.classes,
+            });
+        }
+        let train = decode_files(&train_dir, &cap(train_scan.files, opts.max_per_class), prep)?;
+        let val = decode_files(&val_dir, &cap(val_scan.files, opts.max_per_class), prep)?;
+        return Ok(Splits { classes: train_scan.classes, train, val, source: SourceKind::FolderSplits });
+    }
+    let scan = scan_image_folder(dir)?;
+    let (train_files, val_files) = seeded_split(&scan.files, scan.classes.len(), opts);
+    let train = decode_files(dir, &train_files, prep)?;
+    let val = decode_files(dir, &val_files, prep)?;
+    Ok(Splits { classes: scan.classes, train, val, source: SourceKind::FolderSeededSplit })
+}
+
+/// Loads one image folder (`DIR/<class>/*`) as a single evaluation set.
+pub fn load_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Dataset), DataError> {
+    if !dir.is_dir() {
+        return Err(DataError::NotADir(dir.to_path_buf()));
+    }
+    let scan = scan_image_folder(dir)?;
+    let data = decode_files(dir, &scan.files, prep)?;
+    Ok((scan.classes, data))
+}
+
+/// Keeps the first `max` files of each class (files are sorted within a class).
+fn cap(files: Vec<(PathBuf, i64)>, max: Option<usize>) -> Vec<(PathBuf, i64)> {
+    let Some(max) = max else { return files };
+    let mut seen = std::collections::HashMap::new();
+    files
+        .into_iter()
+        .filter(|(_, l)| {
+            let n = seen.entry(*l).or_insert(0usize);
+            *n += 1;
+            *n <= max
+        })
+        .collect()
+}
+
+/// Per class, a seeded shuffle; the first `val_fraction` go to validation.
+fn seeded_split(
+    files: &[(PathBuf, i64)],
+    num_classes: usize,
+    opts: &LoadOptions,
+) -> (Vec<(PathBuf, i64)>, Vec<(PathBuf, i64)>) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for class in 0..num_classes as i64 {
+        let mut members: Vec<_> = files.iter().filter(|(_, l)| *l == class).cloned().collect();
+        members.shuffle(&mut rng);
+        let n_val = ((members.len() as f64) * opts.val_fraction).round() as usize;
+        let (v, t) = members.split_at(n_val.min(members.len()));
+        let take = opts.max_per_class.unwrap_or(usize::MAX);
+        val.extend(v.iter().take(take).cloned());
+        train.extend(t.iter().take(take).cloned());
+    }
+    (train, val)
+}
+
+/// Decodes files in parallel; failures are skipped with one warning each.
+fn decode_files(root: &Path, files: &[(PathBuf, i64)], prep: &Preprocessor) -> Result<Dataset, DataError> {
+    use rayon::prelude::*;
+    let decoded: Vec<_> = files.par_iter().map(|(path, _)| prep.load_file(path)).collect();
+    let mut out = Dataset { image_len: prep.image_len(), ..Default::default() };
+    for ((path, label), result) in files.iter().zip(decoded) {
+        match result {
+            Ok(px) => {
+                out.pixels.extend_from_slice(&px);
+                out.labels.push(*label);
+                out.paths.push(path.clone());
+            }
+            Err(e) => {
+                eprintln!("warning: skipping {}: {e}", path.display());
+                out.skipped.push(Skipped { path: path.clone(), reason: e.to_string() });
+            }
+        }
+    }
+    if out.is_empty() && !files.is_empty() {
+        return Err(DataError::NothingUsable { path: root.to_path_buf(), skipped: out.skipped.len() });
+    }
+    Ok(out)
+}
