@@ -1,0 +1,21 @@
+//! `vit`: the light half of the Vision Transformer toolchain. It never links
+//! libtorch. It holds what training, export and deployment share:
+//!
+//! - [`config`]: `ViTConfig`, the one model description (TOML presets, JSON in ONNX metadata);
+//! - [`preprocess`]: the one decode/resize/normalise implementation;
+//! - [`data`]: image-folder and Fashion-MNIST IDX data sets, decoded once to u8;
+//! - [`metadata`]: what an exported ONNX file says about itself;
+//! - `onnx` (feature `export`): the ONNX writer;
+//! - `infer` (feature `infer`): ONNX Runtime inference.
+
+pub mod config;
+pub mod data;
+pub mod metadata;
+#[cfg(feature = "export")] pub mod onnx;
+pub mod preprocess;
+pub mod tensor;
+
+pub use config::{ViTConfig, Variant};
+pub use metadata::ModelMetadata;
+pub use preprocess::Preprocessor;
+pub use tensor::{NamedTensors, TensorData};

@@ -1,0 +1,187 @@
+//! The ViT graphs: the tensors each variant needs, the shared pieces (patch
+//! embedding, class token, head) and the standard (timm) variant. The dlstudio
+//! variant is in [`super::dlstudio_graph`].
+//!
+//! Shapes inside the graph are constants computed from the config, with `-1`
+//! for the batch in every `Reshape`; the only shape read at run time is the
+//! batch size, for broadcasting the class token. So one file runs at any batch.
+
+use super::builder::{i64_of, Dim, GraphBuilder};
+use super::dlstudio_graph;
+use super::proto::GraphProto;
+use crate::config::{Pooling, Variant, ViTConfig};
+
+/// Name of the graph input: normalised pixels `[batch, C, H, W]`.
+pub const INPUT_NAME: &str = "pixel_values";
+/// Name of the graph output: `[batch, num_classes]` logits.
+pub const OUTPUT_NAME: &str = "logits";
+/// The symbolic batch dimension of input and output.
+pub const BATCH_DIM: &str = "batch";
+/// Name of the graph.
+pub const GRAPH_NAME: &str = "vit";
+
+/// How a checkpoint tensor is stored as an initializer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Unchanged.
+    AsIs,
+    /// A PyTorch `Linear` weight `[out, in]`, stored transposed as `[in, out]`
+    /// (the right operand of `MatMul`) under the same name.
+    LinearWeight,
+}
+
+/// One tensor the graph needs from the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// State-dict name, also the initializer's name.
+    pub name: String,
+    /// Shape in the checkpoint (PyTorch layout).
+    pub shape: Vec<usize>,
+    /// How it is stored in the ONNX file.
+    pub layout: Layout,
+}
+
+/// Collects specs in graph order.
+#[derive(Debug, Default)]
+pub struct Specs(pub Vec<TensorSpec>);
+
+impl Specs {
+    /// A tensor stored as is.
+    pub fn plain(&mut self, name: impl Into<String>, shape: &[usize]) {
+        self.0.push(TensorSpec { name: name.into(), shape: shape.to_vec(), layout: Layout::AsIs });
+    }
+
+    /// A `Linear(inp, out)` layer `{prefix}.weight` `[out, inp]` (+ `{prefix}.bias` `[out]`).
+    pub fn linear(&mut self, prefix: &str, inp: usize, out: usize, bias: bool) {
+        self.0.push(TensorSpec {
+            name: format!("{prefix}.weight"),
+            shape: vec![out, inp],
+            layout: Layout::LinearWeight,
+        });
+        if bias {
+            self.plain(format!("{prefix}.bias"), &[out]);
+        }
+    }
+
+    /// A LayerNorm over `dim`: `{prefix}.weight`, `{prefix}.bias`.
+    pub fn layer_norm(&mut self, prefix: &str, dim: usize) {
+        self.plain(format!("{prefix}.weight"), &[dim]);
+        self.plain(format!("{prefix}.bias"), &[dim]);
+    }
+}
+
+/// Every checkpoint tensor the config's graph needs, in graph order.
+pub fn tensor_specs(cfg: &ViTConfig) -> Vec<TensorSpec> {
+    let (c, p, e, l) = (cfg.in_channels, cfg.patch_size, cfg.embed_dim, cfg.num_tokens());
+    let mut s = Specs::default();
+    s.plain("patch_embed.proj.weight", &[e, c, p, p]);
+    s.plain("patch_embed.proj.bias", &[e]);
+    s.plain("cls_token", &[1, 1, e]);
+    s.plain("pos_embed", &[1, l, e]);
+    match cfg.variant {
+        Variant::Standard => {
+            let hidden = cfg.mlp_hidden();
+            for i in 0..cfg.depth {
+                let b = format!("blocks.{i}");
+                s.layer_norm(&format!("{b}.norm1"), e);
+                s.linear(&format!("{b}.attn.qkv"), e, 3 * e, cfg.qkv_bias);
+                s.linear(&format!("{b}.attn.proj"), e, e, true);
+                s.layer_norm(&format!("{b}.norm2"), e);
+                s.linear(&format!("{b}.mlp.fc1"), e, hidden, true);
+                s.linear(&format!("{b}.mlp.fc2"), hidden, e, true);
+            }
+            s.layer_norm("norm", e);
+        }
+        Variant::Dlstudio => dlstudio_graph::tensor_specs(cfg, &mut s),
+    }
+    s.linear("head", e, cfg.num_classes, true);
+    s.0
+}
+
+/// The graph for `cfg`. The builder must already hold every initializer of
+/// [`tensor_specs`] (the nodes refer to them by name).
+pub fn build(cfg: &ViTConfig, mut b: GraphBuilder) -> GraphProto {
+    let (c, h) = (cfg.in_channels, cfg.image_size);
+    let x = b.input(INPUT_NAME, &[Dim::Symbolic(BATCH_DIM), Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(h)]);
+    let x = embed(&mut b, cfg, &x);
+    let logits = match cfg.variant {
+        Variant::Standard => standard_body(&mut b, cfg, &x),
+        Variant::Dlstudio => dlstudio_graph::body(&mut b, cfg, &x),
+    };
+    b.output(&logits, OUTPUT_NAME, &[Dim::Symbolic(BATCH_DIM), Dim::Fixed(cfg.num_classes)]);
+    b.finish(GRAPH_NAME)
+}
+
+/// Patch embedding, class token, position embedding: `[B, C, H, W]` -> `[B, L, E]`.
+fn embed(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
+    let (e, n) = (i64_of(cfg.embed_dim), i64_of(cfg.num_patches()));
+    let scope = "patch_embed.proj";
+    let y = b.conv_patchify(scope, x, "patch_embed.proj.weight", "patch_embed.proj.bias", cfg.patch_size);
+    let y = b.reshape(scope, &y, &[-1, e, n]); // [B, E, N]
+    let patches = b.transpose(scope, &y, &[0, 2, 1]); // [B, N, E]
+
+    // cls_token [1, 1, E] broadcast to [B, 1, E]; B read from the input.
+    let batch = b.shape("cls_token", x, 0, 1); // [B]
+    let rest = b.const_ints("cls_shape_tail", &[1, e]);
+    let target = b.concat("cls_token", &[&batch, &rest], 0); // [B, 1, E]
+    let cls = b.expand("cls_token", "cls_token", &target);
+
+    let seq = b.concat("embed", &[&cls, &patches], 1); // [B, L, E]
+    b.add("pos_embed", &seq, "pos_embed")
+}
+
+/// `LayerNorm` with `{prefix}.weight` / `{prefix}.bias`.
+pub fn layer_norm(b: &mut GraphBuilder, cfg: &ViTConfig, prefix: &str, x: &str) -> String {
+    let (w, bias) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
+    b.layer_norm(prefix, x, &w, &bias, cfg.layer_norm_eps as f32)
+}
+
+/// The `head` linear layer on pooled `[B, E]` features.
+pub fn head(b: &mut GraphBuilder, pooled: &str) -> String {
+    b.linear("head", pooled, true)
+}
+
+/// Blocks, final norm, pooling and head: `[B, L, E]` -> `[B, K]`.
+fn standard_body(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
+    let mut x = x.to_owned();
+    for i in 0..cfg.depth {
+        x = standard_block(b, cfg, &format!("blocks.{i}"), &x);
+    }
+    let x = layer_norm(b, cfg, "norm", &x);
+    let pooled = match cfg.pooling {
+        Pooling::Cls => b.gather_index("pool", &x, 0, 1),
+        Pooling::Mean => b.reduce_mean("pool", &x, &[1], false),
+    };
+    head(b, &pooled)
+}
+
+/// Pre-LN block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+fn standard_block(b: &mut GraphBuilder, cfg: &ViTConfig, p: &str, x: &str) -> String {
+    let (l, e, h, d) = (i64_of(cfg.num_tokens()), i64_of(cfg.embed_dim), i64_of(cfg.num_heads), i64_of(cfg.head_dim()));
+
+    let y = layer_norm(b, cfg, &format!("{p}.norm1"), x);
+    let s = format!("{p}.attn.qkv");
+    let qkv = b.linear(&s, &y, cfg.qkv_bias); // [B, L, 3E]
+    let qkv = b.reshape(&s, &qkv, &[-1, l, 3, h, d]);
+    let qkv = b.transpose(&s, &qkv, &[2, 0, 3, 1, 4]); // [3, B, H, L, d]
+    let s = format!("{p}.attn");
+    let q = b.gather_index(&format!("{s}.q"), &qkv, 0, 0); // [B, H, L, d]
+    let k = b.gather_index(&format!("{s}.k"), &qkv, 1, 0);
+    let v = b.gather_index(&format!("{s}.v"), &qkv, 2, 0);
+    let kt = b.transpose(&s, &k, &[0, 1, 3, 2]); // [B, H, d, L]
+    let scores = b.matmul(&s, &q, &kt); // [B, H, L, L]
+    let scale = b.const_f32("attn_scale", (cfg.head_dim() as f64).powf(-0.5) as f32);
+    let scores = b.mul(&s, &scores, &scale);
+    let attn = b.softmax(&s, &scores, -1);
+    let out = b.matmul(&s, &attn, &v); // [B, H, L, d]
+    let out = b.transpose(&s, &out, &[0, 2, 1, 3]); // [B, L, H, d]
+    let out = b.reshape(&s, &out, &[-1, l, e]);
+    let out = b.linear(&format!("{p}.attn.proj"), &out, true);
+    let x = b.add(&format!("{p}.residual1"), x, &out);
+
+    let y = layer_norm(b, cfg, &format!("{p}.norm2"), &x);
+    let y = b.linear(&format!("{p}.mlp.fc1"), &y, true);
+    let y = b.gelu(&format!("{p}.mlp.act"), &y);
+    let y = b.linear(&format!("{p}.mlp.fc2"), &y, true);
+    b.add(&format!("{p}.residual2"), &x, &y)
+}
