@@ -1,0 +1,221 @@
+//! Command-line interface of `vit-train` (clap derive). `main` only parses and
+//! calls [`run`]; every flag that overrides a config value says which.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use vit::config::Optimizer;
+use vit::ViTConfig;
+
+use crate::export::{export_run, ExportRequest};
+use crate::train::{fit, parse_device, FitOptions, RunOptions};
+
+/// Train, evaluate and export Vision Transformers (tch / libtorch).
+#[derive(Debug, Parser)]
+#[command(name = "vit-train", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a ViT on an image folder or IDX data set, evaluate it each epoch, export ONNX.
+    Fit(Box<FitArgs>),
+    /// Export a run's checkpoint to ONNX and verify it against tch with tract.
+    Export(ExportArgs),
+}
+
+/// `vit-train fit` flags.
+#[derive(Debug, Args)]
+pub struct FitArgs {
+    /// Model preset (TOML), e.g. models/fashion-mnist.toml (not needed with --resume).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data: DIR/<class>/*.jpg, DIR/{train,val}/<class>/*.jpg, or a folder of IDX files (not needed with --resume).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run folder for config, metrics, checkpoints, plots and model.onnx.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last completed epoch (--epochs may extend it).
+    #[arg(long)]
+    pub resume: bool,
+    /// Override train.epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Override train.batch_size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override train.lr (peak learning rate).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Override train.optimizer.
+    #[arg(long, value_parser = ["adam", "adamw"])]
+    pub optimizer: Option<String>,
+    /// Override train.betas.0.
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    /// Override train.betas.1.
+    #[arg(long)]
+    pub beta2: Option<f64>,
+    /// Override train.weight_decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Override train.warmup_epochs.
+    #[arg(long)]
+    pub warmup_epochs: Option<f64>,
+    /// Override train.label_smoothing.
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Override train.grad_clip (0 disables).
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    /// Override train.log_every (iterations between loss log lines).
+    #[arg(long)]
+    pub log_every: Option<usize>,
+    /// Override train.seed (weights, shuffling, split, dropout).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// CPU threads for libtorch and data decoding (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Use at most this many images per class in each split (quick runs).
+    #[arg(long)]
+    pub max_per_class: Option<usize>,
+    /// Validation fraction for a folder without train/ and val/.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Batch size for evaluation.
+    #[arg(long, default_value_t = 256)]
+    pub eval_batch_size: usize,
+    /// Skip the ONNX export at the end.
+    #[arg(long)]
+    pub no_export: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `vit-train export` flags.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Run folder written by `vit-train fit`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Output ONNX file (default: RUN/model.onnx).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Which checkpoint: last or best.
+    #[arg(long, default_value = "last", value_parser = ["last", "best"])]
+    pub checkpoint: String,
+    /// Store weights as ONNX external data (`<out>.data`) whatever the size.
+    #[arg(long)]
+    pub external_data: bool,
+    /// Largest |tch - tract| logit difference accepted by the verification.
+    #[arg(long, default_value_t = 1e-4)]
+    pub atol: f32,
+    /// Validation images used for the verification.
+    #[arg(long, default_value_t = 16)]
+    pub verify_images: usize,
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    if n == 0 {
+        bail!("--threads 0: need at least 1");
+    }
+    tch::set_num_threads(n as i32);
+    tch::set_num_interop_threads(1);
+    // The global pool may already exist (tests); that is fine.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    Ok(())
+}
+
+/// Config from the preset (or the run folder with --resume) with flag overrides applied.
+pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
+    let path = match (&a.config, a.resume) {
+        (_, true) => a.out.join("config.toml"),
+        (Some(p), false) => p.clone(),
+        (None, false) => bail!("--config is required (e.g. --config models/fashion-mnist.toml)"),
+    };
+    let mut cfg = ViTConfig::from_toml_file(&path)?;
+    let t = &mut cfg.train;
+    macro_rules! set {
+        ($($flag:ident => $field:expr),*) => { $(if let Some(v) = a.$flag.clone() { $field = v; })* };
+    }
+    set!(epochs => t.epochs, batch_size => t.batch_size, lr => t.lr, beta1 => t.betas.0, beta2 => t.betas.1,
+         weight_decay => t.weight_decay, warmup_epochs => t.warmup_epochs, label_smoothing => t.label_smoothing,
+         grad_clip => t.grad_clip, log_every => t.log_every, seed => t.seed);
+    if let Some(o) = &a.optimizer {
+        t.optimizer = if o == "adamw" { Optimizer::Adamw } else { Optimizer::Adam };
+    }
+    cfg.validate_architecture()?;
+    Ok(cfg)
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Fit(a) => {
+            set_threads(a.threads)?;
+            let cfg = resolve_config(&a)?;
+            let data = match (&a.data, a.resume) {
+                (Some(d), _) => d.clone(),
+                (None, true) => PathBuf::new(),
+                (None, false) => bail!("--data is required (an image folder or a folder of IDX files)"),
+            };
+            let opts = FitOptions {
+                run: RunOptions { data, val_fraction: a.val_fraction, max_per_class: a.max_per_class },
+                out: a.out.clone(),
+                device: parse_device(&a.device)?,
+                resume: a.resume,
+                eval_batch: a.eval_batch_size,
+                progress: !a.quiet,
+            };
+            let summary = fit(cfg, &opts)?;
+            println!(
+                "validation accuracy: {:.4} (best {:.4} at epoch {}), {:.1} train images/s, {:.1}s",
+                summary.val_accuracy, summary.best_val_accuracy, summary.best_epoch, summary.train_images_per_sec, summary.wall_seconds
+            );
+            if !a.no_export {
+                export_and_print(&ExportRequest {
+                    run: a.out.clone(),
+                    out: None,
+                    checkpoint: "last".into(),
+                    external_data: false,
+                    atol: 1e-4,
+                    verify_images: 16,
+                })?;
+            }
+            Ok(())
+        }
+        Command::Export(a) => export_and_print(&ExportRequest {
+            run: a.run,
+            out: a.out,
+            checkpoint: a.checkpoint,
+            external_data: a.external_data,
+            atol: a.atol,
+            verify_images: a.verify_images,
+        }),
+    }
+}
+
+fn export_and_print(req: &ExportRequest) -> Result<()> {
+    let report = export_run(req).context("export failed")?;
+    println!(
+        "exported {} ({:.1} KiB); tract vs tch on {} {} images: max |diff| {:.2e}",
+        report.path.display(),
+        report.bytes as f64 / 1024.0,
+        report.images,
+        if report.real_images { "validation" } else { "random" },
+        report.comparison.max_abs_diff
+    );
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Evaluation of a model on a u8 data set: loss, accuracy, confusion matrix.
+
+use tch::{nn::ModuleT, Device, Kind, Tensor};
+use vit::{data::Dataset, Preprocessor};
+
+use crate::batches::{make_batch, Augment};
+use crate::metrics::Confusion;
+
+/// What an evaluation measured.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Top-1 accuracy.
+    pub accuracy: f64,
+    /// `[true][predicted]` counts.
+    pub confusion: Confusion,
+}
+
+/// Host batch -> device tensors.
+pub fn to_device(pixels: &[f32], labels: &[i64], prep: &Preprocessor, device: Device) -> (Tensor, Tensor) {
+    let side = prep.image_size as i64;
+    let x = Tensor::from_slice(pixels).view([labels.len() as i64, prep.channels as i64, side, side]).to_device(device);
+    let y = Tensor::from_slice(labels).to_device(device);
+    (x, y)
+}
+
+/// Logits of the whole data set, in order ([N, K] on the CPU).
+pub fn predict(model: &impl ModuleT, data: &Dataset, prep: &Preprocessor, device: Device, batch: usize) -> Tensor {
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let outs: Vec<Tensor> = tch::no_grad(|| {
+        indices
+            .chunks(batch.max(1))
+            .map(|idx| {
+                let b = make_batch(data, idx, prep, Augment::default(), None);
+                let (x, _) = to_device(&b.pixels, &b.labels, prep, device);
+                model.forward_t(&x, false).to_device(Device::Cpu)
+            })
+            .collect()
+    });
+    Tensor::cat(&outs, 0)
+}
+
+/// Loss, accuracy and confusion matrix over `data` with `num_classes` classes.
+pub fn evaluate(
+    model: &impl ModuleT,
+    data: &Dataset,
+    prep: &Preprocessor,
+    num_classes: usize,
+    device: Device,
+    batch: usize,
+) -> Evaluation {
+    let mut confusion = Confusion::new(num_classes);
+    if data.is_empty() {
+        return Evaluation { loss: f64::NAN, accuracy: 0.0, confusion };
+    }
+    let logits = predict(model, data, prep, device, batch);
+    let labels = Tensor::from_slice(&data.labels);
+    let loss = logits.cross_entropy_for_logits(&labels).double_value(&[]);
+    let predicted = Vec::<i64>::try_from(logits.argmax(-1, false).to_kind(Kind::Int64)).unwrap_or_default();
+    for (&t, &p) in data.labels.iter().zip(&predicted) {
+        confusion.add(t as usize, p as usize);
+    }
+    Evaluation { loss, accuracy: confusion.accuracy(), confusion }
+}

@@ -1,0 +1,16 @@
+//! `vit-train`: everything that needs libtorch. Builds the networks with tch,
+//! trains them (CUDA when available, CPU otherwise), evaluates, plots, writes
+//! safetensors checkpoints, and exports ONNX through the light `vit` crate,
+//! verifying each export with tract.
+
+pub mod batches;
+pub mod checkpoint;
+pub mod cli;
+pub mod evaluate;
+pub mod export;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod plots;
+pub mod train;
+pub mod verify;

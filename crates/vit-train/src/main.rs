@@ -1,0 +1,5 @@
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    vit_train::cli::run(vit_train::cli::Cli::parse())
+}

@@ -1,0 +1,148 @@
+//! Classification metrics and the run's JSON records (`metrics.jsonl`, `summary.json`).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// `matrix[true][predicted]` counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confusion {
+    /// Rows: true class; columns: predicted class.
+    pub matrix: Vec<Vec<u64>>,
+}
+
+impl Confusion {
+    /// An all-zero `n` x `n` matrix.
+    pub fn new(n: usize) -> Self {
+        Self { matrix: vec![vec![0; n]; n] }
+    }
+
+    /// Counts one prediction.
+    pub fn add(&mut self, truth: usize, predicted: usize) {
+        if let Some(cell) = self.matrix.get_mut(truth).and_then(|r| r.get_mut(predicted)) {
+            *cell += 1;
+        }
+    }
+
+    /// Number of predictions counted.
+    pub fn total(&self) -> u64 {
+        self.matrix.iter().flatten().sum()
+    }
+
+    /// Fraction on the diagonal (0 when empty).
+    pub fn accuracy(&self) -> f64 {
+        let correct: u64 = (0..self.matrix.len()).map(|i| self.matrix[i][i]).sum();
+        match self.total() {
+            0 => 0.0,
+            t => correct as f64 / t as f64,
+        }
+    }
+
+    /// CSV with a header row and column of labels.
+    pub fn to_csv(&self, labels: &[String]) -> String {
+        let mut out = String::from("true\\predicted");
+        for l in labels {
+            out.push(',');
+            out.push_str(l);
+        }
+        out.push('\n');
+        for (label, row) in labels.iter().zip(&self.matrix) {
+            out.push_str(label);
+            for v in row {
+                out.push_str(&format!(",{v}"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Record {
+    /// Mean training loss over the last `log_every` iterations.
+    Step { epoch: usize, iter: usize, loss: f64, lr: f64 },
+    /// End-of-epoch evaluation.
+    Epoch {
+        epoch: usize,
+        train_loss: f64,
+        val_loss: f64,
+        val_accuracy: f64,
+        train_images_per_sec: f64,
+        seconds: f64,
+    },
+}
+
+impl Record {
+    /// The epoch the record belongs to.
+    pub fn epoch(&self) -> usize {
+        match self {
+            Record::Step { epoch, .. } | Record::Epoch { epoch, .. } => *epoch,
+        }
+    }
+}
+
+/// Reads `metrics.jsonl` (missing file: empty; unparsable lines are skipped).
+pub fn read_records(path: &Path) -> Vec<Record> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Rewrites `metrics.jsonl` with `records`.
+pub fn write_records(path: &Path, records: &[Record]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    for r in records {
+        writeln!(f, "{}", serde_json::to_string(r).map_err(std::io::Error::other)?)?;
+    }
+    Ok(())
+}
+
+/// `summary.json`: what a run achieved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Validation accuracy of the final weights (`last.safetensors`).
+    pub val_accuracy: f64,
+    /// Best per-epoch validation accuracy (`best.safetensors`).
+    pub best_val_accuracy: f64,
+    /// Epoch (1-based) of the best accuracy.
+    pub best_epoch: usize,
+    /// Confusion matrix of the final weights, `[true][predicted]`.
+    pub confusion_matrix: Vec<Vec<u64>>,
+    /// Class names in label order.
+    pub labels: Vec<String>,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Mean training throughput over all epochs (images/s, forward + backward + update).
+    pub train_images_per_sec: f64,
+    /// Files that could not be decoded.
+    pub skipped_files: usize,
+    /// Training images used.
+    pub train_images: usize,
+    /// Validation images used.
+    pub val_images: usize,
+    /// Trainable parameters.
+    pub parameters: i64,
+    /// Device trained on (`cpu`, `cuda:0`).
+    pub device: String,
+    /// Wall time of the whole fit, data loading included, in seconds.
+    pub wall_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confusion_accuracy_and_csv() {
+        let mut c = Confusion::new(2);
+        c.add(0, 0);
+        c.add(0, 1);
+        c.add(1, 1);
+        c.add(1, 1);
+        assert!((c.accuracy() - 0.75).abs() < 1e-12);
+        assert_eq!(c.to_csv(&["a".into(), "b".into()]), "true\\predicted,a,b\na,1,1\nb,0,2\n");
+    }
+}

@@ -1,0 +1,148 @@
+//! Standard pre-LN Vision Transformer (Dosovitskiy et al. 2020), laid out as
+//! timm's `VisionTransformer` so names match its state dict:
+//! `patch_embed.proj.*`, `cls_token`, `pos_embed`, `blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*`,
+//! `norm.*`, `head.*`.
+
+use tch::{nn, nn::ModuleT, Kind, Tensor};
+use vit::config::{Pooling, ViTConfig};
+
+use super::PatchEmbed;
+
+fn linear(p: nn::Path, i: usize, o: usize, bias: bool) -> nn::Linear {
+    // timm: trunc_normal(std=0.02) weights, zero biases.
+    let cfg = nn::LinearConfig {
+        ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias,
+    };
+    nn::linear(p, i as i64, o as i64, cfg)
+}
+
+fn layer_norm(p: nn::Path, cfg: &ViTConfig) -> nn::LayerNorm {
+    let c = nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() };
+    nn::layer_norm(p, vec![cfg.embed_dim as i64], c)
+}
+
+/// Multi-head self-attention with a fused q/k/v projection.
+#[derive(Debug)]
+struct Attention {
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    heads: i64,
+    tokens: i64,
+    head_dim: i64,
+    dropout: f64,
+}
+
+impl Attention {
+    fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
+        let e = cfg.embed_dim;
+        Self {
+            qkv: linear(&p / "qkv", e, 3 * e, cfg.qkv_bias),
+            proj: linear(&p / "proj", e, e, true),
+            heads: cfg.num_heads as i64,
+            tokens: cfg.num_tokens() as i64,
+            head_dim: cfg.head_dim() as i64,
+            dropout: cfg.dropout,
+        }
+    }
+
+    /// [B, L, E] -> [B, L, E]
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let (l, h, d) = (self.tokens, self.heads, self.head_dim);
+        let qkv = xs.apply(&self.qkv).reshape([-1, l, 3, h, d]).permute([2, 0, 3, 1, 4]); // [3, B, H, L, d]
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let scale = (d as f64).powf(-0.5);
+        let attn = (q.matmul(&k.transpose(-2, -1)) * scale).softmax(-1, Kind::Float); // [B, H, L, L]
+        let attn = attn.dropout(self.dropout, train);
+        let out = attn.matmul(&v).transpose(1, 2).reshape([-1, l, h * d]); // [B, L, E]
+        out.apply(&self.proj).dropout(self.dropout, train)
+    }
+}
+
+/// E -> hidden -> E with exact GELU.
+#[derive(Debug)]
+struct Mlp {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    dropout: f64,
+}
+
+impl Mlp {
+    fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
+        let (e, hidden) = (cfg.embed_dim, cfg.mlp_hidden());
+        Self { fc1: linear(&p / "fc1", e, hidden, true), fc2: linear(&p / "fc2", hidden, e, true), dropout: cfg.dropout }
+    }
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let hidden = xs.apply(&self.fc1).gelu("none").dropout(self.dropout, train);
+        hidden.apply(&self.fc2).dropout(self.dropout, train)
+    }
+}
+
+/// Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)).
+#[derive(Debug)]
+struct Block {
+    norm1: nn::LayerNorm,
+    attn: Attention,
+    norm2: nn::LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
+        Self {
+            norm1: layer_norm(&p / "norm1", cfg),
+            attn: Attention::new(&p / "attn", cfg),
+            norm2: layer_norm(&p / "norm2", cfg),
+            mlp: Mlp::new(&p / "mlp", cfg),
+        }
+    }
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let xs = xs + self.attn.forward_t(&xs.apply(&self.norm1), train);
+        &xs + self.mlp.forward_t(&xs.apply(&self.norm2), train)
+    }
+}
+
+/// The whole network.
+#[derive(Debug)]
+pub struct StandardViT {
+    embed: PatchEmbed,
+    blocks: Vec<Block>,
+    norm: nn::LayerNorm,
+    head: nn::Linear,
+    pooling: Pooling,
+    dropout: f64,
+}
+
+impl StandardViT {
+    /// Variables under `p` with timm names.
+    pub fn new(p: &nn::Path, cfg: &ViTConfig) -> Self {
+        let tok = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        let blocks = (0..cfg.depth).map(|i| Block::new(p / "blocks" / i, cfg)).collect();
+        Self {
+            embed: PatchEmbed::new(p, cfg, tok, tok),
+            blocks,
+            norm: layer_norm(p / "norm", cfg),
+            head: linear(p / "head", cfg.embed_dim, cfg.num_classes, true),
+            pooling: cfg.pooling,
+            dropout: cfg.dropout,
+        }
+    }
+}
+
+impl ModuleT for StandardViT {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut x = self.embed.forward(xs).dropout(self.dropout, train); // [B, L, E]
+        for block in &self.blocks {
+            x = block.forward_t(&x, train);
+        }
+        let x = x.apply(&self.norm);
+        let pooled = match self.pooling {
+            Pooling::Cls => x.select(1, 0),                            // [B, E]
+            Pooling::Mean => x.mean_dim(1, false, Kind::Float), // [B, E]
+        };
+        pooled.apply(&self.head)
+    }
+}

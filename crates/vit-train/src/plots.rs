@@ -1,0 +1,129 @@
+//! `loss.png` (training loss per logged step, as the report's Figures 1-2) and
+//! `confusion.png` (heat map with counts, as Figures 3-4), rendered with
+//! plotters and an embedded DejaVu Sans so no system font is needed.
+
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::metrics::{Confusion, Record};
+
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FAMILY: &str = "sans-serif";
+
+/// Pixel size of `loss.png`.
+pub const LOSS_SIZE: (u32, u32) = (800, 500);
+/// Pixel size of `confusion.png`.
+pub const CONFUSION_SIZE: (u32, u32) = (720, 680);
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for style in [FontStyle::Normal, FontStyle::Bold] {
+            // The bytes are a valid TTF compiled into the binary; failure would only lose text.
+            let _ = plotters::style::register_font(FAMILY, style, FONT);
+        }
+    });
+}
+
+/// Writes both plots into the run folder.
+pub fn write_run_plots(dir: &Path, records: &[Record], confusion: &Confusion, labels: &[String]) -> Result<()> {
+    let steps: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step { iter, loss, .. } => Some((*iter as f64, *loss)),
+            _ => None,
+        })
+        .collect();
+    plot_loss(&dir.join("loss.png"), &steps)?;
+    plot_confusion(&dir.join("confusion.png"), confusion, labels)
+}
+
+/// Training loss against iteration.
+pub fn plot_loss(path: &Path, points: &[(f64, f64)]) -> Result<()> {
+    register_font();
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(path, LOSS_SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max);
+        let y_max = points.iter().map(|p| p.1).filter(|v| v.is_finite()).fold(0.1, f64::max) * 1.05;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("Training loss", (FAMILY, 26))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        chart
+            .configure_mesh()
+            .x_desc("iteration")
+            .y_desc("cross-entropy loss")
+            .label_style((FAMILY, 15))
+            .axis_desc_style((FAMILY, 18))
+            .draw()?;
+        chart.draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2)))?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("{e}")).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Confusion heat map, true class on the y axis, predicted on the x axis.
+pub fn plot_confusion(path: &Path, confusion: &Confusion, labels: &[String]) -> Result<()> {
+    register_font();
+    let n = confusion.matrix.len().max(1);
+    let max = confusion.matrix.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(path, CONFUSION_SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let caption = format!("Confusion matrix (accuracy {:.2}%)", 100.0 * confusion.accuracy());
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, (FAMILY, 24))
+            .margin(16)
+            .x_label_area_size(70)
+            .y_label_area_size(110)
+            .build_cartesian_2d((0..n).into_segmented(), (0..n).into_segmented())?;
+        let label_of = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("predicted")
+            .y_desc("true")
+            .x_labels(n)
+            .y_labels(n)
+            .x_label_formatter(&label_of)
+            .y_label_formatter(&label_of)
+            .label_style((FAMILY, 14))
+            .axis_desc_style((FAMILY, 18))
+            .draw()?;
+        for (t, row) in confusion.matrix.iter().enumerate() {
+            // Row 0 at the top, as printed matrices read.
+            let y = n - 1 - t;
+            for (p, &count) in row.iter().enumerate() {
+                let shade = count as f64 / max;
+                let color = RGBColor(255 - (shade * 200.0) as u8, 255 - (shade * 140.0) as u8, 255);
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(SegmentValue::Exact(p), SegmentValue::Exact(y)), (SegmentValue::Exact(p + 1), SegmentValue::Exact(y + 1))],
+                    color.filled(),
+                )))?;
+                let text_color = if shade > 0.6 { WHITE } else { BLACK };
+                chart.draw_series(std::iter::once(Text::new(
+                    count.to_string(),
+                    (SegmentValue::CenterOf(p), SegmentValue::CenterOf(y)),
+                    (FAMILY, 16).into_font().color(&text_color).pos(plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Center,
+                        plotters::style::text_anchor::VPos::Center,
+                    )),
+                )))?;
+            }
+        }
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("{e}")).with_context(|| format!("cannot write {}", path.display()))
+}

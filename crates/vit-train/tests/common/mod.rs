@@ -1,0 +1,82 @@
+//! Helpers shared by the vit-train integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+
+use tch::{nn, Device, Kind, Tensor};
+use vit::config::{Attention, Pooling, Variant, ViTConfig};
+use vit_train::model::ViT;
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `../shared/data/coco5` beside the repository (or `$VIT_COCO5`); the tests need it.
+pub fn coco5() -> PathBuf {
+    let dir = std::env::var_os("VIT_COCO5").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/data/coco5"));
+    assert!(dir.join("train").is_dir(), "COCO-5 data not found at {} (set VIT_COCO5)", dir.display());
+    dir
+}
+
+/// A small standard config.
+pub fn standard(image: usize, patch: usize, channels: usize, depth: usize, heads: usize, pooling: Pooling) -> ViTConfig {
+    ViTConfig {
+        variant: Variant::Standard,
+        image_size: image,
+        patch_size: patch,
+        in_channels: channels,
+        num_classes: 5,
+        embed_dim: 16 * heads.max(1),
+        depth,
+        num_heads: heads,
+        mlp_ratio: 2.0,
+        pooling,
+        ..Default::default()
+    }
+}
+
+/// A small dlstudio config.
+pub fn dlstudio(image: usize, patch: usize, heads: usize, attention: Attention) -> ViTConfig {
+    ViTConfig {
+        variant: Variant::Dlstudio,
+        attention,
+        image_size: image,
+        patch_size: patch,
+        in_channels: 3,
+        num_classes: 4,
+        embed_dim: 8 * heads,
+        depth: 2,
+        num_heads: heads,
+        pooling: Pooling::Mean,
+        layer_norm_eps: 1e-5,
+        ..Default::default()
+    }
+}
+
+/// A model whose every variable is perturbed by seeded noise (so LayerNorm
+/// affine terms, biases and tokens all matter), on the CPU.
+pub fn random_model(cfg: &ViTConfig, seed: i64) -> (nn::VarStore, ViT) {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ViT::new(&vs.root(), cfg);
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            let noise = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.2;
+            let _ = v.g_add_(&noise);
+        }
+    });
+    (vs, model)
+}
+
+/// Seeded inputs [n, c, s, s] in [-1, 1].
+pub fn random_input(cfg: &ViTConfig, n: usize, seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    let s = cfg.image_size as i64;
+    Tensor::rand([n as i64, cfg.in_channels as i64, s, s], (Kind::Float, Device::Cpu)) * 2.0 - 1.0
+}
+
+/// Flattened f32 copy.
+pub fn to_vec(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.flatten(0, -1).to_kind(Kind::Float)).expect("f32 tensor")
+}

@@ -1,0 +1,216 @@
+//! `vit-train` end to end on a small COCO-5 subset: learning, run folder,
+//! plots, determinism, resume after a kill, and bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+
+const SMALL: &str = r#"
+variant = "standard"
+image_size = 32
+patch_size = 8
+in_channels = 3
+embed_dim = 32
+depth = 2
+num_heads = 2
+mlp_ratio = 2.0
+pooling = "mean"
+[train]
+epochs = 6
+batch_size = 32
+lr = 1e-3
+optimizer = "adamw"
+weight_decay = 0.05
+warmup_epochs = 0.5
+cosine = true
+log_every = 5
+seed = 3
+"#;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vit-train"));
+    c.arg("fit").arg("--quiet").arg("--threads").arg("2").arg("--device").arg("cpu");
+    c
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("small.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn summary(run: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn short_fit_learns_and_fills_the_run_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let run = tmp.path().join("run");
+    let out = run_ok(bin().arg("--config").arg(&cfg).arg("--data").arg(coco5()).arg("--out").arg(&run).args(["--max-per-class", "200"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("validation accuracy") && stdout.contains("max |diff|"), "{stdout}");
+
+    let s = summary(&run);
+    let acc = s["val_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.28, "accuracy {acc} should be well above chance (0.2) on 1000 val images");
+    assert_eq!(s["labels"], serde_json::json!(["airplane", "bus", "cat", "dog", "pizza"]));
+    assert_eq!((s["train_images"].as_u64(), s["val_images"].as_u64()), (Some(1000), Some(1000)));
+    let cm = s["confusion_matrix"].as_array().unwrap();
+    let total: u64 = cm.iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, 1000);
+    assert!(s["train_images_per_sec"].as_f64().unwrap() > 0.0);
+
+    // The loss went down: mean of the last three logged steps below the first three.
+    let steps: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect();
+    assert!(steps.len() >= 30, "{} logged steps", steps.len());
+    let head: f64 = steps[..3].iter().sum::<f64>() / 3.0;
+    let tail: f64 = steps[steps.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(tail < head - 0.05, "loss should decrease: {head} -> {tail}");
+
+    for f in ["config.toml", "labels.json", "last.safetensors", "best.safetensors", "resume.safetensors", "confusion.csv", "model.onnx"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let loss_png = image::open(run.join("loss.png")).unwrap();
+    assert_eq!((loss_png.width(), loss_png.height()), vit_train::plots::LOSS_SIZE);
+    let cm_png = image::open(run.join("confusion.png")).unwrap();
+    assert_eq!((cm_png.width(), cm_png.height()), vit_train::plots::CONFUSION_SIZE);
+    let csv = std::fs::read_to_string(run.join("confusion.csv")).unwrap();
+    assert!(csv.starts_with("true\\predicted,airplane,bus,cat,dog,pizza\n"), "{csv}");
+}
+
+/// `fit` on 40 images per class, no export.
+fn quick(cfg: &Path, run: &Path, epochs: &str) -> Command {
+    let mut cmd = bin();
+    cmd.arg("--config").arg(cfg).arg("--data").arg(coco5()).arg("--out").arg(run);
+    cmd.args(["--max-per-class", "40", "--epochs", epochs, "--no-export"]);
+    cmd
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<_> = tch::Tensor::read_safetensors(path).unwrap().into_iter().map(|(n, t)| (n, to_vec(&t))).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn strip_timing(mut s: Value) -> Value {
+    for k in ["train_images_per_sec", "wall_seconds"] {
+        s.as_object_mut().unwrap().remove(k);
+    }
+    s
+}
+
+#[test]
+fn same_seed_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    run_ok(&mut quick(&cfg, &a, "2"));
+    run_ok(&mut quick(&cfg, &b, "2"));
+    assert_eq!(strip_timing(summary(&a)), strip_timing(summary(&b)));
+    assert_eq!(weights(&a.join("last.safetensors")), weights(&b.join("last.safetensors")));
+}
+
+#[test]
+fn resume_after_kill_reaches_the_uninterrupted_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    run_ok(&mut quick(&cfg, &straight, "5"));
+
+    let mut child = quick(&cfg, &killed, "5")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let resume = killed.join("resume.safetensors");
+    while !resume.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("run ended ({status}) before it could be interrupted");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.join("summary.json").exists(), "the run must have been interrupted mid-way");
+
+    // A second plain `fit` into the same folder refuses to overwrite it.
+    let err = run_err(&mut quick(&cfg, &killed, "5"));
+    assert!(err.contains("--resume"), "{err}");
+
+    run_ok(bin().arg("--out").arg(&killed).args(["--resume", "--no-export"]));
+    assert_eq!(strip_timing(summary(&straight)), strip_timing(summary(&killed)));
+    for ((n1, w1), (n2, w2)) in weights(&straight.join("last.safetensors")).iter().zip(weights(&killed.join("last.safetensors"))) {
+        assert_eq!(n1, &n2);
+        let diff = w1.iter().zip(&w2).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff <= 1e-6, "{n1}: resumed weights differ by {diff}");
+    }
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let err = run_err(bin().arg("--config").arg(&cfg).arg("--data").arg(tmp.path().join("nowhere")).arg("--out").arg(tmp.path().join("r1")));
+    assert!(err.contains("nowhere") && err.contains("does not exist"), "{err}");
+
+    let bad = write_config(tmp.path(), &SMALL.replace("num_heads = 2", "num_heads = 3"));
+    let err = run_err(bin().arg("--config").arg(&bad).arg("--data").arg(coco5()).arg("--out").arg(tmp.path().join("r2")));
+    assert!(err.contains("num_heads") && err.contains("embed_dim = 32"), "{err}");
+
+    let err = run_err(bin().arg("--config").arg(tmp.path().join("missing.toml")).arg("--data").arg(coco5()).arg("--out").arg(tmp.path().join("r3")));
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn export_rejects_broken_checkpoints_and_unwritable_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let run = tmp.path().join("run");
+    run_ok(&mut quick(&cfg, &run, "1"));
+    let export = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vit-train"));
+        c.arg("export").arg("--run").arg(&run).args(extra);
+        c
+    };
+    // Works as is.
+    run_ok(&mut export(&[]));
+    // Unwritable output path.
+    let err = run_err(&mut export(&["--out", "/proc/definitely/not/here.onnx"]));
+    assert!(err.contains("/proc/definitely/not/here.onnx"), "{err}");
+    // Truncated checkpoint.
+    let ckpt = run.join("last.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &bytes[..bytes.len() / 2]).unwrap();
+    let err = run_err(&mut export(&[]));
+    assert!(err.contains("last.safetensors"), "{err}");
+    // A checkpoint of another config.
+    std::fs::write(&ckpt, &bytes).unwrap();
+    let toml = std::fs::read_to_string(run.join("config.toml")).unwrap().replace("depth = 2", "depth = 3");
+    std::fs::write(run.join("config.toml"), toml).unwrap();
+    let err = run_err(&mut export(&[]));
+    assert!(err.contains("does not match") && err.contains("blocks.2"), "{err}");
+}
