@@ -17,7 +17,7 @@ const FAMILY: &str = "sans-serif";
 /// Pixel size of `loss.png`.
 pub const LOSS_SIZE: (u32, u32) = (800, 500);
 /// Pixel size of `confusion.png`.
-pub const CONFUSION_SIZE: (u32, u32) = (720, 680);
+pub const CONFUSION_SIZE: (u32, u32) = (860, 760);
 
 fn register_font() {
     static ONCE: Once = Once::new();
@@ -79,47 +79,50 @@ pub fn plot_confusion(path: &Path, confusion: &Confusion, labels: &[String]) -> 
         let root = BitMapBackend::new(path, CONFUSION_SIZE).into_drawing_area();
         root.fill(&WHITE)?;
         let caption = format!("Confusion matrix (accuracy {:.2}%)", 100.0 * confusion.accuracy());
+        // Cell (predicted p, true t) spans [p, p+1] x [n-1-t, n-t]: row 0 on top.
+        // A segmented 0..n-1 range has exactly n segments.
+        let axis = || (0..n - 1).into_segmented();
         let mut chart = ChartBuilder::on(&root)
             .caption(caption, (FAMILY, 24))
             .margin(16)
             .x_label_area_size(70)
             .y_label_area_size(110)
-            .build_cartesian_2d((0..n).into_segmented(), (0..n).into_segmented())?;
-        let label_of = |v: &SegmentValue<usize>| match v {
-            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            .build_cartesian_2d(axis(), axis())?;
+        let name = |i: usize| labels.get(i).cloned().unwrap_or_default();
+        let x_label = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) => name(*i),
+            _ => String::new(),
+        };
+        let y_label = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) if *i < n => name(n - 1 - i),
             _ => String::new(),
         };
         chart
             .configure_mesh()
             .disable_mesh()
-            .x_desc("predicted")
-            .y_desc("true")
             .x_labels(n)
             .y_labels(n)
-            .x_label_formatter(&label_of)
-            .y_label_formatter(&label_of)
-            .label_style((FAMILY, 14))
+            .x_desc("predicted")
+            .y_desc("true")
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&y_label)
+            .label_style((FAMILY, if n > 6 { 12 } else { 14 }))
             .axis_desc_style((FAMILY, 18))
             .draw()?;
+        let centre = plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Center,
+        );
         for (t, row) in confusion.matrix.iter().enumerate() {
-            // Row 0 at the top, as printed matrices read.
             let y = n - 1 - t;
-            for (p, &count) in row.iter().enumerate() {
+            for (x, &count) in row.iter().enumerate() {
+                use SegmentValue::{CenterOf, Exact};
                 let shade = count as f64 / max;
                 let color = RGBColor(255 - (shade * 200.0) as u8, 255 - (shade * 140.0) as u8, 255);
-                chart.draw_series(std::iter::once(Rectangle::new(
-                    [(SegmentValue::Exact(p), SegmentValue::Exact(y)), (SegmentValue::Exact(p + 1), SegmentValue::Exact(y + 1))],
-                    color.filled(),
-                )))?;
+                chart.draw_series(std::iter::once(Rectangle::new([(Exact(x), Exact(y)), (Exact(x + 1), Exact(y + 1))], color.filled())))?;
                 let text_color = if shade > 0.6 { WHITE } else { BLACK };
-                chart.draw_series(std::iter::once(Text::new(
-                    count.to_string(),
-                    (SegmentValue::CenterOf(p), SegmentValue::CenterOf(y)),
-                    (FAMILY, 16).into_font().color(&text_color).pos(plotters::style::text_anchor::Pos::new(
-                        plotters::style::text_anchor::HPos::Center,
-                        plotters::style::text_anchor::VPos::Center,
-                    )),
-                )))?;
+                let style = (FAMILY, 16).into_font().color(&text_color).pos(centre);
+                chart.draw_series(std::iter::once(Text::new(count.to_string(), (CenterOf(x), CenterOf(y)), style)))?;
             }
         }
         root.present()?;

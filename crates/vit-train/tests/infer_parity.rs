@@ -1,0 +1,114 @@
+//! ONNX Runtime (`vit::infer`) against tract and tch on the same exported
+//! model and inputs, and `Classifier::evaluate` against the accuracy the
+//! trainer measured on the same validation split.
+
+mod common;
+
+use common::*;
+use tch::nn::ModuleT;
+use vit::config::{Attention, Pooling, TrainConfig, ViTConfig};
+use vit::data::{load_splits, LoadOptions};
+use vit::infer::{Classifier, ClassifierOptions, Provider};
+use vit::{ModelMetadata, Preprocessor};
+use vit_train::export::{export_run, named_tensors, ExportRequest};
+use vit_train::train::{fit, FitOptions, RunOptions};
+use vit_train::verify::{compare, tract_logits};
+
+fn cpu() -> ClassifierOptions {
+    ClassifierOptions { provider: Provider::Cpu, ..Default::default() }
+}
+
+/// Exports the model, runs batch 1 and 7 through tch, tract and ONNX Runtime;
+/// returns (max |ort - tch|, max |ort - tract|).
+fn three_way(cfg: &ViTConfig, vs: &tch::nn::VarStore, model: &vit_train::model::ViT, seed: i64) -> (f32, f32) {
+    let meta = ModelMetadata { config: cfg.clone(), labels: (0..cfg.num_classes).map(|i| format!("c{i}")).collect(), val_accuracy: None };
+    let bytes = vit::onnx::export_to_bytes(&meta, &named_tensors(vs).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, bytes).unwrap();
+    let mut clf = Classifier::open(&path, &cpu()).unwrap_or_else(|e| panic!("{e}"));
+    let (mut vs_tch, mut vs_tract) = (0.0f32, 0.0f32);
+    for batch in [1usize, 7] {
+        let x = random_input(cfg, batch, seed + batch as i64);
+        let pixels = to_vec(&x);
+        let tch_logits = to_vec(&tch::no_grad(|| model.forward_t(&x, false)));
+        let shape = [batch, cfg.in_channels, cfg.image_size, cfg.image_size];
+        let tract = tract_logits(&path, &pixels, shape).unwrap();
+        let ort = clf.logits(&pixels, batch).unwrap_or_else(|e| panic!("{e}"));
+        let a = compare(&ort, &tch_logits, 1e-5, 1e-4);
+        assert!(a.ok(), "ort vs tch, batch {batch}, config {cfg:?}: {a}");
+        let b = compare(&ort, &tract, 1e-5, 1e-4);
+        assert!(b.ok(), "ort vs tract, batch {batch}, config {cfg:?}: {b}");
+        let c = compare(&tract, &tch_logits, 1e-5, 1e-4);
+        assert!(c.ok(), "tract vs tch, batch {batch}, config {cfg:?}: {c}");
+        vs_tch = vs_tch.max(a.max_abs_diff);
+        vs_tract = vs_tract.max(b.max_abs_diff);
+    }
+    (vs_tch, vs_tract)
+}
+
+#[test]
+fn ort_tract_and_tch_agree() {
+    let mut configs = vec![
+        standard(28, 4, 1, 1, 1, Pooling::Cls),
+        standard(32, 8, 3, 2, 2, Pooling::Mean),
+        ViTConfig { qkv_bias: false, ..standard(32, 16, 3, 1, 2, Pooling::Cls) },
+    ];
+    configs.push(dlstudio(32, 8, 2, Attention::Matmul));
+    configs.push(dlstudio(32, 8, 2, Attention::Einsum));
+    let (mut worst_tch, mut worst_tract) = (0.0f32, 0.0f32);
+    for (i, cfg) in configs.iter().enumerate() {
+        let (vs, model) = random_model(cfg, 400 + i as i64);
+        let (a, b) = three_way(cfg, &vs, &model, 500 + i as i64);
+        worst_tch = worst_tch.max(a);
+        worst_tract = worst_tract.max(b);
+    }
+    eprintln!("max |ort - tch| = {worst_tch:.3e}, max |ort - tract| = {worst_tract:.3e}");
+}
+
+#[test]
+fn evaluation_accuracy_equals_the_trained_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = coco5();
+    let cfg = ViTConfig {
+        train: TrainConfig { epochs: 2, batch_size: 16, lr: 1e-3, log_every: 1000, seed: 3, ..Default::default() },
+        ..standard(32, 8, 3, 1, 2, Pooling::Mean)
+    };
+    let run = tmp.path().join("run");
+    let opts = FitOptions {
+        run: RunOptions { data: data.clone(), val_fraction: 0.2, max_per_class: Some(30) },
+        out: run.clone(),
+        device: tch::Device::Cpu,
+        resume: false,
+        eval_batch: 64,
+        progress: false,
+    };
+    let summary = fit(cfg.clone(), &opts).expect("fit");
+    let onnx = tmp.path().join("model.onnx");
+    let report = export_run(&ExportRequest {
+        run: run.clone(),
+        out: Some(onnx.clone()),
+        checkpoint: "last".into(),
+        external_data: false,
+        atol: 1e-4,
+        verify_images: 8,
+    })
+    .expect("export");
+    assert_eq!(report.path, onnx);
+
+    let mut clf = Classifier::open(&onnx, &cpu()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(clf.metadata().val_accuracy, Some(summary.val_accuracy));
+    assert_eq!(clf.labels(), summary.labels.as_slice());
+    let prep = Preprocessor::from_config(&clf.metadata().config);
+    assert_eq!(prep, Preprocessor::from_config(&cfg));
+    let splits = load_splits(&data, &prep, &LoadOptions { val_fraction: 0.2, seed: cfg.train.seed, max_per_class: Some(30) }).unwrap();
+    clf.check_classes(&splits.classes).unwrap();
+    assert_eq!(splits.val.len(), summary.val_images);
+    for batch in [64, 7] {
+        let eval = clf.evaluate(&splits.val, batch).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("batch {batch}: ONNX Runtime accuracy {} vs trained {} on {} images", eval.accuracy, summary.val_accuracy, eval.total);
+        assert_eq!(eval.total as usize, summary.val_images);
+        assert_eq!(eval.accuracy, summary.val_accuracy, "ONNX Runtime evaluation differs from the trainer's");
+        assert_eq!(eval.confusion, summary.confusion_matrix);
+    }
+}
