@@ -14,6 +14,9 @@ struct Slot {
     param: Tensor,
     m: Tensor,
     v: Tensor,
+    /// Scratch of the parameter's shape: the update allocates nothing per step
+    /// (large per-step temporaries cost more than the arithmetic on the CPU).
+    buf: Tensor,
     decay: bool,
 }
 
@@ -43,8 +46,8 @@ impl Adam {
             .filter(|(_, t)| t.requires_grad())
             .map(|(name, param)| {
                 let decay = !is_no_decay(&name, &param.size());
-                let (m, v) = (param.zeros_like(), param.zeros_like());
-                (name, Slot { param, m, v, decay })
+                let (m, v, buf) = (param.zeros_like(), param.zeros_like(), param.zeros_like());
+                (name, Slot { param, m, v, buf, decay })
             })
             .collect();
         Self { slots, kind: cfg.optimizer, betas: cfg.betas, eps: cfg.eps, weight_decay: cfg.weight_decay, step: 0 }
@@ -72,12 +75,15 @@ impl Adam {
         })
     }
 
-    /// One update with learning rate `lr`.
+    /// One update with learning rate `lr`, in place, as PyTorch's single-tensor Adam:
+    /// `m = lerp(m, g, 1 - b1)`, `v = b2 v + (1 - b2) g^2`,
+    /// `p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)`.
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
         let (b1, b2) = self.betas;
         let bc1 = 1.0 - b1.powi(self.step as i32);
-        let bc2 = 1.0 - b2.powi(self.step as i32);
+        let bc2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
+        let step_size = lr / bc1;
         tch::no_grad(|| {
             for s in self.slots.values_mut() {
                 let mut g = s.param.grad();
@@ -86,17 +92,27 @@ impl Adam {
                 }
                 let wd = if s.decay { self.weight_decay } else { 0.0 };
                 match self.kind {
-                    Optimizer::Adam if wd > 0.0 => g = &g + &s.param * wd,
+                    Optimizer::Adam if wd > 0.0 => {
+                        s.buf.copy_(&s.param);
+                        let _ = s.buf.g_mul_scalar_(wd);
+                        let _ = g.g_add_(&s.buf);
+                    }
                     Optimizer::Adamw if wd > 0.0 => {
                         let _ = s.param.g_mul_scalar_(1.0 - lr * wd);
                     }
                     _ => {}
                 }
-                s.m.copy_(&(&s.m * b1 + &g * (1.0 - b1)));
-                s.v.copy_(&(&s.v * b2 + g.square() * (1.0 - b2)));
-                let denom = (&s.v / bc2).sqrt() + self.eps;
-                let update = &s.m / denom * (lr / bc1);
-                let _ = s.param.g_sub_(&update);
+                let _ = s.m.lerp_(&g, 1.0 - b1);
+                s.buf.copy_(&g);
+                let _ = s.buf.g_mul_scalar_(1.0 - b2);
+                let _ = s.v.g_mul_scalar_(b2);
+                let _ = s.v.addcmul_(&s.buf, &g);
+                let _ = s.v.sqrt_out(&s.buf);
+                // buf = -(sqrt(v) / bc2_sqrt + eps) / step_size, so p += m / buf is the update.
+                let _ = s.buf.g_div_scalar_(bc2_sqrt);
+                let _ = s.buf.g_add_scalar_(self.eps);
+                let _ = s.buf.g_mul_scalar_(-1.0 / step_size);
+                let _ = s.param.addcdiv_(&s.m, &s.buf);
             }
         });
     }
