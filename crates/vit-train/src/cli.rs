@@ -27,6 +27,25 @@ pub enum Command {
     Fit(Box<FitArgs>),
     /// Export a run's checkpoint to ONNX and verify it against tch with tract.
     Export(ExportArgs),
+    /// Write a few validation images as PNG (`<index>_<label>.png`), as the model sees them.
+    Samples(SamplesArgs),
+}
+
+/// `vit-train samples` flags.
+#[derive(Debug, Args)]
+pub struct SamplesArgs {
+    /// Run folder whose config gives size and channels.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Data set (default: the run's).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
 }
 
 /// `vit-train fit` flags.
@@ -193,6 +212,20 @@ pub fn run(cli: Cli) -> Result<()> {
                     atol: 1e-4,
                     verify_images: 16,
                 })?;
+            }
+            Ok(())
+        }
+        Command::Samples(a) => {
+            let (cfg, _) = crate::export::read_run(&a.run)?;
+            let data = match a.data {
+                Some(d) => d,
+                None => {
+                    let text = std::fs::read_to_string(a.run.join("run.json")).context("run.json is missing; pass --data")?;
+                    serde_json::from_str::<RunOptions>(&text).context("run.json is malformed")?.data
+                }
+            };
+            for f in crate::samples::write_samples(&cfg, &data, &a.out, a.count)? {
+                println!("{}", f.display());
             }
             Ok(())
         }

@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plots;
+pub mod samples;
 pub mod train;
 pub mod verify;
