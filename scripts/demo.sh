@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The main job: set-up, then train the default preset on Fashion-MNIST on the CPU,
-# export ONNX (verified against tch with tract) and copy it to models/.
+# export ONNX (verified against tch with tract), copy it to models/, and classify a
+# few Fashion-MNIST test images saved as PNG with vit-infer (ONNX Runtime).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --release
+scripts/setup.sh
 source scripts/env.sh
-BIN="$CARGO_TARGET_DIR/release"
+BIN="$CARGO_TARGET_DIR/debug"
 RUN="${RUN:-runs/demo}"
 if [ -e "$RUN/resume.safetensors" ]; then
   echo "[demo] $RUN already holds a run; moving it to $RUN.old"
@@ -15,3 +16,9 @@ echo "[demo] training models/fashion-mnist.toml on $FASHION_MNIST_DIR"
 "$BIN/vit-train" fit --config models/fashion-mnist.toml --data "$FASHION_MNIST_DIR" --out "$RUN" "$@"
 cp "$RUN/model.onnx" models/fashion-mnist.onnx
 echo "[demo] model: models/fashion-mnist.onnx; plots: $RUN/loss.png, $RUN/confusion.png"
+SAMPLES="$RUN/samples"
+"$BIN/vit-train" samples --run "$RUN" --out "$SAMPLES" --count 8 >/dev/null
+echo "[demo] vit-infer on $SAMPLES (file names carry the true label):"
+"$BIN/vit-infer" --model models/fashion-mnist.onnx --top-k 1 "$SAMPLES"
+echo "[demo] vit-infer --eval on the Fashion-MNIST test set:"
+"$BIN/vit-infer" --model models/fashion-mnist.onnx --eval "$FASHION_MNIST_DIR"

@@ -55,8 +55,15 @@ if [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -e "$FASHION_
 fi
 
 if [ "$BUILD" = 1 ]; then
-  flags=(--workspace --all-features --bins); [ "$PROFILE" = release ] && flags+=(--release)
-  say "cargo build ${flags[*]} (target dir $CARGO_TARGET_DIR)"
-  cargo build "${flags[@]}" || die "cargo build failed"
+  if [ "$PROFILE" = release ]; then
+    say "cargo build --release --workspace --all-features --bins (target dir $CARGO_TARGET_DIR)"
+    cargo build --release --workspace --all-features --bins || die "cargo build failed"
+  else
+    # The dev profile compiles dependencies at opt-level 2 (libtorch does the heavy
+    # lifting anyway); building through `cargo test --no-run` gives the binaries the
+    # same feature set as the test suite, so demo and tests share one build.
+    say "cargo test --workspace --all-features --no-run (target dir $CARGO_TARGET_DIR)"
+    cargo test --workspace --all-features --no-run || die "cargo build failed"
+  fi
 fi
 say "done"

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod data;
 pub mod metadata;
+#[cfg(feature = "infer")] pub mod infer;
 #[cfg(feature = "export")] pub mod onnx;
 pub mod preprocess;
 pub mod tensor;

@@ -1,0 +1,756 @@
+//! ONNX Runtime inference: `vit::infer::Classifier` and the `vit-infer` binary
+//! against tract and Python onnxruntime on exported random-weight models;
+//! preprocessing parity with `Preprocessor`; per-file and per-model errors;
+//! exit codes; the light crate's dependency tree.
+//!
+//! Run with `--features export,cli` (the binary tests need `cli`).
+
+#![cfg(all(feature = "infer", feature = "export"))]
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use tract_onnx::prelude::*;
+use vit::config::{Pooling, Variant, ViTConfig};
+use vit::data::Dataset;
+use vit::infer::{argmax, softmax, Classifier, ClassifierOptions, InferError, OptLevel, Provider};
+use vit::onnx::proto::ModelProto;
+use vit::{ModelMetadata, NamedTensors, Preprocessor, TensorData};
+
+// ---- helpers ----------------------------------------------------------------
+
+/// Deterministic pseudo-random numbers (64-bit LCG, Knuth's constants).
+struct Lcg(u64);
+
+impl Lcg {
+    fn uniform(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32) / (1u64 << 24) as f32
+    }
+
+    /// Roughly standard normal (Irwin–Hall with 4 terms, rescaled).
+    fn normal(&mut self) -> f32 {
+        let s: f32 = (0..4).map(|_| self.uniform()).sum();
+        (s - 2.0) * (3.0f32).sqrt()
+    }
+}
+
+const LABELS: [&str; 3] = ["a_red", "b_green", "c_blue"];
+
+/// The small standard config of the brief: image 16, patch 4, embed 16, depth 1, 2 heads, 3 classes.
+fn small(channels: usize) -> ViTConfig {
+    ViTConfig {
+        variant: Variant::Standard,
+        image_size: 16,
+        patch_size: 4,
+        in_channels: channels,
+        num_classes: 3,
+        embed_dim: 16,
+        depth: 1,
+        num_heads: 2,
+        mlp_ratio: 2.0,
+        pooling: Pooling::Cls,
+        ..Default::default()
+    }
+}
+
+fn random_weights(cfg: &ViTConfig, seed: u64) -> NamedTensors {
+    let mut rng = Lcg(seed);
+    vit::onnx::expected_tensors(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n = shape.iter().product();
+            let data = (0..n).map(|_| rng.normal() * 0.3).collect();
+            (name, TensorData { shape, data })
+        })
+        .collect()
+}
+
+fn metadata(cfg: &ViTConfig) -> ModelMetadata {
+    let labels = (0..cfg.num_classes).map(|i| LABELS.get(i).map_or(format!("class{i}"), |s| s.to_string())).collect();
+    ModelMetadata { config: cfg.clone(), labels, val_accuracy: Some(0.5) }
+}
+
+fn model_bytes(cfg: &ViTConfig, seed: u64) -> Vec<u8> {
+    vit::onnx::export_to_bytes(&metadata(cfg), &random_weights(cfg, seed)).expect("export")
+}
+
+/// Writes a random-weight model into `dir`; returns its path.
+fn write_model(dir: &Path, name: &str, cfg: &ViTConfig, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, model_bytes(cfg, seed)).expect("write model");
+    path
+}
+
+fn images(cfg: &ViTConfig, batch: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Lcg(seed);
+    (0..batch * cfg.in_channels * cfg.image_size * cfg.image_size).map(|_| rng.normal()).collect()
+}
+
+fn cpu() -> ClassifierOptions {
+    ClassifierOptions { provider: Provider::Cpu, ..Default::default() }
+}
+
+fn open(path: &Path) -> Classifier {
+    Classifier::open(path, &cpu()).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+}
+
+fn tract_logits(path: &Path, cfg: &ViTConfig, batch: usize, pixels: &[f32]) -> Vec<f32> {
+    let shape = [batch, cfg.in_channels, cfg.image_size, cfg.image_size];
+    let run = || -> TractResult<Vec<f32>> {
+        let plan = tract_onnx::onnx()
+            .model_for_path(path)?
+            .with_input_fact(0, f32::fact(shape).into())?
+            .into_optimized()?
+            .into_runnable()?;
+        let out = plan.run(tvec!(Tensor::from_shape(&shape, pixels)?.into()))?;
+        let view = out[0].to_plain_array_view::<f32>()?;
+        assert_eq!(view.shape(), [batch, cfg.num_classes]);
+        Ok(view.iter().copied().collect())
+    };
+    run().unwrap_or_else(|e| panic!("tract on {}: {e:?}", path.display()))
+}
+
+/// `torch.allclose`-style check; panics with the mismatch count and the first
+/// bad indices. Returns max |actual - expected|.
+fn assert_allclose(actual: &[f32], expected: &[f32], atol: f32, rtol: f32, what: &str) -> f32 {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
+    let mut max = 0.0f32;
+    let mut bad = Vec::new();
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let d = (a - e).abs();
+        max = max.max(if d.is_nan() { f32::INFINITY } else { d });
+        if d.is_nan() || d > atol + rtol * e.abs() {
+            bad.push((i, a, e));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} values differ beyond atol {atol:e} + rtol {rtol:e} * |expected| (max |diff| {max:e}); first (index, actual, expected): {:?}",
+        bad.len(),
+        actual.len(),
+        &bad[..bad.len().min(5)]
+    );
+    max
+}
+
+/// A deterministic RGB test image of `w` x `h`.
+fn write_png(path: &Path, w: u32, h: u32, seed: u64) {
+    let mut rng = Lcg(seed);
+    let img = image::RgbImage::from_fn(w, h, |_, _| {
+        image::Rgb([(rng.uniform() * 255.0) as u8, (rng.uniform() * 255.0) as u8, (rng.uniform() * 255.0) as u8])
+    });
+    img.save(path).expect("write png");
+}
+
+fn write_gray_png(path: &Path, w: u32, h: u32, seed: u64) {
+    let mut rng = Lcg(seed);
+    let img = image::GrayImage::from_fn(w, h, |_, _| image::Luma([(rng.uniform() * 255.0) as u8]));
+    img.save(path).expect("write png");
+}
+
+/// Logits of one file through the shared preprocessing, batch 1.
+fn file_logits(clf: &mut Classifier, path: &Path) -> Vec<f32> {
+    let prep = clf.preprocessor().clone();
+    let px = prep.load_file(path).expect("decode");
+    clf.logits(&prep.normalize(&px), 1).expect("logits")
+}
+
+// ---- numerics -----------------------------------------------------------------
+
+#[test]
+fn ort_logits_match_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = [
+        ("rgb cls", small(3)),
+        ("gray cls", small(1)),
+        ("rgb mean depth 2", ViTConfig { depth: 2, pooling: Pooling::Mean, ..small(3) }),
+    ];
+    for (i, (name, cfg)) in configs.iter().enumerate() {
+        let path = write_model(dir.path(), &format!("m{i}.onnx"), cfg, 7 + i as u64);
+        for opt in [OptLevel::Disable, OptLevel::All] {
+            let opts = ClassifierOptions { provider: Provider::Cpu, optimization: opt, intra_threads: Some(1), ..Default::default() };
+            let mut clf = Classifier::open(&path, &opts).expect("open");
+            assert_eq!(clf.provider(), "cpu");
+            for batch in [1, 5] {
+                let x = images(cfg, batch, 100 + batch as u64);
+                let ort = clf.logits(&x, batch).expect("ort logits");
+                assert_eq!(ort.len(), batch * cfg.num_classes);
+                let tract = tract_logits(&path, cfg, batch, &x);
+                let max = assert_allclose(&ort, &tract, 1e-5, 1e-4, &format!("{name}, {opt:?}, batch {batch}: ort vs tract"));
+                eprintln!("{name}, {opt:?}, batch {batch}: max |ort - tract| = {max:.3e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_rows_match_single_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(3);
+    let path = write_model(dir.path(), "m.onnx", &cfg, 3);
+    let mut clf = open(&path);
+    let x = images(&cfg, 5, 9);
+    let batched = clf.logits(&x, 5).unwrap();
+    let len = Preprocessor::from_config(&cfg).image_len();
+    for i in 0..5 {
+        let one = clf.logits(&x[i * len..(i + 1) * len], 1).unwrap();
+        assert_allclose(&batched[i * 3..(i + 1) * 3], &one, 1e-5, 1e-4, &format!("row {i} of batch 5 vs batch 1"));
+    }
+}
+
+#[test]
+fn metadata_and_preprocessing_come_from_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(1);
+    let path = write_model(dir.path(), "m.onnx", &cfg, 4);
+    let clf = open(&path);
+    assert_eq!(clf.metadata(), &metadata(&cfg));
+    assert_eq!(clf.preprocessor(), &Preprocessor::from_config(&cfg));
+    assert_eq!(clf.labels(), &LABELS.map(String::from));
+}
+
+// ---- files and preprocessing --------------------------------------------------
+
+#[test]
+fn classify_files_gives_softmax_of_the_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(3);
+    let path = write_model(dir.path(), "m.onnx", &cfg, 11);
+    let mut clf = open(&path);
+    let mut files = Vec::new();
+    for i in 0..7u64 {
+        let f = dir.path().join(format!("img{i}.png"));
+        match i % 3 {
+            0 => write_png(&f, 16, 16, i),
+            1 => write_png(&f, 23, 11, i), // resized by the Preprocessor
+            _ => write_gray_png(&f, 16, 16, i), // gray -> RGB
+        }
+        files.push(f);
+    }
+    let results = clf.classify_files(&files, 3, 4);
+    assert_eq!(results.len(), files.len());
+    for (f, r) in files.iter().zip(results) {
+        let pred = r.unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert_eq!(pred.path.as_deref(), Some(f.as_path()));
+        assert_eq!(pred.top.len(), 3);
+        let sum: f32 = pred.top.iter().map(|s| s.probability).sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{}: probabilities sum to {sum}", f.display());
+        assert!(pred.top.windows(2).all(|w| w[0].probability >= w[1].probability), "sorted: {:?}", pred.top);
+        let logits = file_logits(&mut clf, f);
+        assert_eq!(pred.top[0].index, argmax(&logits), "{}: top-1 vs argmax of {logits:?}", f.display());
+        assert_eq!(pred.top[0].label, LABELS[pred.top[0].index]);
+        let probs = softmax(&logits);
+        for s in &pred.top {
+            assert!((s.probability as f64 - probs[s.index]).abs() < 1e-5, "{}: {s:?} vs {probs:?}", f.display());
+        }
+    }
+    // top_k is capped at the class count and 1 gives one entry.
+    let r = clf.classify_files(&files[..1], 10, 1);
+    assert_eq!(r[0].as_ref().unwrap().top.len(), 3);
+    let r = clf.classify_files(&files[..1], 1, 1);
+    assert_eq!(r[0].as_ref().unwrap().top.len(), 1);
+}
+
+#[test]
+fn classifying_a_file_is_bit_exact_with_the_preprocessor() {
+    let dir = tempfile::tempdir().unwrap();
+    for channels in [1, 3] {
+        let cfg = small(channels);
+        let path = write_model(dir.path(), &format!("m{channels}.onnx"), &cfg, 21);
+        let mut clf = open(&path);
+        for (i, (w, h)) in [(16, 16), (40, 30), (9, 9)].into_iter().enumerate() {
+            let f = dir.path().join(format!("c{channels}_{i}.png"));
+            write_png(&f, w, h, 50 + i as u64);
+            // Same decode + resize + normalise code, same batch size: identical numbers.
+            let logits = file_logits(&mut clf, &f);
+            let pred = clf.classify_files(&[&f], 3, 1).remove(0).expect("classify");
+            let probs = softmax(&logits);
+            for s in &pred.top {
+                assert_eq!(s.probability, probs[s.index] as f32, "{}: {s:?} vs softmax {probs:?}", f.display());
+            }
+            let px = Preprocessor::from_config(&cfg).load_file(&f).unwrap();
+            let via_pixels = clf.classify_pixels(&[&px], 3).unwrap().remove(0);
+            assert_eq!(via_pixels.top, pred.top);
+        }
+    }
+}
+
+#[test]
+fn wrong_input_sizes_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(3);
+    let path = write_model(dir.path(), "m.onnx", &cfg, 5);
+    let mut clf = open(&path);
+    let gray = vec![0u8; 16 * 16];
+    let msg = clf.classify_pixels(&[&gray], 3).unwrap_err().to_string();
+    assert!(msg.contains("image 0") && msg.contains("1 channel(s)") && msg.contains("convert the image to 3"), "{msg}");
+    let big = vec![0u8; 3 * 32 * 32];
+    let msg = clf.classify_pixels(&[&big], 3).unwrap_err().to_string();
+    assert!(msg.contains("32x32") && msg.contains("resize"), "{msg}");
+    let msg = clf.logits(&vec![0.0; 100], 1).unwrap_err().to_string();
+    assert!(msg.contains("100") && msg.contains("768"), "{msg}");
+    let msg = clf.logits(&vec![0.0; 768], 2).unwrap_err().to_string();
+    assert!(msg.contains("1536"), "{msg}");
+    assert!(clf.logits(&[], 0).is_err());
+    assert!(clf.classify_pixels(&[], 3).unwrap().is_empty());
+}
+
+#[test]
+fn a_bad_file_among_images_is_reported_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(3);
+    let path = write_model(dir.path(), "m.onnx", &cfg, 6);
+    let mut clf = open(&path);
+    let good1 = dir.path().join("a.png");
+    let bad = dir.path().join("b.png");
+    let missing = dir.path().join("nope.png");
+    let good2 = dir.path().join("c.png");
+    write_png(&good1, 16, 16, 1);
+    std::fs::write(&bad, b"this is not a png").unwrap();
+    write_png(&good2, 16, 16, 2);
+    let files = [&good1, &bad, &missing, &good2];
+    let r = clf.classify_files(&files, 2, 8);
+    assert!(r[0].is_ok() && r[3].is_ok(), "{r:?}");
+    let e1 = r[1].as_ref().unwrap_err().to_string();
+    assert!(e1.contains("b.png") && e1.contains("decode"), "{e1}");
+    let e2 = r[2].as_ref().unwrap_err().to_string();
+    assert!(e2.contains("nope.png"), "{e2}");
+    // Same predictions as without the bad files.
+    let alone = clf.classify_files(&[&good1, &good2], 2, 8);
+    assert_eq!(r[0].as_ref().unwrap(), alone[0].as_ref().unwrap());
+    assert_eq!(r[3].as_ref().unwrap(), alone[1].as_ref().unwrap());
+}
+
+// ---- evaluation ---------------------------------------------------------------
+
+/// `root/<label>/*.png`, `n` per class.
+fn image_folder(root: &Path, labels: &[&str], n: usize) {
+    for (c, label) in labels.iter().enumerate() {
+        std::fs::create_dir_all(root.join(label)).unwrap();
+        for i in 0..n {
+            write_png(&root.join(label).join(format!("{i}.png")), 16, 16, (c * 100 + i) as u64);
+        }
+    }
+}
+
+#[test]
+fn evaluate_counts_argmax_per_true_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(3);
+    let path = write_model(dir.path(), "m.onnx", &cfg, 8);
+    let data_dir = dir.path().join("data");
+    image_folder(&data_dir, &LABELS, 7);
+    let mut clf = open(&path);
+    let set = vit::infer::load_eval_data(&data_dir, clf.preprocessor()).unwrap();
+    clf.check_classes(&set.classes).unwrap();
+    assert_eq!(set.data.len(), 21);
+    let eval = clf.evaluate(&set.data, 4).unwrap();
+    let mut expected = vec![vec![0u64; 3]; 3];
+    for i in 0..set.data.len() {
+        let x = clf.preprocessor().normalize(set.data.image(i));
+        let l = clf.logits(&x, 1).unwrap();
+        expected[set.data.labels[i] as usize][argmax(&l)] += 1;
+    }
+    assert_eq!(eval.confusion, expected);
+    assert_eq!(eval.total, 21);
+    let correct: u64 = (0..3).map(|i| expected[i][i]).sum();
+    assert_eq!(eval.accuracy, correct as f64 / 21.0);
+    // train/ + val/: only val/ is evaluated.
+    let split_dir = dir.path().join("split");
+    image_folder(&split_dir.join("train"), &LABELS, 2);
+    image_folder(&split_dir.join("val"), &LABELS, 3);
+    let set = vit::infer::load_eval_data(&split_dir, clf.preprocessor()).unwrap();
+    assert_eq!(set.data.len(), 9);
+    assert!(set.data.paths.iter().all(|p| p.starts_with(split_dir.join("val"))));
+    // Other class names are refused.
+    let msg = clf.check_classes(&["x".into(), "y".into(), "z".into()]).unwrap_err().to_string();
+    assert!(msg.contains("a_red") && msg.contains("\"x\""), "{msg}");
+    // Pixels of another size are refused.
+    let wrong = Dataset { pixels: vec![0; 10], labels: vec![0], image_len: 10, ..Default::default() };
+    assert!(clf.evaluate(&wrong, 4).unwrap_err().to_string().contains("Preprocessor"));
+}
+
+// ---- model errors -------------------------------------------------------------
+
+#[test]
+fn missing_and_corrupt_models_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.onnx");
+    let err = Classifier::open(&missing, &cpu()).unwrap_err();
+    assert!(matches!(err, InferError::ModelNotFound(_)), "{err:?}");
+    assert!(err.to_string().contains("missing.onnx"), "{err}");
+
+    let corrupt = dir.path().join("corrupt.onnx");
+    let mut rng = Lcg(99);
+    std::fs::write(&corrupt, (0..4096).map(|_| (rng.uniform() * 256.0) as u8).collect::<Vec<u8>>()).unwrap();
+    let err = Classifier::open(&corrupt, &cpu()).unwrap_err();
+    assert!(matches!(err, InferError::ModelLoad { .. }), "{err:?}");
+    assert!(err.to_string().contains("corrupt.onnx"), "{err}");
+
+    // A directory is not a model file.
+    let err = Classifier::open(dir.path(), &cpu()).unwrap_err();
+    assert!(matches!(err, InferError::ModelNotFound(_)), "{err:?}");
+}
+
+fn strip_metadata(bytes: &[u8]) -> Vec<u8> {
+    let mut model = ModelProto::decode(bytes).expect("decode our own model");
+    assert!(!model.metadata_props.is_empty());
+    model.metadata_props.clear();
+    model.encode_to_vec()
+}
+
+#[test]
+fn a_model_without_metadata_names_the_key_or_uses_the_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(3);
+    let with = write_model(dir.path(), "with.onnx", &cfg, 12);
+    let without = dir.path().join("without.onnx");
+    std::fs::write(&without, strip_metadata(&model_bytes(&cfg, 12))).unwrap();
+    let err = Classifier::open(&without, &cpu()).unwrap_err();
+    assert!(matches!(err, InferError::Metadata { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("vit.config") && msg.contains("without.onnx"), "{msg}");
+
+    let opts = ClassifierOptions { fallback_metadata: Some(metadata(&cfg)), ..cpu() };
+    let mut fallback = Classifier::open(&without, &opts).expect("fallback metadata");
+    let x = images(&cfg, 2, 5);
+    assert_eq!(fallback.logits(&x, 2).unwrap(), open(&with).logits(&x, 2).unwrap());
+    // A fallback that does not fit the graph is refused.
+    let opts = ClassifierOptions { fallback_metadata: Some(metadata(&small(1))), ..cpu() };
+    let msg = Classifier::open(&without, &opts).unwrap_err().to_string();
+    assert!(msg.contains("pixel_values") && msg.contains("f32 [batch, 1, 16, 16]"), "{msg}");
+}
+
+#[test]
+fn cuda_is_used_or_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_model(dir.path(), "m.onnx", &small(3), 13);
+    let opts = ClassifierOptions { provider: Provider::Cuda, ..Default::default() };
+    match Classifier::open(&path, &opts) {
+        Ok(clf) => assert_eq!(clf.provider(), "cuda"),
+        Err(e) => {
+            assert!(matches!(e, InferError::CudaUnavailable(_)), "{e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains("CUDA") && msg.contains("--ep cpu"), "{msg}");
+            // Auto falls back to the CPU.
+            let auto = Classifier::open(&path, &ClassifierOptions::default()).expect("auto");
+            assert_eq!(auto.provider(), "cpu");
+            assert!(auto.cuda_fallback_reason().is_some());
+            assert!(open(&path).cuda_fallback_reason().is_none());
+        }
+    }
+}
+
+// ---- Python onnxruntime -------------------------------------------------------
+
+fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("VIT_VENV").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/vit-toolchain/venv")
+    });
+    let python = venv.join("bin/python");
+    assert!(python.exists(), "{} not found: run scripts/setup.sh (or set VIT_VENV)", python.display());
+    python
+}
+
+const PY_RUN: &str = r#"
+import sys, numpy as np, onnxruntime as ort
+model, inp, out, n, c, s = sys.argv[1], sys.argv[2], sys.argv[3], *map(int, sys.argv[4:7])
+x = np.fromfile(inp, dtype="<f4").reshape(n, c, s, s)
+sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+meta = sess.get_modelmeta().custom_metadata_map
+assert "vit.config" in meta and "vit.labels" in meta, meta
+y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+np.ascontiguousarray(y, dtype="<f4").tofile(out)
+"#;
+
+#[test]
+fn python_onnxruntime_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, cfg) in [small(3), small(1)].iter().enumerate() {
+        let path = write_model(dir.path(), &format!("m{i}.onnx"), cfg, 30 + i as u64);
+        let n = 6;
+        let x = images(cfg, n, 40 + i as u64);
+        let inp = dir.path().join(format!("x{i}.f32"));
+        let out = dir.path().join(format!("y{i}.f32"));
+        std::fs::write(&inp, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        let status = std::process::Command::new(venv_python())
+            .args(["-c", PY_RUN])
+            .arg(&path)
+            .arg(&inp)
+            .arg(&out)
+            .args([n, cfg.in_channels, cfg.image_size].map(|v| v.to_string()))
+            .status()
+            .expect("run python");
+        assert!(status.success(), "python onnxruntime failed ({status})");
+        let py: Vec<f32> =
+            std::fs::read(&out).unwrap().chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let mut clf = open(&path);
+        let ours = clf.logits(&x, n).unwrap();
+        let max = assert_allclose(&ours, &py, 1e-4, 0.0, &format!("config {i}: vit::infer vs Python onnxruntime"));
+        eprintln!("config {i}: max |rust ort - python ort| = {max:.3e}");
+        let k = cfg.num_classes;
+        for j in 0..n {
+            assert_eq!(argmax(&ours[j * k..(j + 1) * k]), argmax(&py[j * k..(j + 1) * k]), "image {j}: top-1 differs");
+        }
+    }
+}
+
+// ---- dependency tree ----------------------------------------------------------
+
+#[test]
+fn inference_path_does_not_pull_torch_protobuf_or_clap() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["tree", "--offline", "-p", "vit", "--no-default-features", "--features", "infer", "-e", "normal", "--prefix", "none"])
+        .output()
+        .expect("run cargo tree");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.lines().any(|l| l.starts_with("ort ")), "ort missing from:\n{text}");
+    for banned in ["torch-sys", "tch", "prost", "clap"] {
+        let hit = text.lines().find(|l| l.split_whitespace().next() == Some(banned));
+        assert!(hit.is_none(), "`{banned}` is in the inference dependency tree: {hit:?}");
+    }
+}
+
+// ---- the binary ---------------------------------------------------------------
+
+#[cfg(feature = "cli")]
+mod cli {
+    use std::process::{Command, Output};
+
+    use super::*;
+
+    fn vit_infer(args: &[&std::ffi::OsStr]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vit-infer")).args(args).output().expect("run vit-infer")
+    }
+
+    fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let out = vit_infer(&args);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        model: PathBuf,
+        images: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let model = write_model(dir.path(), "m.onnx", &small(3), 17);
+        let images = dir.path().join("imgs");
+        std::fs::create_dir_all(images.join("sub")).unwrap();
+        write_png(&images.join("one.png"), 16, 16, 1);
+        write_png(&images.join("sub/two.PNG"), 20, 20, 2);
+        write_gray_png(&images.join("sub/three.png"), 16, 16, 3);
+        std::fs::write(images.join("notes.txt"), "not an image").unwrap();
+        Fixture { dir, model, images }
+    }
+
+    #[test]
+    fn classifies_a_directory_as_json_lines() {
+        let f = fixture();
+        let (code, stdout, stderr) = run(&[&"--model", &f.model, &"--json", &"--top-k", &"2", &"--batch-size", &"2", &"--ep", &"cpu", &f.images]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stderr.contains("execution provider: cpu"), "{stderr}");
+        let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+        assert_eq!(lines.len(), 3, "{stdout}");
+        let mut clf = open(&f.model);
+        for v in &lines {
+            let path = PathBuf::from(v["path"].as_str().unwrap());
+            assert!(path.extension().unwrap().eq_ignore_ascii_case("png"));
+            assert_eq!(v["provider"], "cpu");
+            let top = v["top"].as_array().unwrap();
+            assert_eq!(top.len(), 2);
+            let logits = file_logits(&mut clf, &path);
+            assert_eq!(top[0]["index"].as_u64().unwrap() as usize, argmax(&logits), "{v}");
+            assert_eq!(top[0]["label"], LABELS[argmax(&logits)]);
+            let p = top[0]["probability"].as_f64().unwrap();
+            assert!((p - softmax(&logits)[argmax(&logits)]).abs() < 1e-5, "{v}");
+        }
+    }
+
+    #[test]
+    fn text_output_lists_path_then_labels() {
+        let f = fixture();
+        let one = f.images.join("one.png");
+        let (code, stdout, stderr) = run(&[&"-m", &f.model, &"-k", &"3", &one]);
+        assert_eq!(code, 0, "{stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 4, "{stdout}");
+        assert_eq!(lines[0], one.display().to_string());
+        for l in &lines[1..] {
+            let mut parts = l.split_whitespace();
+            let label = parts.next().unwrap();
+            assert!(LABELS.contains(&label), "{l}");
+            let p: f64 = parts.next().unwrap().parse().unwrap();
+            assert!((0.0..=1.0).contains(&p), "{l}");
+        }
+    }
+
+    #[test]
+    fn failed_files_exit_1_and_the_rest_is_classified() {
+        let f = fixture();
+        let bad = f.dir.path().join("bad.png");
+        std::fs::write(&bad, b"garbage").unwrap();
+        let (code, stdout, stderr) = run(&[&"-m", &f.model, &"--json", &f.images, &bad, &f.images.join("notes.txt")]);
+        assert_eq!(code, 1, "{stderr}");
+        let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 5, "{stdout}");
+        assert_eq!(lines.iter().filter(|v| v.get("top").is_some()).count(), 3);
+        let errors: Vec<_> = lines.iter().filter(|v| v.get("error").is_some()).collect();
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0]["path"].as_str().unwrap().ends_with("bad.png"));
+        assert!(errors[1]["error"].as_str().unwrap().contains("notes.txt"));
+        // Text mode reports the failure on stderr.
+        let (code, _, stderr) = run(&[&"-m", &f.model, &bad]);
+        assert_eq!(code, 1);
+        assert!(stderr.contains("bad.png"), "{stderr}");
+    }
+
+    #[test]
+    fn model_and_usage_errors_exit_2() {
+        let f = fixture();
+        let img = f.images.join("one.png");
+        let (code, _, stderr) = run(&[&"-m", &f.dir.path().join("none.onnx"), &img]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("none.onnx") && stderr.contains("does not exist"), "{stderr}");
+
+        let corrupt = f.dir.path().join("corrupt.onnx");
+        std::fs::write(&corrupt, [7u8; 1000]).unwrap();
+        let (code, _, stderr) = run(&[&"-m", &corrupt, &img]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("corrupt.onnx"), "{stderr}");
+
+        let bare = f.dir.path().join("bare.onnx");
+        std::fs::write(&bare, strip_metadata(&std::fs::read(&f.model).unwrap())).unwrap();
+        let (code, _, stderr) = run(&[&"-m", &bare, &img]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("vit.config"), "{stderr}");
+
+        let empty = f.dir.path().join("empty");
+        std::fs::create_dir_all(empty.join("nested")).unwrap();
+        std::fs::write(empty.join("nested/readme.md"), "x").unwrap();
+        let (code, _, stderr) = run(&[&"-m", &f.model, &empty]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("no image files") && stderr.contains("empty"), "{stderr}");
+
+        // No inputs, unknown flag, bad value, inputs together with --eval: clap usage errors.
+        assert_eq!(run(&[&"-m", &f.model]).0, 2);
+        assert_eq!(run(&[&"--frobnicate", &img]).0, 2);
+        assert_eq!(run(&[&"--top-k", &"0", &img]).0, 2);
+        assert_eq!(run(&[&"--ep", &"tpu", &img]).0, 2);
+        assert_eq!(run(&[&"--eval", &f.images, &img]).0, 2);
+    }
+
+    #[test]
+    fn ep_cuda_errors_when_unavailable() {
+        let f = fixture();
+        let img = f.images.join("one.png");
+        let cuda = Classifier::open(&f.model, &ClassifierOptions { provider: Provider::Cuda, ..Default::default() });
+        let (code, _, stderr) = run(&[&"-m", &f.model, &"--ep", &"cuda", &img]);
+        if cuda.is_ok() {
+            assert_eq!(code, 0, "{stderr}");
+            assert!(stderr.contains("execution provider: cuda"), "{stderr}");
+        } else {
+            assert_eq!(code, 2, "{stderr}");
+            assert!(stderr.contains("CUDA execution provider requested but unavailable"), "{stderr}");
+        }
+    }
+
+    #[test]
+    fn missing_runtime_library_says_how_to_fix_it() {
+        let f = fixture();
+        let out = Command::new(env!("CARGO_BIN_EXE_vit-infer"))
+            .env("ORT_DYLIB_PATH", f.dir.path().join("libonnxruntime.so.0"))
+            .arg("-m")
+            .arg(&f.model)
+            .arg(f.images.join("one.png"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("libonnxruntime.so.0") && stderr.contains("scripts/setup.sh") && stderr.contains("ORT_DYLIB_PATH"), "{stderr}");
+    }
+
+    #[test]
+    fn eval_prints_accuracy_and_confusion_matrix() {
+        let f = fixture();
+        let data = f.dir.path().join("data");
+        image_folder(&data, &LABELS, 5);
+        let (code, stdout, stderr) = run(&[&"-m", &f.model, &"--eval", &data, &"--json", &"--batch-size", &"4"]);
+        assert_eq!(code, 0, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one json object");
+        let mut clf = open(&f.model);
+        let set = vit::infer::load_eval_data(&data, clf.preprocessor()).unwrap();
+        let eval = clf.evaluate(&set.data, 7).unwrap();
+        assert_eq!(v["accuracy"].as_f64().unwrap(), eval.accuracy);
+        assert_eq!(v["total"].as_u64().unwrap(), 15);
+        assert_eq!(v["labels"], serde_json::json!(LABELS));
+        assert_eq!(v["confusion_matrix"], serde_json::json!(eval.confusion));
+
+        let (code, stdout, stderr) = run(&[&"-m", &f.model, &"--eval", &data]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.starts_with(&format!("accuracy {:.4}", eval.accuracy)), "{stdout}");
+        assert!(stdout.contains("confusion matrix") && stdout.contains("b_green"), "{stdout}");
+
+        // Classes that are not the model's labels.
+        let other = f.dir.path().join("other");
+        image_folder(&other, &["x", "y", "z"], 1);
+        let (code, _, stderr) = run(&[&"-m", &f.model, &"--eval", &other]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("not the model's labels"), "{stderr}");
+        // Not a data folder.
+        let (code, _, stderr) = run(&[&"-m", &f.model, &"--eval", &f.dir.path().join("nothing")]);
+        assert_eq!(code, 2, "{stderr}");
+    }
+
+    #[test]
+    fn eval_on_fashion_mnist_idx_uses_t10k() {
+        let dir = PathBuf::from(std::env::var_os("FASHION_MNIST_DIR").unwrap_or_else(|| "/usr/share/datasets/fashion-mnist".into()));
+        if !vit::data::is_idx_dir(&dir) {
+            eprintln!("skipped: no Fashion-MNIST IDX files in {} (set FASHION_MNIST_DIR)", dir.display());
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = ViTConfig { image_size: 28, patch_size: 7, num_classes: 10, ..small(1) };
+        let meta = ModelMetadata {
+            config: cfg.clone(),
+            labels: vit::data::FASHION_MNIST_LABELS.map(String::from).to_vec(),
+            val_accuracy: None,
+        };
+        let model = tmp.path().join("fm.onnx");
+        std::fs::write(&model, vit::onnx::export_to_bytes(&meta, &random_weights(&cfg, 77)).unwrap()).unwrap();
+        let (code, stdout, stderr) = run(&[&"-m", &model, &"--eval", &dir, &"--json", &"--batch-size", &"256"]);
+        assert_eq!(code, 0, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["total"].as_u64(), Some(10_000));
+        assert_eq!(v["labels"], serde_json::json!(vit::data::FASHION_MNIST_LABELS));
+        let mut clf = open(&model);
+        let splits = vit::data::load_splits(&dir, clf.preprocessor(), &vit::data::LoadOptions::default()).unwrap();
+        let eval = clf.evaluate(&splits.val, 1000).unwrap();
+        assert_eq!(v["accuracy"].as_f64().unwrap(), eval.accuracy);
+        assert_eq!(v["confusion_matrix"], serde_json::json!(eval.confusion));
+        // A model whose labels are not Fashion-MNIST's is refused.
+        let other = write_model(tmp.path(), "other.onnx", &ViTConfig { image_size: 28, patch_size: 7, ..small(1) }, 3);
+        let (code, _, stderr) = run(&[&"-m", &other, &"--eval", &dir]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("T-shirt/top") && stderr.contains("not the model's labels"), "{stderr}");
+    }
+
+    #[test]
+    fn help_documents_every_flag() {
+        let (code, stdout, _) = run(&[&"--help"]);
+        assert_eq!(code, 0);
+        for flag in ["--model", "--top-k", "--json", "--ep", "--threads", "--batch-size", "--opt-level", "--eval", "models/fashion-mnist.onnx"] {
+            assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
+        }
+    }
+}
