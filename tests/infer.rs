@@ -19,21 +19,8 @@ use vit::{ModelMetadata, NamedTensors, Preprocessor, TensorData};
 
 // ---- helpers ----------------------------------------------------------------
 
-/// Deterministic pseudo-random numbers (64-bit LCG, Knuth's constants).
-struct Lcg(u64);
-
-impl Lcg {
-    fn uniform(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32) / (1u64 << 24) as f32
-    }
-
-    /// Roughly standard normal (Irwin–Hall with 4 terms, rescaled).
-    fn normal(&mut self) -> f32 {
-        let s: f32 = (0..4).map(|_| self.uniform()).sum();
-        (s - 2.0) * (3.0f32).sqrt()
-    }
-}
+mod common;
+use common::Lcg;
 
 const LABELS: [&str; 3] = ["a_red", "b_green", "c_blue"];
 

@@ -1,0 +1,19 @@
+//! Helpers shared by the root crate's integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+/// Deterministic pseudo-random numbers (64-bit LCG, Knuth's constants).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32) / (1u64 << 24) as f32
+    }
+
+    /// Roughly standard normal (Irwin–Hall with 4 terms, rescaled).
+    pub fn normal(&mut self) -> f32 {
+        let s: f32 = (0..4).map(|_| self.uniform()).sum();
+        (s - 2.0) * (3.0f32).sqrt()
+    }
+}
