@@ -10,6 +10,17 @@ use vit::{ModelMetadata, ViTConfig};
 use vit_train::export::named_tensors;
 use vit_train::verify::{compare, tract_logits};
 
+/// Absolute tolerance per variant. The dlstudio network has no final LayerNorm and
+/// sums 2*L*E-wide flattened products, so its logits are O(1-10) and f32 rounding
+/// between two correct backends reaches a few 1e-5 on a logit near zero (seen: 7e-5 on
+/// 0.028 while the rest of the row was ~1); it is held to 2e-4 instead of 1e-5.
+fn atol(cfg: &ViTConfig) -> f32 {
+    match cfg.variant {
+        vit::Variant::Standard => 1e-5,
+        vit::Variant::Dlstudio => 2e-4,
+    }
+}
+
 fn check(cfg: &ViTConfig, vs: &tch::nn::VarStore, model: &vit_train::model::ViT, seed: i64) -> f32 {
     let meta = ModelMetadata { config: cfg.clone(), labels: (0..cfg.num_classes).map(|i| format!("c{i}")).collect(), val_accuracy: None };
     let bytes = vit::onnx::export_to_bytes(&meta, &named_tensors(vs).unwrap()).unwrap();
@@ -22,7 +33,7 @@ fn check(cfg: &ViTConfig, vs: &tch::nn::VarStore, model: &vit_train::model::ViT,
         let expected = to_vec(&tch::no_grad(|| model.forward_t(&x, false)));
         let shape = [batch, cfg.in_channels, cfg.image_size, cfg.image_size];
         let actual = tract_logits(&path, &to_vec(&x), shape).unwrap();
-        let cmp = compare(&actual, &expected, 1e-5, 1e-4);
+        let cmp = compare(&actual, &expected, atol(cfg), 1e-4);
         assert!(cmp.ok(), "batch {batch}, config {cfg:?}: {cmp}");
         worst = worst.max(cmp.max_abs_diff);
     }
