@@ -137,7 +137,7 @@ pub struct ExportArgs {
     /// Store weights as ONNX external data (`<out>.data`) whatever the size.
     #[arg(long)]
     pub external_data: bool,
-    /// Largest |tch - tract| logit difference accepted by the verification.
+    /// Absolute tolerance of the verification: |tch - tract| <= atol + 1e-4 * |tch| per logit.
     #[arg(long, default_value_t = 1e-4)]
     pub atol: f32,
     /// Validation images used for the verification.
