@@ -19,7 +19,7 @@ use rand::{seq::SliceRandom, SeedableRng};
 use crate::preprocess::Preprocessor;
 
 pub use folder::{scan_image_folder, FolderScan, IMAGE_EXTENSIONS};
-pub use idx::{read_idx_images, read_idx_labels, FASHION_MNIST_LABELS};
+pub use idx::{load_idx_split, read_idx_images, read_idx_labels, FASHION_MNIST_LABELS};
 
 /// Errors loading a data set.
 #[derive(Debug, thiserror::Error)]
@@ -181,8 +181,8 @@ pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
         )));
     }
     if is_idx_dir(dir) {
-        let train = idx::load_split(dir, "train", prep, opts.max_per_class)?;
-        let val = idx::load_split(dir, "t10k", prep, opts.max_per_class)?;
+        let train = load_idx_split(dir, "train", prep, opts.max_per_class)?;
+        let val = load_idx_split(dir, "t10k", prep, opts.max_per_class)?;
         let classes = FASHION_MNIST_LABELS.iter().map(|s| s.to_string()).collect();
         return Ok(Splits { classes, train, val, source: SourceKind::Idx });
     }
@@ -219,18 +219,25 @@ pub fn load_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Data
     Ok((scan.classes, data))
 }
 
-/// Keeps the first `max` files of each class (files are sorted within a class).
-fn cap(files: Vec<(PathBuf, i64)>, max: Option<usize>) -> Vec<(PathBuf, i64)> {
-    let Some(max) = max else { return files };
+/// Indices of the first `max` items of each label, in order (all when `max` is None).
+pub(crate) fn first_per_class(labels: impl IntoIterator<Item = i64>, max: Option<usize>) -> Vec<usize> {
+    let max = max.unwrap_or(usize::MAX);
     let mut seen = std::collections::HashMap::new();
-    files
+    labels
         .into_iter()
+        .enumerate()
         .filter(|(_, l)| {
             let n = seen.entry(*l).or_insert(0usize);
             *n += 1;
             *n <= max
         })
+        .map(|(i, _)| i)
         .collect()
+}
+
+/// Keeps the first `max` files of each class (files are sorted within a class).
+fn cap(files: Vec<(PathBuf, i64)>, max: Option<usize>) -> Vec<(PathBuf, i64)> {
+    first_per_class(files.iter().map(|(_, l)| *l), max).into_iter().map(|i| files[i].clone()).collect()
 }
 
 /// Per class, a seeded shuffle; the first `val_fraction` go to validation.

@@ -34,7 +34,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
-use crate::data::{self, DataError, Dataset, LoadOptions};
+use crate::data::{self, DataError, Dataset};
 use crate::metadata::{MetadataError, ModelMetadata};
 use crate::preprocess::Preprocessor;
 
@@ -255,9 +255,11 @@ pub fn load_eval_data(dir: &Path, prep: &Preprocessor) -> Result<EvalData, Infer
         return Err(DataError::NotADir(dir.to_path_buf()).into());
     }
     if data::is_idx_dir(dir) {
-        let splits = data::load_splits(dir, prep, &LoadOptions::default())?;
+        // The same t10k decode `load_splits` uses for validation, without the 60k training images.
+        let data = data::load_idx_split(dir, "t10k", prep, None)?;
+        let classes = data::FASHION_MNIST_LABELS.iter().map(|s| s.to_string()).collect();
         let description = format!("t10k split of IDX folder {}", dir.display());
-        return Ok(EvalData { classes: splits.classes, data: splits.val, description });
+        return Ok(EvalData { classes, data, description });
     }
     let (train, val) = (dir.join("train"), dir.join("val"));
     if train.is_dir() && val.is_dir() {

@@ -15,7 +15,7 @@ use vit::config::{Pooling, Variant, ViTConfig};
 use vit::data::Dataset;
 use vit::infer::{argmax, softmax, Classifier, ClassifierOptions, InferError, OptLevel, Provider};
 use vit::onnx::proto::ModelProto;
-use vit::{ModelMetadata, NamedTensors, Preprocessor, TensorData};
+use vit::{ModelMetadata, NamedTensors, Preprocessor};
 
 // ---- helpers ----------------------------------------------------------------
 
@@ -42,15 +42,7 @@ fn small(channels: usize) -> ViTConfig {
 }
 
 fn random_weights(cfg: &ViTConfig, seed: u64) -> NamedTensors {
-    let mut rng = Lcg(seed);
-    vit::onnx::expected_tensors(cfg)
-        .into_iter()
-        .map(|(name, shape)| {
-            let n = shape.iter().product();
-            let data = (0..n).map(|_| rng.normal() * 0.3).collect();
-            (name, TensorData { shape, data })
-        })
-        .collect()
+    common::random_weights(cfg, seed, 0.3)
 }
 
 fn metadata(cfg: &ViTConfig) -> ModelMetadata {

@@ -21,15 +21,7 @@ mod common;
 use common::Lcg;
 
 fn random_weights(cfg: &ViTConfig, seed: u64) -> NamedTensors {
-    let mut rng = Lcg(seed);
-    onnx::expected_tensors(cfg)
-        .into_iter()
-        .map(|(name, shape)| {
-            let n = shape.iter().product();
-            let data = (0..n).map(|_| rng.normal() * 0.1).collect();
-            (name, TensorData { shape, data })
-        })
-        .collect()
+    common::random_weights(cfg, seed, 0.1)
 }
 
 fn zero_weights(cfg: &ViTConfig) -> NamedTensors {

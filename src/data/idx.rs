@@ -68,8 +68,9 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
     Ok(parse(path, &read_all(path)?, 1)?.1)
 }
 
-/// Loads `{prefix}-images-idx3-ubyte[.gz]` + labels through the shared preprocessing.
-pub(super) fn load_split(
+/// Loads `{prefix}-images-idx3-ubyte[.gz]` + labels (`prefix` = `train` or `t10k`)
+/// through the shared preprocessing, keeping at most `max_per_class` per class.
+pub fn load_idx_split(
     dir: &Path,
     prefix: &str,
     prep: &Preprocessor,
@@ -94,14 +95,7 @@ pub(super) fn load_split(
     if let Some(&bad) = labels.iter().find(|&&l| l as usize >= FASHION_MNIST_LABELS.len()) {
         return Err(DataError::Idx { path: lbl_path, message: format!("label {bad} is out of range 0..10") });
     }
-    let mut seen = [0usize; 10];
-    let keep: Vec<usize> = (0..count)
-        .filter(|&i| {
-            let c = &mut seen[labels[i] as usize];
-            *c += 1;
-            *c <= max_per_class.unwrap_or(usize::MAX)
-        })
-        .collect();
+    let keep = super::first_per_class(labels.iter().map(|&l| l as i64), max_per_class);
     use rayon::prelude::*;
     let hw = rows * cols;
     let images: Vec<Vec<u8>> = keep

@@ -39,6 +39,8 @@ pub mod proto;
 mod vit_graph;
 mod write;
 
+/// Suffix of the external data file written beside `<model>.onnx` (`<model>.onnx.data`).
+pub const EXTERNAL_DATA_SUFFIX: &str = ".data";
 pub use builder::CONST_PREFIX;
 pub use vit_graph::{BATCH_DIM, INPUT_NAME, OUTPUT_NAME};
 

@@ -33,7 +33,7 @@ pub(super) fn write_model_proto(path: &Path, mut model: ModelProto, external: bo
         _ => PathBuf::from("."),
     };
     if external || model.encoded_len() > INLINE_LIMIT {
-        let data_name = format!("{file_name}.data");
+        let data_name = format!("{file_name}{}", super::EXTERNAL_DATA_SUFFIX);
         let blobs = externalize(&mut model, &data_name);
         let bytes = model.encoded_len();
         if bytes > INLINE_LIMIT {

@@ -1,5 +1,21 @@
 //! Helpers shared by the root crate's integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
+#![cfg(feature = "export")]
+
+use vit::{NamedTensors, TensorData, ViTConfig};
+
+/// Seeded weights for every tensor the config's graph needs: `scale` * ~N(0, 1).
+pub fn random_weights(cfg: &ViTConfig, seed: u64, scale: f32) -> NamedTensors {
+    let mut rng = Lcg(seed);
+    vit::onnx::expected_tensors(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n = shape.iter().product();
+            let data = (0..n).map(|_| rng.normal() * scale).collect();
+            (name, TensorData { shape, data })
+        })
+        .collect()
+}
 
 /// Deterministic pseudo-random numbers (64-bit LCG, Knuth's constants).
 pub struct Lcg(pub u64);

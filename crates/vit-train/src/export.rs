@@ -133,7 +133,8 @@ pub fn export_run(req: &ExportRequest) -> Result<ExportReport> {
         );
     }
     let mut bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let data_file = path.with_file_name(format!("{}.data", path.file_name().and_then(|n| n.to_str()).unwrap_or("model.onnx")));
+    let mut data_file = path.clone().into_os_string();
+    data_file.push(vit::onnx::EXTERNAL_DATA_SUFFIX);
     bytes += std::fs::metadata(&data_file).map(|m| m.len()).unwrap_or(0);
     Ok(ExportReport { path, bytes, comparison, images: n, real_images: real })
 }

@@ -159,6 +159,8 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
     let warmup = (t.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let aug = Augment { hflip: t.hflip, crop_padding: t.crop_padding };
     let k = cfg.num_classes;
+    // Evaluation of the current weights; set by each epoch, so the summary reuses the last one.
+    let mut last_eval = None;
 
     for epoch in start_epoch..t.epochs {
         tch::manual_seed(t.seed as i64 + 1 + epoch as i64);
@@ -223,9 +225,14 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
         state.extend(opt.state_tensors());
         state.push(("train.epoch".into(), Tensor::from_slice(&[epoch as i64 + 1])));
         checkpoint::write_atomic(&resume_path, &state)?;
+        last_eval = Some(eval);
     }
 
-    let eval = evaluate(&model, &splits.val, &prep, k, opts.device, opts.eval_batch);
+    // Only a resumed run that had already finished has no evaluation of its final weights yet.
+    let eval = match last_eval {
+        Some(eval) => eval,
+        None => evaluate(&model, &splits.val, &prep, k, opts.device, opts.eval_batch),
+    };
     let summary = summarize(&records, &eval, &splits, params, opts.device, started.elapsed().as_secs_f64(), t.epochs);
     write_json(&out.join("summary.json"), &summary)?;
     std::fs::write(out.join("confusion.csv"), eval.confusion.to_csv(&splits.classes)).context("cannot write confusion.csv")?;
