@@ -53,6 +53,19 @@ pub enum Attention {
     Einsum,
 }
 
+/// How pixels become tokens (standard variant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    /// One Conv2d(C, E, kernel = stride = patch): the original ViT.
+    #[default]
+    Patch,
+    /// 3x3 stride-2 convolutions with BatchNorm and ReLU (`stem_channels`), then a
+    /// 1x1 convolution to E ("Early convolutions help transformers see better",
+    /// Xiao et al. 2021). `patch_size` must be 2^len(stem_channels).
+    Conv,
+}
+
 /// Interpolation used when an image is not already `image_size` square.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -123,6 +136,22 @@ pub struct TrainConfig {
     pub hflip: bool,
     /// Random crop after zero padding by this many pixels (0: none).
     pub crop_padding: usize,
+    /// Random resized crop: range of the crop's area as a fraction of the image
+    /// (aspect ratio in [3/4, 4/3]), resized back bilinearly; `[1, 1]` disables it.
+    pub crop_scale: (f64, f64),
+    /// Colour jitter strength: brightness, contrast and saturation factors are
+    /// drawn from [1 - s, 1 + s] (0: none).
+    pub color_jitter: f64,
+    /// Mixup with Beta(alpha, alpha) mixing weights (0: none).
+    pub mixup_alpha: f64,
+    /// CutMix with Beta(alpha, alpha) area fractions (0: none). With mixup too,
+    /// each batch uses one of the two, chosen with equal odds.
+    pub cutmix_alpha: f64,
+    /// Probability of erasing one random rectangle of a training image with noise.
+    pub random_erasing: f64,
+    /// Exponential moving average of the weights with this decay (0: none). When
+    /// set, evaluation, checkpoints and export use the averaged weights.
+    pub ema_decay: f64,
     /// Log the training loss every this many iterations.
     pub log_every: usize,
     /// Seed for weights, shuffling, split and dropout.
@@ -145,6 +174,12 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             hflip: false,
             crop_padding: 0,
+            crop_scale: (1.0, 1.0),
+            color_jitter: 0.0,
+            mixup_alpha: 0.0,
+            cutmix_alpha: 0.0,
+            random_erasing: 0.0,
+            ema_decay: 0.0,
             log_every: 100,
             seed: 0,
         }
@@ -183,6 +218,13 @@ pub struct ViTConfig {
     pub qkv_bias: bool,
     /// Attention product form (dlstudio variant).
     pub attention: Attention,
+    /// Patch embedding: one strided convolution or a convolutional stem (standard variant).
+    pub stem: Stem,
+    /// Output channels of each 3x3 stride-2 convolution of a conv stem.
+    pub stem_channels: Vec<usize>,
+    /// Stochastic depth: the rate of dropping a block's residual branches grows
+    /// linearly from 0 to this value over the blocks (standard variant; 0 disables).
+    pub drop_path: f64,
     /// Pixel preprocessing.
     pub preprocess: Preprocess,
     /// Training recipe.
@@ -206,6 +248,9 @@ impl Default for ViTConfig {
             dropout: 0.0,
             qkv_bias: true,
             attention: Attention::Matmul,
+            stem: Stem::Patch,
+            stem_channels: Vec::new(),
+            drop_path: 0.0,
             preprocess: Preprocess::default(),
             train: TrainConfig::default(),
         }
@@ -332,6 +377,13 @@ impl ViTConfig {
         if self.variant == Variant::Dlstudio && self.pooling != Pooling::Mean {
             return Err(invalid("pooling", "cls", "the dlstudio variant pools by mean, as ViTHelper"));
         }
+        self.validate_stem()?;
+        if !(0.0..1.0).contains(&self.drop_path) {
+            return Err(invalid("drop_path", self.drop_path, "must be in [0, 1)"));
+        }
+        if self.variant == Variant::Dlstudio && self.drop_path > 0.0 {
+            return Err(invalid("drop_path", self.drop_path, "the dlstudio variant has no stochastic depth (ViTHelper)"));
+        }
         let p = &self.preprocess;
         for (field, v) in [("preprocess.mean", &p.mean), ("preprocess.std", &p.std)] {
             if v.len() != 1 && v.len() != self.in_channels {
@@ -361,7 +413,59 @@ impl ViTConfig {
         if t.log_every == 0 {
             return Err(invalid("train.log_every", 0, "must be at least 1"));
         }
+        let (lo, hi) = t.crop_scale;
+        if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+            return Err(invalid("train.crop_scale", format!("{:?}", t.crop_scale), "needs 0 < min <= max <= 1 ([1, 1] disables)"));
+        }
+        for (field, v) in [
+            ("train.color_jitter", t.color_jitter),
+            ("train.mixup_alpha", t.mixup_alpha),
+            ("train.cutmix_alpha", t.cutmix_alpha),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(invalid(field, v, "must be 0 (off) or a positive number"));
+            }
+        }
+        if !(0.0..=1.0).contains(&t.random_erasing) {
+            return Err(invalid("train.random_erasing", t.random_erasing, "is a probability, in [0, 1]"));
+        }
+        if !(0.0..1.0).contains(&t.ema_decay) {
+            return Err(invalid("train.ema_decay", t.ema_decay, "must be in [0, 1) (0 disables), e.g. 0.999"));
+        }
         Ok(())
+    }
+
+    /// Stride-2 convolutions of a conv stem must bring the image to the patch grid.
+    fn validate_stem(&self) -> Result<(), ConfigError> {
+        match self.stem {
+            Stem::Patch if !self.stem_channels.is_empty() => Err(invalid(
+                "stem_channels",
+                format!("{:?}", self.stem_channels),
+                "is only used with stem = \"conv\"",
+            )),
+            Stem::Patch => Ok(()),
+            Stem::Conv if self.variant == Variant::Dlstudio => {
+                Err(invalid("stem", "conv", "the dlstudio variant has ViTHelper's patch embedding only"))
+            }
+            Stem::Conv => {
+                let n = self.stem_channels.len();
+                if n == 0 || self.stem_channels.contains(&0) {
+                    return Err(invalid(
+                        "stem_channels",
+                        format!("{:?}", self.stem_channels),
+                        "a conv stem needs at least one convolution, each with at least 1 channel",
+                    ));
+                }
+                if n >= usize::BITS as usize || 1usize << n != self.patch_size {
+                    return Err(invalid(
+                        "patch_size",
+                        self.patch_size,
+                        format!("a conv stem of {n} stride-2 convolutions makes patch_size {}", 1u128 << n.min(127)),
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -389,6 +493,32 @@ mod tests {
         let cfg = ViTConfig { embed_dim: 64, num_heads: 3, num_classes: 3, ..Default::default() };
         let msg = cfg.validate().unwrap_err().to_string();
         assert!(msg.contains("num_heads") && msg.contains("64"), "{msg}");
+    }
+
+    #[test]
+    fn conv_stem_must_match_patch_size() {
+        let cfg = ViTConfig { stem: Stem::Conv, stem_channels: vec![16, 32], patch_size: 8, num_classes: 3, ..Default::default() };
+        let msg = cfg.validate().unwrap_err().to_string();
+        assert!(msg.contains("patch_size") && msg.contains("makes patch_size 4"), "{msg}");
+        let ok = ViTConfig { patch_size: 4, ..cfg.clone() };
+        ok.validate().unwrap();
+        let empty = ViTConfig { stem_channels: vec![], ..ok.clone() };
+        assert!(empty.validate().unwrap_err().to_string().contains("stem_channels"));
+        let stray = ViTConfig { stem: Stem::Patch, ..ok };
+        assert!(stray.validate().unwrap_err().to_string().contains("stem_channels"));
+    }
+
+    #[test]
+    fn rejects_bad_augmentation_values() {
+        let mut cfg = ViTConfig { num_classes: 3, ..Default::default() };
+        cfg.train.crop_scale = (0.0, 1.0);
+        assert!(cfg.validate().unwrap_err().to_string().contains("train.crop_scale"));
+        cfg.train.crop_scale = (0.3, 1.0);
+        cfg.train.ema_decay = 1.0;
+        assert!(cfg.validate().unwrap_err().to_string().contains("train.ema_decay"));
+        cfg.train.ema_decay = 0.999;
+        cfg.train.mixup_alpha = -1.0;
+        assert!(cfg.validate().unwrap_err().to_string().contains("train.mixup_alpha"));
     }
 
     #[test]

@@ -311,17 +311,30 @@ impl GraphBuilder {
 
     // ---- one helper per operator ------------------------------------------
 
-    /// `Conv` with square kernel `k`, stride `k`, no padding, no dilation, one group.
-    pub fn conv_patchify(&mut self, scope: &str, x: &str, w: &str, b: &str, k: usize) -> String {
-        let k = i64_of(k);
+    /// 2-D `Conv`: square kernel `k`, stride `stride`, `pad` zeros on every side,
+    /// no dilation, one group; `b` is the optional bias.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(&mut self, scope: &str, x: &str, w: &str, b: Option<&str>, k: usize, stride: usize, pad: usize) -> String {
+        let (k, stride, pad) = (i64_of(k), i64_of(stride), i64_of(pad));
         let attrs = [
             ints("dilations", &[1, 1]),
             int("group", 1),
             ints("kernel_shape", &[k, k]),
-            ints("pads", &[0, 0, 0, 0]),
-            ints("strides", &[k, k]),
+            ints("pads", &[pad, pad, pad, pad]),
+            ints("strides", &[stride, stride]),
         ];
-        self.node("Conv", scope, &[x, w, b], &attrs)
+        match b {
+            Some(b) => self.node("Conv", scope, &[x, w, b], &attrs),
+            None => self.node("Conv", scope, &[x, w], &attrs),
+        }
+    }
+
+    /// Inference-mode `BatchNormalization` over axis 1; `params` are scale, bias,
+    /// running mean, running variance (the momentum attribute is unused at inference).
+    pub fn batch_norm(&mut self, scope: &str, x: &str, params: [&str; 4], eps: f32) -> String {
+        let [scale, bias, mean, var] = params;
+        let attrs = [float("epsilon", eps), float("momentum", 0.9), int("training_mode", 0)];
+        self.node("BatchNormalization", scope, &[x, scale, bias, mean, var], &attrs)
     }
 
     /// `Reshape` to a constant shape (`-1` allowed once; `allowzero` = 0).

@@ -9,7 +9,7 @@
 use super::builder::{i64_of, Dim, GraphBuilder};
 use super::dlstudio_graph;
 use super::proto::GraphProto;
-use crate::config::{Pooling, Variant, ViTConfig};
+use crate::config::{Pooling, Stem, Variant, ViTConfig};
 
 /// Name of the graph input: normalised pixels `[batch, C, H, W]`.
 pub const INPUT_NAME: &str = "pixel_values";
@@ -74,6 +74,18 @@ impl Specs {
 pub fn tensor_specs(cfg: &ViTConfig) -> Vec<TensorSpec> {
     let (c, p, e, l) = (cfg.in_channels, cfg.patch_size, cfg.embed_dim, cfg.num_tokens());
     let mut s = Specs::default();
+    let (mut c, mut p) = (c, p);
+    if cfg.stem == Stem::Conv {
+        for (i, &out) in cfg.stem_channels.iter().enumerate() {
+            let st = format!("patch_embed.stem.{i}");
+            s.plain(format!("{st}.conv.weight"), &[out, c, 3, 3]);
+            for t in ["weight", "bias", "running_mean", "running_var"] {
+                s.plain(format!("{st}.bn.{t}"), &[out]);
+            }
+            c = out;
+        }
+        p = 1; // the stem already reached the patch grid: 1x1 projection
+    }
     s.plain("patch_embed.proj.weight", &[e, c, p, p]);
     s.plain("patch_embed.proj.bias", &[e]);
     s.plain("cls_token", &[1, 1, e]);
@@ -115,8 +127,20 @@ pub fn build(cfg: &ViTConfig, mut b: GraphBuilder) -> GraphProto {
 /// Patch embedding, class token, position embedding: `[B, C, H, W]` -> `[B, L, E]`.
 fn embed(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
     let (e, n) = (i64_of(cfg.embed_dim), i64_of(cfg.num_patches()));
+    let mut x_in = x.to_owned();
+    let mut k = cfg.patch_size;
+    if cfg.stem == Stem::Conv {
+        for i in 0..cfg.stem_channels.len() {
+            let st = format!("patch_embed.stem.{i}");
+            let y = b.conv(&format!("{st}.conv"), &x_in, &format!("{st}.conv.weight"), None, 3, 2, 1);
+            let bn = |t: &str| format!("{st}.bn.{t}");
+            let y = b.batch_norm(&format!("{st}.bn"), &y, [&bn("weight"), &bn("bias"), &bn("running_mean"), &bn("running_var")], 1e-5);
+            x_in = b.relu(&format!("{st}.act"), &y); // [B, C_i, H / 2^(i+1), W / 2^(i+1)]
+        }
+        k = 1;
+    }
     let scope = "patch_embed.proj";
-    let y = b.conv_patchify(scope, x, "patch_embed.proj.weight", "patch_embed.proj.bias", cfg.patch_size);
+    let y = b.conv(scope, &x_in, "patch_embed.proj.weight", Some("patch_embed.proj.bias"), k, k, 0);
     let y = b.reshape(scope, &y, &[-1, e, n]); // [B, E, N]
     let patches = b.transpose(scope, &y, &[0, 2, 1]); // [B, N, E]
 

@@ -4,14 +4,16 @@
 
 use vit::{NamedTensors, TensorData, ViTConfig};
 
-/// Seeded weights for every tensor the config's graph needs: `scale` * ~N(0, 1).
+/// Seeded weights for every tensor the config's graph needs: `scale` * ~N(0, 1)
+/// (BatchNorm running variances: 0.5 + |that|, as a variance must be positive).
 pub fn random_weights(cfg: &ViTConfig, seed: u64, scale: f32) -> NamedTensors {
     let mut rng = Lcg(seed);
     vit::onnx::expected_tensors(cfg)
         .into_iter()
         .map(|(name, shape)| {
             let n = shape.iter().product();
-            let data = (0..n).map(|_| rng.normal() * scale).collect();
+            let variance = name.ends_with("running_var");
+            let data = (0..n).map(|_| rng.normal() * scale).map(|v| if variance { 0.5 + v.abs() } else { v }).collect();
             (name, TensorData { shape, data })
         })
         .collect()

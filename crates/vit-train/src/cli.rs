@@ -93,6 +93,27 @@ pub struct FitArgs {
     /// Override train.grad_clip (0 disables).
     #[arg(long)]
     pub grad_clip: Option<f64>,
+    /// Override train.crop_scale with [MIN, 1] (random resized crop; 1 disables).
+    #[arg(long, value_name = "MIN")]
+    pub crop_scale: Option<f64>,
+    /// Override train.color_jitter (brightness/contrast/saturation strength; 0 disables).
+    #[arg(long)]
+    pub color_jitter: Option<f64>,
+    /// Override train.mixup_alpha (0 disables).
+    #[arg(long)]
+    pub mixup_alpha: Option<f64>,
+    /// Override train.cutmix_alpha (0 disables).
+    #[arg(long)]
+    pub cutmix_alpha: Option<f64>,
+    /// Override train.random_erasing (probability per image).
+    #[arg(long)]
+    pub random_erasing: Option<f64>,
+    /// Override train.ema_decay (weight average for evaluation and export; 0 disables).
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
+    /// Override drop_path (stochastic depth rate of the last block; standard variant).
+    #[arg(long)]
+    pub drop_path: Option<f64>,
     /// Override train.log_every (iterations between loss log lines).
     #[arg(long)]
     pub log_every: Option<usize>,
@@ -171,9 +192,17 @@ pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
     }
     set!(epochs => t.epochs, batch_size => t.batch_size, lr => t.lr, beta1 => t.betas.0, beta2 => t.betas.1,
          weight_decay => t.weight_decay, warmup_epochs => t.warmup_epochs, label_smoothing => t.label_smoothing,
-         grad_clip => t.grad_clip, log_every => t.log_every, seed => t.seed);
+         grad_clip => t.grad_clip, log_every => t.log_every, seed => t.seed, color_jitter => t.color_jitter,
+         mixup_alpha => t.mixup_alpha, cutmix_alpha => t.cutmix_alpha, random_erasing => t.random_erasing,
+         ema_decay => t.ema_decay);
+    if let Some(min) = a.crop_scale {
+        t.crop_scale = (min, 1.0);
+    }
     if let Some(o) = &a.optimizer {
         t.optimizer = if o == "adamw" { Optimizer::Adamw } else { Optimizer::Adam };
+    }
+    if let Some(rate) = a.drop_path {
+        cfg.drop_path = rate;
     }
     cfg.validate_architecture()?;
     Ok(cfg)

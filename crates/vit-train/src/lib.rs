@@ -3,8 +3,10 @@
 //! safetensors checkpoints, and exports ONNX through the light `vit` crate,
 //! verifying each export with tract.
 
+pub mod augment;
 pub mod batches;
 pub mod checkpoint;
+pub mod ema;
 pub mod cli;
 pub mod evaluate;
 pub mod export;

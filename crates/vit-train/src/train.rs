@@ -5,7 +5,8 @@
 //! `best.safetensors`, `resume.safetensors`, `loss.png`, `confusion.png`,
 //! `confusion.csv`. Checkpoints are written at the end of every epoch;
 //! `--resume` restarts from the last completed epoch with weights, Adam moments
-//! and the data order of the next epoch, so it reaches the same result.
+//! (and the weight average, when the recipe keeps one) and the data order of
+//! the next epoch, so it reaches the same result.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,6 +20,7 @@ use vit::{Preprocessor, ViTConfig};
 
 use crate::batches::{for_each_train_batch, Augment};
 use crate::checkpoint;
+use crate::ema::Ema;
 use crate::evaluate::{evaluate, to_device};
 use crate::metrics::{read_records, write_records, Record, Summary};
 use crate::model::{parameter_count, ViT};
@@ -140,6 +142,7 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
     let params = parameter_count(&vs);
     eprintln!("model: {:?} variant, {params} parameters, device {}", cfg.variant, device_name(opts.device));
 
+    let mut ema = (cfg.train.ema_decay > 0.0).then(|| Ema::new(&vs, cfg.train.ema_decay));
     let metrics_path = out.join("metrics.jsonl");
     let mut records = Vec::new();
     let mut start_epoch = 0;
@@ -147,6 +150,9 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
         let tensors = checkpoint::read_all(&resume_path)?;
         checkpoint::load_into(&mut vs, &resume_path, &tensors)?;
         opt.load_state(&tensors).map_err(|m| anyhow::anyhow!("{}: {m}", resume_path.display()))?;
+        if let Some(ema) = &mut ema {
+            ema.load_state(&tensors).map_err(|m| anyhow::anyhow!("{}: {m}", resume_path.display()))?;
+        }
         start_epoch = tensors.get("train.epoch").map(|t| t.int64_value(&[0]) as usize).unwrap_or(0);
         records = read_records(&metrics_path).into_iter().filter(|r| r.epoch() < start_epoch).collect();
         eprintln!("resuming after epoch {start_epoch} from {}", resume_path.display());
@@ -157,7 +163,7 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
     let steps_per_epoch = splits.train.len().div_ceil(t.batch_size);
     let total_steps = steps_per_epoch * t.epochs;
     let warmup = (t.warmup_epochs * steps_per_epoch as f64).round() as usize;
-    let aug = Augment { hflip: t.hflip, crop_padding: t.crop_padding };
+    let aug = Augment::from_train(t);
     let k = cfg.num_classes;
     // Evaluation of the current weights; set by each epoch, so the summary reuses the last one.
     let mut last_eval = None;
@@ -174,13 +180,25 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
             let lr = learning_rate(t, step, warmup, total_steps);
             let (x, y) = to_device(&batch.pixels, &batch.labels, &prep, opts.device);
             let logits = model.forward_t(&x, true);
-            let loss = logits.log_softmax(-1, Kind::Float).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, t.label_smoothing);
+            let log_probs = logits.log_softmax(-1, Kind::Float);
+            let ce = |y: &Tensor| log_probs.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, t.label_smoothing);
+            let loss = match &batch.mix {
+                // Mixed images: lam of the own label, 1 - lam of the partner's.
+                Some(mix) => {
+                    let partner = Tensor::from_slice(&mix.partner_labels).to_device(opts.device);
+                    ce(&y) * f64::from(mix.lam) + ce(&partner) * (1.0 - f64::from(mix.lam))
+                }
+                None => ce(&y),
+            };
             opt.zero_grad();
             loss.backward();
             if t.grad_clip > 0.0 {
                 opt.clip_grad_norm(t.grad_clip);
             }
             opt.step(lr);
+            if let Some(ema) = &mut ema {
+                ema.update();
+            }
             let l = loss.double_value(&[]);
             train_secs += step_start.elapsed().as_secs_f64();
             let n = batch.labels.len();
@@ -199,6 +217,10 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
         bar.finish_and_clear();
         if !epoch_loss.is_finite() {
             bail!("training diverged in epoch {} (loss is {epoch_loss}); lower --lr or add --grad-clip", epoch + 1);
+        }
+        // With a weight average, evaluation and last/best hold the average.
+        if let Some(ema) = &mut ema {
+            ema.swap();
         }
         let eval = evaluate(&model, &splits.val, &prep, k, opts.device, opts.eval_batch);
         let rec = Record::Epoch {
@@ -221,8 +243,12 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
         if eval.accuracy > best_so_far {
             checkpoint::save_weights(&vs, &out.join("best.safetensors"))?;
         }
+        if let Some(ema) = &mut ema {
+            ema.swap();
+        }
         let mut state = checkpoint::model_tensors(&vs);
         state.extend(opt.state_tensors());
+        state.extend(ema.iter().flat_map(Ema::state_tensors));
         state.push(("train.epoch".into(), Tensor::from_slice(&[epoch as i64 + 1])));
         checkpoint::write_atomic(&resume_path, &state)?;
         last_eval = Some(eval);
@@ -231,7 +257,10 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
     // Only a resumed run that had already finished has no evaluation of its final weights yet.
     let eval = match last_eval {
         Some(eval) => eval,
-        None => evaluate(&model, &splits.val, &prep, k, opts.device, opts.eval_batch),
+        None => {
+            ema.iter_mut().for_each(Ema::swap);
+            evaluate(&model, &splits.val, &prep, k, opts.device, opts.eval_batch)
+        }
     };
     let summary = summarize(&records, &eval, &splits, params, opts.device, started.elapsed().as_secs_f64(), t.epochs);
     write_json(&out.join("summary.json"), &summary)?;

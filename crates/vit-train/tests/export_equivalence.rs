@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use tch::nn::ModuleT;
-use vit::config::{Attention, Pooling};
+use vit::config::{Attention, Pooling, Stem};
 use vit::{ModelMetadata, ViTConfig};
 use vit_train::export::named_tensors;
 use vit_train::verify::{compare, tract_logits};
@@ -62,6 +62,23 @@ fn standard_variant_table() {
     eprintln!("standard variant: max |tch - tract| over the table = {worst:.3e}");
 }
 
+/// A standard config with a conv stem of `channels` (patch = 2^len) and stochastic depth.
+fn conv_stem(image: usize, channels: &[usize], heads: usize, pooling: Pooling) -> ViTConfig {
+    let patch = 1 << channels.len();
+    ViTConfig { stem: Stem::Conv, stem_channels: channels.to_vec(), drop_path: 0.1, ..standard(image, patch, 3, 2, heads, pooling) }
+}
+
+#[test]
+fn conv_stem_table() {
+    let mut worst = 0.0f32;
+    let table = [conv_stem(32, &[8, 16], 2, Pooling::Cls), conv_stem(64, &[8, 16, 24], 2, Pooling::Mean), conv_stem(28, &[4], 1, Pooling::Mean)];
+    for (i, cfg) in table.iter().enumerate() {
+        let (vs, model) = random_model(cfg, 70 + i as i64);
+        worst = worst.max(check(cfg, &vs, &model, 400 + i as i64));
+    }
+    eprintln!("conv stem: max |tch - tract| over the table = {worst:.3e}");
+}
+
 #[test]
 fn dlstudio_variant_both_attention_forms() {
     let mut worst = 0.0f32;
@@ -80,7 +97,10 @@ fn dlstudio_variant_both_attention_forms() {
 #[test]
 fn briefly_trained_weights_still_match() {
     use tch::{Kind, Tensor};
-    for cfg in [standard(32, 8, 3, 2, 2, Pooling::Mean), dlstudio(32, 8, 2, Attention::Einsum)] {
+    // The conv stem's BatchNorm running statistics move in training mode: the
+    // export must carry the updated ones.
+    let stem = conv_stem(32, &[8, 16, 16], 2, Pooling::Mean);
+    for cfg in [standard(32, 8, 3, 2, 2, Pooling::Mean), dlstudio(32, 8, 2, Attention::Einsum), stem] {
         let (vs, model) = random_model(&cfg, 7);
         let train = vit::config::TrainConfig { lr: 1e-3, optimizer: vit::config::Optimizer::Adamw, weight_decay: 0.05, ..Default::default() };
         let mut opt = vit_train::optim::Adam::new(&vs, &train);

@@ -134,10 +134,29 @@ fn same_seed_same_result() {
     assert_eq!(weights(&a.join("last.safetensors")), weights(&b.join("last.safetensors")));
 }
 
+/// SMALL with the COCO-5 recipe's extras: conv stem, stochastic depth, random
+/// resized crops, flips, colour jitter, mixup + CutMix, random erasing, label
+/// smoothing and a weight average (whose state `--resume` must restore).
+fn augmented() -> String {
+    SMALL.replace(
+        "pooling = \"mean\"\n",
+        "pooling = \"mean\"\nstem = \"conv\"\nstem_channels = [8, 16, 16]\ndrop_path = 0.1\n",
+    ) + "hflip = true\ncrop_scale = [0.35, 1.0]\ncolor_jitter = 0.3\nmixup_alpha = 0.8\ncutmix_alpha = 1.0\nrandom_erasing = 0.25\nlabel_smoothing = 0.1\nema_decay = 0.9\n"
+}
+
 #[test]
 fn resume_after_kill_reaches_the_uninterrupted_result() {
+    assert_resume_matches(SMALL);
+}
+
+#[test]
+fn augmented_recipe_with_weight_average_resumes_exactly() {
+    assert_resume_matches(&augmented());
+}
+
+fn assert_resume_matches(config: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), SMALL);
+    let cfg = write_config(tmp.path(), config);
     let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
     run_ok(&mut quick(&cfg, &straight, "5"));
 

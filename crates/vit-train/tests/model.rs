@@ -6,7 +6,9 @@ use common::*;
 use tch::{nn::ModuleT, Kind, Tensor};
 use vit::config::{Attention, Pooling};
 use vit::ViTConfig;
-use vit_train::model::{dlstudio_attention, parameter_count};
+use vit::config::Stem;
+use vit_train::model::{dlstudio_attention, drop_path, parameter_count};
+use vit_train::optim::is_no_decay;
 
 #[test]
 fn forward_shapes_for_several_configs() {
@@ -24,6 +26,43 @@ fn forward_shapes_for_several_configs() {
             assert!(bool::try_from(y.isfinite().all()).unwrap());
         }
     }
+}
+
+#[test]
+fn conv_stem_names_shapes_and_decay() {
+    let cfg = ViTConfig { stem: Stem::Conv, stem_channels: vec![8, 16, 24], ..standard(64, 8, 3, 2, 2, Pooling::Mean) };
+    let (vs, model) = random_model(&cfg, 0);
+    let vars = vs.variables();
+    // Every tensor the ONNX graph needs exists under its name and shape, and nothing else.
+    let expected = vit::onnx::expected_tensors(&cfg);
+    assert_eq!(vars.len(), expected.len(), "{:?}", vars.keys());
+    for (name, shape) in &expected {
+        let v = vars.get(name).unwrap_or_else(|| panic!("missing {name}"));
+        assert_eq!(v.size(), shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), "{name}");
+    }
+    assert_eq!(vars["patch_embed.stem.2.conv.weight"].size(), vec![24, 16, 3, 3]);
+    assert_eq!(vars["patch_embed.proj.weight"].size(), vec![32, 24, 1, 1]);
+    assert!(!vars["patch_embed.stem.0.bn.running_var"].requires_grad(), "running stats are buffers");
+    assert!(is_no_decay("patch_embed.stem.0.bn.weight", &[8]) && !is_no_decay("patch_embed.stem.0.conv.weight", &[8, 3, 3, 3]));
+    let y = model.forward_t(&random_input(&cfg, 2, 1), true);
+    assert_eq!(y.size(), vec![2, 5]);
+}
+
+#[test]
+fn drop_path_drops_whole_samples_and_is_identity_in_eval() {
+    tch::manual_seed(0);
+    let x = Tensor::ones([4000, 3, 2], (Kind::Float, tch::Device::Cpu));
+    assert_eq!(Vec::<f32>::try_from(drop_path(&x, 0.25, false).flatten(0, -1)).unwrap(), vec![1.0; 24000]);
+    let y = drop_path(&x, 0.25, true);
+    let per_sample = Vec::<f32>::try_from(y.flatten(0, -1)).unwrap();
+    let rows: Vec<f32> = Vec::<f32>::try_from(y.view([4000, 6]).select(1, 0)).unwrap();
+    // Each sample is all 0 or all 1/(1 - 0.25), and about a quarter are dropped.
+    for (i, r) in rows.iter().enumerate() {
+        assert!(*r == 0.0 || (*r - 4.0 / 3.0).abs() < 1e-6, "sample {i}: {r}");
+        assert!(per_sample[i * 6..(i + 1) * 6].iter().all(|v| v == r));
+    }
+    let dropped = rows.iter().filter(|r| **r == 0.0).count() as f64 / 4000.0;
+    assert!((dropped - 0.25).abs() < 0.03, "dropped fraction {dropped}");
 }
 
 #[test]

@@ -151,8 +151,8 @@ impl DlstudioViT {
 }
 
 impl ModuleT for DlstudioViT {
-    fn forward_t(&self, xs: &Tensor, _train: bool) -> Tensor {
-        let mut x = self.embed.forward(xs); // [B, L, E]
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut x = self.embed.forward_t(xs, train); // [B, L, E]
         for enc in &self.encoders {
             x = enc.forward(&x);
         }

@@ -6,10 +6,11 @@ mod dlstudio;
 mod standard;
 
 use tch::{nn, Tensor};
+use vit::config::Stem;
 use vit::{Variant, ViTConfig};
 
 pub use dlstudio::{attention as dlstudio_attention, DlstudioViT};
-pub use standard::StandardViT;
+pub use standard::{drop_path, StandardViT};
 
 /// Either network family, chosen by `cfg.variant`.
 #[derive(Debug)]
@@ -40,10 +41,34 @@ impl nn::ModuleT for ViT {
     }
 }
 
-/// Shared patch embedding: Conv2d(C, E, kernel = stride = patch), flattened
-/// row-major to tokens, class token prepended, position embedding added.
+/// One conv-stem stage: 3x3 stride-2 convolution (no bias), BatchNorm, ReLU.
+/// Names: `patch_embed.stem.{i}.conv.weight`, `patch_embed.stem.{i}.bn.{weight,bias,running_mean,running_var}`.
+#[derive(Debug)]
+struct StemStage {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+impl StemStage {
+    fn new(p: nn::Path, inp: i64, out: i64) -> Self {
+        let conv = nn::ConvConfig { stride: 2, padding: 1, bias: false, ..Default::default() };
+        // PyTorch's BatchNorm2d defaults: eps 1e-5, momentum 0.1.
+        let bn = nn::BatchNormConfig { eps: 1e-5, momentum: 0.1, ..Default::default() };
+        Self { conv: nn::conv2d(&p / "conv", inp, out, 3, conv), bn: nn::batch_norm2d(&p / "bn", out, bn) }
+    }
+
+    /// [B, C, H, W] -> [B, C', H/2, W/2]
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        xs.apply(&self.conv).apply_t(&self.bn, train).relu()
+    }
+}
+
+/// Shared patch embedding: Conv2d(C, E, kernel = stride = patch) (or a conv
+/// stem and a 1x1 Conv2d to E), flattened row-major to tokens, class token
+/// prepended, position embedding added.
 #[derive(Debug)]
 pub(crate) struct PatchEmbed {
+    stem: Vec<StemStage>,
     proj: nn::Conv2D,
     cls_token: Tensor,
     pos_embed: Tensor,
@@ -54,17 +79,30 @@ impl PatchEmbed {
     /// `cls_init`/`pos_init`: the variant's initialisers.
     pub(crate) fn new(p: &nn::Path, cfg: &ViTConfig, cls_init: nn::Init, pos_init: nn::Init) -> Self {
         let e = cfg.embed_dim as i64;
-        let conv = nn::ConvConfig { stride: cfg.patch_size as i64, ..Default::default() };
-        let proj = nn::conv2d(&(p / "patch_embed" / "proj"), cfg.in_channels as i64, e, cfg.patch_size as i64, conv);
+        let (mut stem, mut channels) = (Vec::new(), cfg.in_channels as i64);
+        if cfg.stem == Stem::Conv {
+            for (i, &out) in cfg.stem_channels.iter().enumerate() {
+                stem.push(StemStage::new(p / "patch_embed" / "stem" / i, channels, out as i64));
+                channels = out as i64;
+            }
+        }
+        // After a conv stem the image is already on the patch grid: a 1x1 projection.
+        let k = if stem.is_empty() { cfg.patch_size as i64 } else { 1 };
+        let conv = nn::ConvConfig { stride: k, ..Default::default() };
+        let proj = nn::conv2d(&(p / "patch_embed" / "proj"), channels, e, k, conv);
         let cls_token = p.var("cls_token", &[1, 1, e], cls_init);
         let pos_embed = p.var("pos_embed", &[1, cfg.num_tokens() as i64, e], pos_init);
-        Self { proj, cls_token, pos_embed, embed_dim: e }
+        Self { stem, proj, cls_token, pos_embed, embed_dim: e }
     }
 
     /// [B, C, H, W] -> [B, L, E]
-    pub(crate) fn forward(&self, xs: &Tensor) -> Tensor {
+    pub(crate) fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let b = xs.size()[0];
-        let patches = xs.apply(&self.proj).flatten(2, -1).transpose(1, 2); // [B, N, E]
+        let mut x = xs.shallow_clone();
+        for stage in &self.stem {
+            x = stage.forward_t(&x, train); // [B, C_i, H / 2^(i+1), W / 2^(i+1)]
+        }
+        let patches = x.apply(&self.proj).flatten(2, -1).transpose(1, 2); // [B, N, E]
         let cls = self.cls_token.expand([b, 1, self.embed_dim], false); // [B, 1, E]
         Tensor::cat(&[cls, patches], 1) + &self.pos_embed
     }

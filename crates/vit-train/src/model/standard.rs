@@ -80,28 +80,47 @@ impl Mlp {
     }
 }
 
-/// Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)).
+/// Stochastic depth (Huang et al. 2016): in training, zeroes a residual branch
+/// for a random subset of the samples with probability `rate` and scales the
+/// kept ones by 1 / (1 - rate); the identity at evaluation.
+pub fn drop_path(xs: &Tensor, rate: f64, train: bool) -> Tensor {
+    if !train || rate <= 0.0 {
+        return xs.shallow_clone();
+    }
+    let keep = 1.0 - rate;
+    let mut shape = vec![1i64; xs.dim()];
+    shape[0] = xs.size()[0];
+    let mask = Tensor::empty(shape.as_slice(), (xs.kind(), xs.device())).bernoulli_float_(keep); // [B, 1, 1]
+    xs * mask / keep
+}
+
+/// Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)), with
+/// stochastic depth on both branches.
 #[derive(Debug)]
 struct Block {
     norm1: nn::LayerNorm,
     attn: Attention,
     norm2: nn::LayerNorm,
     mlp: Mlp,
+    drop_path: f64,
 }
 
 impl Block {
-    fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
+    fn new(p: nn::Path, cfg: &ViTConfig, drop_path: f64) -> Self {
         Self {
             norm1: layer_norm(&p / "norm1", cfg),
             attn: Attention::new(&p / "attn", cfg),
             norm2: layer_norm(&p / "norm2", cfg),
             mlp: Mlp::new(&p / "mlp", cfg),
+            drop_path,
         }
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let xs = xs + self.attn.forward_t(&xs.apply(&self.norm1), train);
-        &xs + self.mlp.forward_t(&xs.apply(&self.norm2), train)
+        let a = self.attn.forward_t(&xs.apply(&self.norm1), train);
+        let xs = xs + drop_path(&a, self.drop_path, train);
+        let m = self.mlp.forward_t(&xs.apply(&self.norm2), train);
+        &xs + drop_path(&m, self.drop_path, train)
     }
 }
 
@@ -120,7 +139,9 @@ impl StandardViT {
     /// Variables under `p` with timm names.
     pub fn new(p: &nn::Path, cfg: &ViTConfig) -> Self {
         let tok = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
-        let blocks = (0..cfg.depth).map(|i| Block::new(p / "blocks" / i, cfg)).collect();
+        // timm: drop-path rates rise linearly from 0 (first block) to `drop_path` (last).
+        let rate = |i: usize| if cfg.depth > 1 { cfg.drop_path * i as f64 / (cfg.depth - 1) as f64 } else { cfg.drop_path };
+        let blocks = (0..cfg.depth).map(|i| Block::new(p / "blocks" / i, cfg, rate(i))).collect();
         Self {
             embed: PatchEmbed::new(p, cfg, tok, tok),
             blocks,
@@ -134,7 +155,7 @@ impl StandardViT {
 
 impl ModuleT for StandardViT {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut x = self.embed.forward(xs).dropout(self.dropout, train); // [B, L, E]
+        let mut x = self.embed.forward_t(xs, train).dropout(self.dropout, train); // [B, L, E]
         for block in &self.blocks {
             x = block.forward_t(&x, train);
         }
