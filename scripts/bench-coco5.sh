@@ -29,7 +29,7 @@ json_field() { sed -n "s/^ *\"$2\": *\([^,]*\),\{0,1\}$/\1/p" "$1" | head -n 1; 
 rows=()
 for seed in "${SEEDS[@]}"; do
   run="$RUNS/seed$seed"
-  rm -rf "$run"
+  rm -rf "$run"; mkdir -p "$RUNS"
   echo "[bench] seed $seed: $CONFIG -> $run"
   start=$(date +%s)
   # shellcheck disable=SC2086

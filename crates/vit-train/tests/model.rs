@@ -127,3 +127,24 @@ fn dlstudio_softmax_is_over_queries_and_scaled_after() {
         }
     }
 }
+
+#[test]
+fn every_preset_parses_validates_and_builds() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo_root().join("models")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let mut cfg = ViTConfig::from_toml_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        cfg.num_classes = 5;
+        cfg.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if cfg.variant == vit::Variant::Standard {
+            let (_vs, model) = random_model(&cfg, 0);
+            let y = model.forward_t(&random_input(&cfg, 2, 0), true);
+            assert_eq!(y.size(), vec![2, 5], "{}", path.display());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 4, "expected the presets in models/, found {seen}");
+}
