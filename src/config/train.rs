@@ -1,0 +1,140 @@
+//! `TrainConfig`: the training recipe part of a [`super::ViTConfig`] (the
+//! `[train]` table of a preset), with its own validation. Every field can be
+//! overridden on `vit-train fit`'s command line.
+
+use serde::{Deserialize, Serialize};
+
+use super::{invalid, ConfigError};
+
+/// Optimiser family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Adam with L2 weight decay added to the gradient (PyTorch `Adam`).
+    #[default]
+    Adam,
+    /// AdamW with decoupled weight decay (PyTorch `AdamW`); no decay on norms, biases, tokens.
+    Adamw,
+}
+
+/// Training hyper-parameters; every field can be overridden on the command line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per optimisation step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Optimiser family.
+    pub optimizer: Optimizer,
+    /// Adam betas.
+    pub betas: (f64, f64),
+    /// Adam epsilon.
+    pub eps: f64,
+    /// Weight decay (L2 for adam, decoupled for adamw).
+    pub weight_decay: f64,
+    /// Linear warm-up length in epochs (0: none).
+    pub warmup_epochs: f64,
+    /// Cosine decay of the learning rate to 0 after warm-up.
+    pub cosine: bool,
+    /// Clip the global gradient norm to this value (0: no clipping).
+    pub grad_clip: f64,
+    /// Label smoothing for the cross-entropy (0: none).
+    pub label_smoothing: f64,
+    /// Random horizontal flips of training images.
+    pub hflip: bool,
+    /// Random crop after zero padding by this many pixels (0: none).
+    pub crop_padding: usize,
+    /// Random resized crop: range of the crop's area as a fraction of the image
+    /// (aspect ratio in [3/4, 4/3]), resized back bilinearly; `[1, 1]` disables it.
+    pub crop_scale: (f64, f64),
+    /// Colour jitter strength: brightness, contrast and saturation factors are
+    /// drawn from [1 - s, 1 + s] (0: none).
+    pub color_jitter: f64,
+    /// Mixup with Beta(alpha, alpha) mixing weights (0: none).
+    pub mixup_alpha: f64,
+    /// CutMix with Beta(alpha, alpha) area fractions (0: none). With mixup too,
+    /// each batch uses one of the two, chosen with equal odds.
+    pub cutmix_alpha: f64,
+    /// Probability of erasing one random rectangle of a training image with noise.
+    pub random_erasing: f64,
+    /// Exponential moving average of the weights with this decay (0: none). When
+    /// set, evaluation, checkpoints and export use the averaged weights.
+    pub ema_decay: f64,
+    /// Log the training loss every this many iterations.
+    pub log_every: usize,
+    /// Seed for weights, shuffling, split and dropout.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 16,
+            lr: 1e-4,
+            optimizer: Optimizer::Adam,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            warmup_epochs: 0.0,
+            cosine: false,
+            grad_clip: 0.0,
+            label_smoothing: 0.0,
+            hflip: false,
+            crop_padding: 0,
+            crop_scale: (1.0, 1.0),
+            color_jitter: 0.0,
+            mixup_alpha: 0.0,
+            cutmix_alpha: 0.0,
+            random_erasing: 0.0,
+            ema_decay: 0.0,
+            log_every: 100,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Range checks of the recipe; errors name the field as `train.<field>`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = self;
+        if t.batch_size == 0 {
+            return Err(invalid("train.batch_size", 0, "must be at least 1"));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(invalid("train.lr", t.lr, "must be a positive number"));
+        }
+        if !(0.0..1.0).contains(&t.betas.0) || !(0.0..1.0).contains(&t.betas.1) {
+            return Err(invalid("train.betas", format!("{:?}", t.betas), "each beta must be in [0, 1)"));
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            return Err(invalid("train.label_smoothing", t.label_smoothing, "must be in [0, 1)"));
+        }
+        if t.log_every == 0 {
+            return Err(invalid("train.log_every", 0, "must be at least 1"));
+        }
+        let (lo, hi) = t.crop_scale;
+        if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+            return Err(invalid("train.crop_scale", format!("{:?}", t.crop_scale), "needs 0 < min <= max <= 1 ([1, 1] disables)"));
+        }
+        for (field, v) in [
+            ("train.color_jitter", t.color_jitter),
+            ("train.mixup_alpha", t.mixup_alpha),
+            ("train.cutmix_alpha", t.cutmix_alpha),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(invalid(field, v, "must be 0 (off) or a positive number"));
+            }
+        }
+        if !(0.0..=1.0).contains(&t.random_erasing) {
+            return Err(invalid("train.random_erasing", t.random_erasing, "is a probability, in [0, 1]"));
+        }
+        if !(0.0..1.0).contains(&t.ema_decay) {
+            return Err(invalid("train.ema_decay", t.ema_decay, "must be in [0, 1) (0 disables), e.g. 0.999"));
+        }
+        Ok(())
+    }
+}
