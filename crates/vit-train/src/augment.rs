@@ -209,17 +209,9 @@ fn random_erase(img: &mut [u8], g: Geometry, rng: &mut ChaCha8Rng) {
     }
 }
 
-/// How a batch was mixed: each image `i` is `lam` of itself and `1 - lam` of
-/// image `n - 1 - i`, so the loss is `lam * CE(labels) + (1 - lam) * CE(partner_labels)`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Mix {
-    /// Labels of the partner images (the batch's labels reversed).
-    pub partner_labels: Vec<i64>,
-    /// Weight of each image's own label.
-    pub lam: f32,
-}
-
-/// Which batch mix to apply, with its weight.
+/// Which batch mix to apply, with its weight. Either way image `i` becomes
+/// `lam` of itself and `1 - lam` of image `n - 1 - i`, so the loss is
+/// `lam * CE(labels) + (1 - lam) * CE(labels reversed)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MixKind {
     /// Blend whole images: `lam * x + (1 - lam) * partner` (on normalised pixels).
@@ -227,6 +219,15 @@ pub enum MixKind {
     /// Paste the partner's pixels into a box of area `1 - lam`; the returned
     /// `lam` is corrected to the box actually pasted.
     Cutmix(f32),
+}
+
+impl MixKind {
+    /// The weight of each image's own label.
+    pub fn lam(self) -> f32 {
+        match self {
+            Self::Mixup(lam) | Self::Cutmix(lam) => lam,
+        }
+    }
 }
 
 /// Draws this batch's mix (none when both alphas are 0; one of the two, with

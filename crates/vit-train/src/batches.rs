@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use vit::{data::Dataset, Preprocessor};
 
 pub use crate::augment::Augment;
-use crate::augment::{augment_image, cutmix, draw_mix, mixup, Geometry, Mix, MixKind};
+use crate::augment::{augment_image, cutmix, draw_mix, mixup, Geometry, MixKind};
 
 /// A host-side batch: normalised NCHW f32 pixels and labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +19,10 @@ pub struct HostBatch {
     pub pixels: Vec<f32>,
     /// Class indices.
     pub labels: Vec<i64>,
-    /// Set when the batch was mixed (mixup or CutMix).
-    pub mix: Option<Mix>,
+    /// Set when the batch was mixed (mixup or CutMix): the weight of each
+    /// image's own label; the partner of image `i` is image `n - 1 - i`, so the
+    /// partner labels are `labels` reversed.
+    pub mix_lam: Option<f32>,
 }
 
 /// The RNG of epoch `epoch` of a run seeded with `seed` (restarts identically on resume).
@@ -46,28 +48,23 @@ pub fn make_batch(
     }
     let labels: Vec<i64> = indices.iter().map(|&i| data.labels[i]).collect();
     let Some(rng) = rng else {
-        return HostBatch { pixels: prep.normalize(&pixels_u8), labels, mix: None };
+        return HostBatch { pixels: prep.normalize(&pixels_u8), labels, mix_lam: None };
     };
     let g = Geometry { channels: prep.channels, side: prep.image_size };
     let mut scratch = Vec::new();
     for img in pixels_u8.chunks_mut(data.image_len) {
         augment_image(img, &mut scratch, g, &aug, rng);
     }
-    let mix_kind = if labels.len() > 1 { draw_mix(&aug, rng) } else { None };
-    let lam = match mix_kind {
-        Some(MixKind::Cutmix(lam)) => Some(cutmix(&mut pixels_u8, g, lam, rng)),
-        _ => None,
-    };
+    let mut mix_kind = if labels.len() > 1 { draw_mix(&aug, rng) } else { None };
+    // CutMix pastes u8 pixels (and corrects lam to the pasted area); mixup blends normalised ones.
+    if let Some(MixKind::Cutmix(lam)) = &mut mix_kind {
+        *lam = cutmix(&mut pixels_u8, g, *lam, rng);
+    }
     let mut pixels = prep.normalize(&pixels_u8);
-    let lam = match mix_kind {
-        Some(MixKind::Mixup(lam)) => {
-            mixup(&mut pixels, data.image_len, lam);
-            Some(lam)
-        }
-        _ => lam,
-    };
-    let mix = lam.map(|lam| Mix { partner_labels: labels.iter().rev().copied().collect(), lam });
-    HostBatch { pixels, labels, mix }
+    if let Some(MixKind::Mixup(lam)) = mix_kind {
+        mixup(&mut pixels, data.image_len, lam);
+    }
+    HostBatch { pixels, labels, mix_lam: mix_kind.map(MixKind::lam) }
 }
 
 /// Shuffled training batches of one epoch (the last partial batch is kept).

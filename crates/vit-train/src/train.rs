@@ -182,12 +182,9 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
             let logits = model.forward_t(&x, true);
             let log_probs = logits.log_softmax(-1, Kind::Float);
             let ce = |y: &Tensor| log_probs.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, t.label_smoothing);
-            let loss = match &batch.mix {
-                // Mixed images: lam of the own label, 1 - lam of the partner's.
-                Some(mix) => {
-                    let partner = Tensor::from_slice(&mix.partner_labels).to_device(opts.device);
-                    ce(&y) * f64::from(mix.lam) + ce(&partner) * (1.0 - f64::from(mix.lam))
-                }
+            let loss = match batch.mix_lam {
+                // Mixed images: lam of the own label, 1 - lam of the partner's (the batch reversed).
+                Some(lam) => ce(&y) * f64::from(lam) + ce(&y.flip([0])) * (1.0 - f64::from(lam)),
                 None => ce(&y),
             };
             opt.zero_grad();
