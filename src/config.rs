@@ -60,9 +60,10 @@ pub enum Stem {
     /// One Conv2d(C, E, kernel = stride = patch): the original ViT.
     #[default]
     Patch,
-    /// 3x3 stride-2 convolutions with BatchNorm and ReLU (`stem_channels`), then a
-    /// 1x1 convolution to E ("Early convolutions help transformers see better",
-    /// Xiao et al. 2021). `patch_size` must be 2^len(stem_channels).
+    /// 3x3 convolutions with BatchNorm and ReLU (`stem_channels`, strides
+    /// `stem_strides`), then a 1x1 convolution to E ("Early convolutions help
+    /// transformers see better", Xiao et al. 2021). `patch_size` must be the
+    /// product of the strides.
     Conv,
 }
 
@@ -132,8 +133,16 @@ pub struct ViTConfig {
     pub attention: Attention,
     /// Patch embedding: one strided convolution or a convolutional stem (standard variant).
     pub stem: Stem,
-    /// Output channels of each 3x3 stride-2 convolution of a conv stem.
+    /// Output channels of each 3x3 convolution of a conv stem.
     pub stem_channels: Vec<usize>,
+    /// Stride (1 or 2) of each conv-stem convolution; empty means 2 for every one.
+    /// Stride-1 layers add capacity at a resolution without shrinking the grid.
+    pub stem_strides: Vec<usize>,
+    /// Locality self-attention (Lee et al. 2021, "Vision Transformer for
+    /// Small-Size Datasets"; standard variant): a learnable per-head temperature
+    /// `blocks.{i}.attn.scale` (initialised to 1/sqrt(head_dim)) replaces the
+    /// fixed scale, and no token attends to itself (the diagonal is masked).
+    pub locality_attention: bool,
     /// Stochastic depth: the rate of dropping a block's residual branches grows
     /// linearly from 0 to this value over the blocks (standard variant; 0 disables).
     pub drop_path: f64,
@@ -162,6 +171,8 @@ impl Default for ViTConfig {
             attention: Attention::Matmul,
             stem: Stem::Patch,
             stem_channels: Vec::new(),
+            stem_strides: Vec::new(),
+            locality_attention: false,
             drop_path: 0.0,
             preprocess: Preprocess::default(),
             train: TrainConfig::default(),
@@ -296,6 +307,9 @@ impl ViTConfig {
         if self.variant == Variant::Dlstudio && self.drop_path > 0.0 {
             return Err(invalid("drop_path", self.drop_path, "the dlstudio variant has no stochastic depth (ViTHelper)"));
         }
+        if self.variant == Variant::Dlstudio && self.locality_attention {
+            return Err(invalid("locality_attention", true, "the dlstudio variant has ViTHelper's attention only"));
+        }
         let p = &self.preprocess;
         for (field, v) in [("preprocess.mean", &p.mean), ("preprocess.std", &p.std)] {
             if v.len() != 1 && v.len() != self.in_channels {
@@ -312,14 +326,24 @@ impl ViTConfig {
         self.train.validate()
     }
 
-    /// Stride-2 convolutions of a conv stem must bring the image to the patch grid.
+    /// `(out_channels, stride)` of each conv-stem convolution, in order (empty
+    /// for a patch stem).
+    pub fn stem_layers(&self) -> Vec<(usize, usize)> {
+        if self.stem != Stem::Conv {
+            return Vec::new();
+        }
+        let stride = |i: usize| self.stem_strides.get(i).copied().unwrap_or(2);
+        self.stem_channels.iter().enumerate().map(|(i, &c)| (c, stride(i))).collect()
+    }
+
+    /// The strides of a conv stem must bring the image to the patch grid.
     fn validate_stem(&self) -> Result<(), ConfigError> {
+        let used_only_by_conv = |field: &'static str, v: &[usize]| {
+            invalid(field, format!("{v:?}"), "is only used with stem = \"conv\"")
+        };
         match self.stem {
-            Stem::Patch if !self.stem_channels.is_empty() => Err(invalid(
-                "stem_channels",
-                format!("{:?}", self.stem_channels),
-                "is only used with stem = \"conv\"",
-            )),
+            Stem::Patch if !self.stem_channels.is_empty() => Err(used_only_by_conv("stem_channels", &self.stem_channels)),
+            Stem::Patch if !self.stem_strides.is_empty() => Err(used_only_by_conv("stem_strides", &self.stem_strides)),
             Stem::Patch => Ok(()),
             Stem::Conv if self.variant == Variant::Dlstudio => {
                 Err(invalid("stem", "conv", "the dlstudio variant has ViTHelper's patch embedding only"))
@@ -333,11 +357,23 @@ impl ViTConfig {
                         "a conv stem needs at least one convolution, each with at least 1 channel",
                     ));
                 }
-                if n >= usize::BITS as usize || 1usize << n != self.patch_size {
+                let strides = &self.stem_strides;
+                if !strides.is_empty() && (strides.len() != n || strides.iter().any(|&s| s != 1 && s != 2)) {
+                    return Err(invalid(
+                        "stem_strides",
+                        format!("{strides:?}"),
+                        format!("give one stride, 1 or 2, per entry of stem_channels ({n}), or leave it empty for all 2"),
+                    ));
+                }
+                let halvings = self.stem_layers().iter().filter(|&&(_, s)| s == 2).count();
+                if halvings >= usize::BITS as usize || 1usize << halvings != self.patch_size {
                     return Err(invalid(
                         "patch_size",
                         self.patch_size,
-                        format!("a conv stem of {n} stride-2 convolutions makes patch_size {}", 1u128 << n.min(127)),
+                        format!(
+                            "a conv stem with {halvings} stride-2 convolutions makes patch_size {}",
+                            1u128 << halvings.min(127)
+                        ),
                     ));
                 }
                 Ok(())
@@ -381,8 +417,33 @@ mod tests {
         ok.validate().unwrap();
         let empty = ViTConfig { stem_channels: vec![], ..ok.clone() };
         assert!(empty.validate().unwrap_err().to_string().contains("stem_channels"));
-        let stray = ViTConfig { stem: Stem::Patch, ..ok };
+        let stray = ViTConfig { stem: Stem::Patch, ..ok.clone() };
         assert!(stray.validate().unwrap_err().to_string().contains("stem_channels"));
+    }
+
+    #[test]
+    fn stem_strides_set_the_grid() {
+        let base = ViTConfig { stem: Stem::Conv, stem_channels: vec![8, 8, 16], patch_size: 4, num_classes: 3, ..Default::default() };
+        let cfg = ViTConfig { stem_strides: vec![2, 1, 2], ..base.clone() };
+        cfg.validate().unwrap();
+        assert_eq!(cfg.stem_layers(), vec![(8, 2), (8, 1), (16, 2)]);
+        assert_eq!(ViTConfig { patch_size: 8, ..base.clone() }.stem_layers(), vec![(8, 2), (8, 2), (16, 2)], "empty = all 2");
+        for bad in [vec![2, 1], vec![2, 3, 2], vec![2, 0, 2]] {
+            let msg = ViTConfig { stem_strides: bad.clone(), ..base.clone() }.validate().unwrap_err().to_string();
+            assert!(msg.contains("stem_strides") && msg.contains("1 or 2"), "{bad:?}: {msg}");
+        }
+        let grid = ViTConfig { stem_strides: vec![1, 1, 2], ..base.clone() }.validate().unwrap_err().to_string();
+        assert!(grid.contains("makes patch_size 2"), "{grid}");
+        let stray = ViTConfig { stem: Stem::Patch, stem_channels: vec![], stem_strides: vec![2], ..base };
+        assert!(stray.validate().unwrap_err().to_string().contains("stem_strides"));
+    }
+
+    #[test]
+    fn locality_attention_is_standard_only() {
+        let cfg = ViTConfig { locality_attention: true, num_classes: 3, ..Default::default() };
+        cfg.validate().unwrap();
+        let dl = ViTConfig { variant: Variant::Dlstudio, pooling: Pooling::Mean, ..cfg };
+        assert!(dl.validate().unwrap_err().to_string().contains("locality_attention"));
     }
 
     #[test]

@@ -101,6 +101,7 @@ fn config_table() -> Vec<ViTConfig> {
         standard(3, 2, 8, 32, 3, Pooling::Mean),
         ViTConfig { qkv_bias: false, ..standard(1, 4, 16, 64, 3, Pooling::Cls) },
         ViTConfig { mlp_ratio: 4.0, ..standard(3, 4, 4, 32, 1, Pooling::Mean) },
+        ViTConfig { locality_attention: true, ..standard(2, 2, 8, 32, 3, Pooling::Cls) },
         dlstudio(Attention::Matmul, 2, 2, 8, 32, 3),
         dlstudio(Attention::Einsum, 1, 4, 7, 28, 1),
         dlstudio(Attention::Einsum, 2, 1, 16, 64, 3),
@@ -312,6 +313,27 @@ fn model_structure() {
 
         // Deterministic.
         assert_eq!(onnx::export_to_bytes(&m, &random_weights(&cfg, 1)).unwrap(), bytes);
+    }
+}
+
+#[test]
+fn locality_attention_masks_exactly_the_diagonal() {
+    let cfg = ViTConfig { locality_attention: true, ..standard(2, 2, 8, 32, 3, Pooling::Cls) };
+    let bytes = onnx::export_to_bytes(&meta(&cfg), &random_weights(&cfg, 1)).unwrap();
+    let g = ModelProto::decode(&bytes[..]).unwrap().graph.unwrap();
+    let masks: Vec<_> = g.initializer.iter().filter(|t| t.name().contains("self_attention_mask")).collect();
+    assert_eq!(masks.len(), 1, "one mask shared by the blocks");
+    let n = cfg.num_tokens(); // 16 patches + class token
+    assert_eq!(masks[0].dims, [n as i64, n as i64]);
+    for (i, &v) in masks[0].float_data.iter().enumerate() {
+        let expected = if i / n == i % n { onnx::SELF_ATTENTION_MASK } else { 0.0 };
+        assert_eq!(v, expected, "mask[{}][{}]", i / n, i % n);
+    }
+    // Each block scales by its own learned per-head temperature.
+    for i in 0..cfg.depth {
+        let scale = g.initializer.iter().find(|t| t.name() == format!("blocks.{i}.attn.scale")).unwrap();
+        assert_eq!(scale.dims, [cfg.num_heads as i64]);
+        assert!(g.node.iter().any(|n| n.op_type() == "Reshape" && n.input[0] == scale.name()));
     }
 }
 

@@ -266,14 +266,21 @@ impl GraphBuilder {
 
     /// A scalar (rank 0) f32 constant `const.{purpose}`, shared like [`Self::const_i64`].
     pub fn const_f32(&mut self, purpose: &str, v: f32) -> String {
-        let key = format!("f32[]{:08x}", v.to_bits());
+        self.const_f32_tensor(purpose, &[], &[v])
+    }
+
+    /// An f32 constant `const.{purpose}` of shape `dims`, shared like [`Self::const_i64`].
+    pub fn const_f32_tensor(&mut self, purpose: &str, dims: &[usize], values: &[f32]) -> String {
+        let bits: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+        let key = format!("f32{dims:?}{bits:x?}");
         if let Some(name) = self.consts.get(&key) {
             return name.clone();
         }
         let name = unique(&mut self.value_names, &format!("{CONST_PREFIX}{purpose}"));
         self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| i64_of(d)).collect(),
             data_type: Some(DataType::Float as i32),
-            float_data: vec![v],
+            float_data: values.to_vec(),
             name: Some(name.clone()),
             ..Default::default()
         });

@@ -19,6 +19,9 @@ pub const OUTPUT_NAME: &str = "logits";
 pub const BATCH_DIM: &str = "batch";
 /// Name of the graph.
 pub const GRAPH_NAME: &str = "vit";
+/// Added to the attention scores' diagonal by locality self-attention, here and
+/// in training: a token's softmax weight on itself becomes exactly 0.
+pub const SELF_ATTENTION_MASK: f32 = -1e9;
 
 /// How a checkpoint tensor is stored as an initializer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +79,7 @@ pub fn tensor_specs(cfg: &ViTConfig) -> Vec<TensorSpec> {
     let mut s = Specs::default();
     let (mut c, mut p) = (c, p);
     if cfg.stem == Stem::Conv {
-        for (i, &out) in cfg.stem_channels.iter().enumerate() {
+        for (i, (out, _)) in cfg.stem_layers().into_iter().enumerate() {
             let st = format!("patch_embed.stem.{i}");
             s.plain(format!("{st}.conv.weight"), &[out, c, 3, 3]);
             for t in ["weight", "bias", "running_mean", "running_var"] {
@@ -97,6 +100,9 @@ pub fn tensor_specs(cfg: &ViTConfig) -> Vec<TensorSpec> {
                 let b = format!("blocks.{i}");
                 s.layer_norm(&format!("{b}.norm1"), e);
                 s.linear(&format!("{b}.attn.qkv"), e, 3 * e, cfg.qkv_bias);
+                if cfg.locality_attention {
+                    s.plain(format!("{b}.attn.scale"), &[cfg.num_heads]);
+                }
                 s.linear(&format!("{b}.attn.proj"), e, e, true);
                 s.layer_norm(&format!("{b}.norm2"), e);
                 s.linear(&format!("{b}.mlp.fc1"), e, hidden, true);
@@ -130,12 +136,12 @@ fn embed(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
     let mut x_in = x.to_owned();
     let mut k = cfg.patch_size;
     if cfg.stem == Stem::Conv {
-        for i in 0..cfg.stem_channels.len() {
+        for (i, (_, stride)) in cfg.stem_layers().into_iter().enumerate() {
             let st = format!("patch_embed.stem.{i}");
-            let y = b.conv(&format!("{st}.conv"), &x_in, &format!("{st}.conv.weight"), None, 3, 2, 1);
+            let y = b.conv(&format!("{st}.conv"), &x_in, &format!("{st}.conv.weight"), None, 3, stride, 1);
             let bn = |t: &str| format!("{st}.bn.{t}");
             let y = b.batch_norm(&format!("{st}.bn"), &y, [&bn("weight"), &bn("bias"), &bn("running_mean"), &bn("running_var")], 1e-5);
-            x_in = b.relu(&format!("{st}.act"), &y); // [B, C_i, H / 2^(i+1), W / 2^(i+1)]
+            x_in = b.relu(&format!("{st}.act"), &y); // [B, C_i, H / s_0..s_i, W / s_0..s_i]
         }
         k = 1;
     }
@@ -194,8 +200,18 @@ fn standard_block(b: &mut GraphBuilder, cfg: &ViTConfig, p: &str, x: &str) -> St
     let v = b.gather_index(&format!("{s}.v"), &qkv, 2, 0);
     let kt = b.transpose(&s, &k, &[0, 1, 3, 2]); // [B, H, d, L]
     let scores = b.matmul(&s, &q, &kt); // [B, H, L, L]
-    let scale = b.const_f32("attn_scale", (cfg.head_dim() as f64).powf(-0.5) as f32);
-    let scores = b.mul(&s, &scores, &scale);
+    let scores = if cfg.locality_attention {
+        // Locality self-attention: learned per-head scale [H] -> [H, 1, 1], masked diagonal.
+        let scale = b.reshape(&s, &format!("{s}.scale"), &[h, 1, 1]);
+        let scores = b.mul(&s, &scores, &scale);
+        let n = cfg.num_tokens();
+        let diag: Vec<f32> = (0..n * n).map(|i| if i % (n + 1) == 0 { SELF_ATTENTION_MASK } else { 0.0 }).collect();
+        let mask = b.const_f32_tensor("self_attention_mask", &[n, n], &diag);
+        b.add(&s, &scores, &mask)
+    } else {
+        let scale = b.const_f32("attn_scale", (cfg.head_dim() as f64).powf(-0.5) as f32);
+        b.mul(&s, &scores, &scale)
+    };
     let attn = b.softmax(&s, &scores, -1);
     let out = b.matmul(&s, &attn, &v); // [B, H, L, d]
     let out = b.transpose(&s, &out, &[0, 2, 1, 3]); // [B, L, H, d]

@@ -54,6 +54,8 @@ fn standard_variant_table() {
         table.push(standard(image, patch, channels, depth, heads, pooling));
     }
     table.push(ViTConfig { qkv_bias: false, ..standard(32, 16, 3, 1, 2, Pooling::Cls) });
+    // locality self-attention: learned per-head scale, masked diagonal
+    table.push(ViTConfig { locality_attention: true, ..standard(32, 8, 3, 2, 2, Pooling::Cls) });
     let mut worst = 0.0f32;
     for (i, cfg) in table.iter().enumerate() {
         let (vs, model) = random_model(cfg, i as i64);
@@ -62,16 +64,24 @@ fn standard_variant_table() {
     eprintln!("standard variant: max |tch - tract| over the table = {worst:.3e}");
 }
 
-/// A standard config with a conv stem of `channels` (patch = 2^len) and stochastic depth.
-fn conv_stem(image: usize, channels: &[usize], heads: usize, pooling: Pooling) -> ViTConfig {
-    let patch = 1 << channels.len();
-    ViTConfig { stem: Stem::Conv, stem_channels: channels.to_vec(), drop_path: 0.1, ..standard(image, patch, 3, 2, heads, pooling) }
+/// A standard config with a conv stem of `(channels, stride)` layers (patch =
+/// the product of the strides) and stochastic depth.
+fn conv_stem(image: usize, layers: &[(usize, usize)], heads: usize, pooling: Pooling) -> ViTConfig {
+    let patch = layers.iter().map(|&(_, s)| s).product();
+    let (stem_channels, stem_strides) = layers.iter().copied().unzip();
+    ViTConfig { stem: Stem::Conv, stem_channels, stem_strides, drop_path: 0.1, ..standard(image, patch, 3, 2, heads, pooling) }
 }
 
 #[test]
 fn conv_stem_table() {
     let mut worst = 0.0f32;
-    let table = [conv_stem(32, &[8, 16], 2, Pooling::Cls), conv_stem(64, &[8, 16, 24], 2, Pooling::Mean), conv_stem(28, &[4], 1, Pooling::Mean)];
+    let table = [
+        conv_stem(32, &[(8, 2), (16, 2)], 2, Pooling::Cls),
+        conv_stem(64, &[(8, 2), (16, 2), (24, 2)], 2, Pooling::Mean),
+        conv_stem(28, &[(4, 2)], 1, Pooling::Mean),
+        // stride-1 layers keep the grid: 32 -> 16 -> 16 -> 8 -> 8
+        ViTConfig { locality_attention: true, ..conv_stem(32, &[(8, 2), (8, 1), (16, 2), (16, 1)], 2, Pooling::Mean) },
+    ];
     for (i, cfg) in table.iter().enumerate() {
         let (vs, model) = random_model(cfg, 70 + i as i64);
         worst = worst.max(check(cfg, &vs, &model, 400 + i as i64));
@@ -99,7 +109,7 @@ fn briefly_trained_weights_still_match() {
     use tch::{Kind, Tensor};
     // The conv stem's BatchNorm running statistics move in training mode: the
     // export must carry the updated ones.
-    let stem = conv_stem(32, &[8, 16, 16], 2, Pooling::Mean);
+    let stem = conv_stem(32, &[(8, 2), (8, 1), (16, 2), (16, 2)], 2, Pooling::Mean);
     for cfg in [standard(32, 8, 3, 2, 2, Pooling::Mean), dlstudio(32, 8, 2, Attention::Einsum), stem] {
         let (vs, model) = random_model(&cfg, 7);
         let train = vit::config::TrainConfig { lr: 1e-3, optimizer: vit::config::Optimizer::Adamw, weight_decay: 0.05, ..Default::default() };

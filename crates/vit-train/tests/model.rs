@@ -30,7 +30,12 @@ fn forward_shapes_for_several_configs() {
 
 #[test]
 fn conv_stem_names_shapes_and_decay() {
-    let cfg = ViTConfig { stem: Stem::Conv, stem_channels: vec![8, 16, 24], ..standard(64, 8, 3, 2, 2, Pooling::Mean) };
+    let cfg = ViTConfig {
+        stem: Stem::Conv,
+        stem_channels: vec![8, 16, 16, 24],
+        stem_strides: vec![2, 2, 1, 2],
+        ..standard(64, 8, 3, 2, 2, Pooling::Mean)
+    };
     let (vs, model) = random_model(&cfg, 0);
     let vars = vs.variables();
     // Every tensor the ONNX graph needs exists under its name and shape, and nothing else.
@@ -40,7 +45,8 @@ fn conv_stem_names_shapes_and_decay() {
         let v = vars.get(name).unwrap_or_else(|| panic!("missing {name}"));
         assert_eq!(v.size(), shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), "{name}");
     }
-    assert_eq!(vars["patch_embed.stem.2.conv.weight"].size(), vec![24, 16, 3, 3]);
+    assert_eq!(vars["patch_embed.stem.2.conv.weight"].size(), vec![16, 16, 3, 3]);
+    assert_eq!(vars["patch_embed.stem.3.conv.weight"].size(), vec![24, 16, 3, 3]);
     assert_eq!(vars["patch_embed.proj.weight"].size(), vec![32, 24, 1, 1]);
     assert!(!vars["patch_embed.stem.0.bn.running_var"].requires_grad(), "running stats are buffers");
     assert!(is_no_decay("patch_embed.stem.0.bn.weight", &[8]) && !is_no_decay("patch_embed.stem.0.conv.weight", &[8, 3, 3, 3]));

@@ -6,7 +6,6 @@ mod dlstudio;
 mod standard;
 
 use tch::{nn, Tensor};
-use vit::config::Stem;
 use vit::{Variant, ViTConfig};
 
 pub use dlstudio::{attention as dlstudio_attention, DlstudioViT};
@@ -41,7 +40,7 @@ impl nn::ModuleT for ViT {
     }
 }
 
-/// One conv-stem stage: 3x3 stride-2 convolution (no bias), BatchNorm, ReLU.
+/// One conv-stem stage: 3x3 convolution (no bias, stride 1 or 2), BatchNorm, ReLU.
 /// Names: `patch_embed.stem.{i}.conv.weight`, `patch_embed.stem.{i}.bn.{weight,bias,running_mean,running_var}`.
 #[derive(Debug)]
 struct StemStage {
@@ -50,14 +49,14 @@ struct StemStage {
 }
 
 impl StemStage {
-    fn new(p: nn::Path, inp: i64, out: i64) -> Self {
-        let conv = nn::ConvConfig { stride: 2, padding: 1, bias: false, ..Default::default() };
+    fn new(p: nn::Path, inp: i64, out: i64, stride: i64) -> Self {
+        let conv = nn::ConvConfig { stride, padding: 1, bias: false, ..Default::default() };
         // PyTorch's BatchNorm2d defaults: eps 1e-5, momentum 0.1.
         let bn = nn::BatchNormConfig { eps: 1e-5, momentum: 0.1, ..Default::default() };
         Self { conv: nn::conv2d(&p / "conv", inp, out, 3, conv), bn: nn::batch_norm2d(&p / "bn", out, bn) }
     }
 
-    /// [B, C, H, W] -> [B, C', H/2, W/2]
+    /// [B, C, H, W] -> [B, C', H/s, W/s]
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         xs.apply(&self.conv).apply_t(&self.bn, train).relu()
     }
@@ -80,11 +79,9 @@ impl PatchEmbed {
     pub(crate) fn new(p: &nn::Path, cfg: &ViTConfig, cls_init: nn::Init, pos_init: nn::Init) -> Self {
         let e = cfg.embed_dim as i64;
         let (mut stem, mut channels) = (Vec::new(), cfg.in_channels as i64);
-        if cfg.stem == Stem::Conv {
-            for (i, &out) in cfg.stem_channels.iter().enumerate() {
-                stem.push(StemStage::new(p / "patch_embed" / "stem" / i, channels, out as i64));
-                channels = out as i64;
-            }
+        for (i, (out, stride)) in cfg.stem_layers().into_iter().enumerate() {
+            stem.push(StemStage::new(p / "patch_embed" / "stem" / i, channels, out as i64, stride as i64));
+            channels = out as i64;
         }
         // After a conv stem the image is already on the patch grid: a 1x1 projection.
         let k = if stem.is_empty() { cfg.patch_size as i64 } else { 1 };
@@ -100,7 +97,7 @@ impl PatchEmbed {
         let b = xs.size()[0];
         let mut x = xs.shallow_clone();
         for stage in &self.stem {
-            x = stage.forward_t(&x, train); // [B, C_i, H / 2^(i+1), W / 2^(i+1)]
+            x = stage.forward_t(&x, train); // [B, C_i, H / s_0..s_i, W / s_0..s_i]
         }
         let patches = x.apply(&self.proj).flatten(2, -1).transpose(1, 2); // [B, N, E]
         let cls = self.cls_token.expand([b, 1, self.embed_dim], false); // [B, 1, E]

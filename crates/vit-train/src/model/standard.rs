@@ -5,6 +5,7 @@
 
 use tch::{nn, nn::ModuleT, Kind, Tensor};
 use vit::config::{Pooling, ViTConfig};
+use vit::onnx::SELF_ATTENTION_MASK;
 
 use super::PatchEmbed;
 
@@ -23,11 +24,14 @@ fn layer_norm(p: nn::Path, cfg: &ViTConfig) -> nn::LayerNorm {
     nn::layer_norm(p, vec![cfg.embed_dim as i64], c)
 }
 
-/// Multi-head self-attention with a fused q/k/v projection.
+/// Multi-head self-attention with a fused q/k/v projection; with
+/// `locality_attention`, a learnable per-head scale and a masked diagonal.
 #[derive(Debug)]
 struct Attention {
     qkv: nn::Linear,
     proj: nn::Linear,
+    /// Locality self-attention: learnable scale `[H]` and the `[L, L]` diagonal mask.
+    locality: Option<(Tensor, Tensor)>,
     heads: i64,
     tokens: i64,
     head_dim: i64,
@@ -37,7 +41,14 @@ struct Attention {
 impl Attention {
     fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
         let e = cfg.embed_dim;
+        let (h, l, d) = (cfg.num_heads as i64, cfg.num_tokens() as i64, cfg.head_dim() as f64);
+        let locality = cfg.locality_attention.then(|| {
+            let scale = p.var("scale", &[h], nn::Init::Const(d.powf(-0.5)));
+            let mask = Tensor::eye(l, (Kind::Float, p.device())) * f64::from(SELF_ATTENTION_MASK);
+            (scale, mask)
+        });
         Self {
+            locality,
             qkv: linear(&p / "qkv", e, 3 * e, cfg.qkv_bias),
             proj: linear(&p / "proj", e, e, true),
             heads: cfg.num_heads as i64,
@@ -52,8 +63,12 @@ impl Attention {
         let (l, h, d) = (self.tokens, self.heads, self.head_dim);
         let qkv = xs.apply(&self.qkv).reshape([-1, l, 3, h, d]).permute([2, 0, 3, 1, 4]); // [3, B, H, L, d]
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let scale = (d as f64).powf(-0.5);
-        let attn = (q.matmul(&k.transpose(-2, -1)) * scale).softmax(-1, Kind::Float); // [B, H, L, L]
+        let scores = q.matmul(&k.transpose(-2, -1)); // [B, H, L, L]
+        let scores = match &self.locality {
+            Some((scale, mask)) => scores * scale.reshape([h, 1, 1]) + mask,
+            None => scores * (d as f64).powf(-0.5),
+        };
+        let attn = scores.softmax(-1, Kind::Float); // [B, H, L, L]
         let attn = attn.dropout(self.dropout, train);
         let out = attn.matmul(&v).transpose(1, 2).reshape([-1, l, h * d]); // [B, L, E]
         out.apply(&self.proj).dropout(self.dropout, train)
