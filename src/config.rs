@@ -99,6 +99,11 @@ impl Default for Preprocess {
 mod train;
 pub use train::{Optimizer, TrainConfig};
 
+/// Added to the attention scores' diagonal by locality self-attention, in
+/// training and in the ONNX graph alike: a token's softmax weight on itself
+/// becomes exactly 0.
+pub const SELF_ATTENTION_MASK: f32 = -1e9;
+
 /// A Vision Transformer: architecture, preprocessing and training recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -325,8 +325,9 @@ fn locality_attention_masks_exactly_the_diagonal() {
     assert_eq!(masks.len(), 1, "one mask shared by the blocks");
     let n = cfg.num_tokens(); // 16 patches + class token
     assert_eq!(masks[0].dims, [n as i64, n as i64]);
+    assert_eq!(masks[0].float_data.len(), n * n);
     for (i, &v) in masks[0].float_data.iter().enumerate() {
-        let expected = if i / n == i % n { onnx::SELF_ATTENTION_MASK } else { 0.0 };
+        let expected = if i / n == i % n { vit::config::SELF_ATTENTION_MASK } else { 0.0 };
         assert_eq!(v, expected, "mask[{}][{}]", i / n, i % n);
     }
     // Each block scales by its own learned per-head temperature.

@@ -244,19 +244,13 @@ impl GraphBuilder {
     /// with any earlier constant of the same shape and values.
     pub fn const_i64(&mut self, purpose: &str, dims: &[usize], values: &[i64]) -> String {
         let key = format!("i64{dims:?}{values:?}");
-        if let Some(name) = self.consts.get(&key) {
-            return name.clone();
-        }
-        let name = unique(&mut self.value_names, &format!("{CONST_PREFIX}{purpose}"));
-        self.initializers.push(TensorProto {
+        self.shared_const(key, purpose, |name| TensorProto {
             dims: dims.iter().map(|&d| i64_of(d)).collect(),
             data_type: Some(DataType::Int64 as i32),
             int64_data: values.to_vec(),
-            name: Some(name.clone()),
+            name: Some(name),
             ..Default::default()
-        });
-        self.consts.insert(key, name.clone());
-        name
+        })
     }
 
     /// A 1-D int64 constant (a shape, axes, starts, ...).
@@ -273,17 +267,23 @@ impl GraphBuilder {
     pub fn const_f32_tensor(&mut self, purpose: &str, dims: &[usize], values: &[f32]) -> String {
         let bits: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
         let key = format!("f32{dims:?}{bits:x?}");
+        self.shared_const(key, purpose, |name| TensorProto {
+            dims: dims.iter().map(|&d| i64_of(d)).collect(),
+            data_type: Some(DataType::Float as i32),
+            float_data: values.to_vec(),
+            name: Some(name),
+            ..Default::default()
+        })
+    }
+
+    /// The constant initializer stored under `key` (type, shape and values),
+    /// made by `make(name)` with a fresh `const.{purpose}` name the first time.
+    fn shared_const(&mut self, key: String, purpose: &str, make: impl FnOnce(String) -> TensorProto) -> String {
         if let Some(name) = self.consts.get(&key) {
             return name.clone();
         }
         let name = unique(&mut self.value_names, &format!("{CONST_PREFIX}{purpose}"));
-        self.initializers.push(TensorProto {
-            dims: dims.iter().map(|&d| i64_of(d)).collect(),
-            data_type: Some(DataType::Float as i32),
-            float_data: values.to_vec(),
-            name: Some(name.clone()),
-            ..Default::default()
-        });
+        self.initializers.push(make(name.clone()));
         self.consts.insert(key, name.clone());
         name
     }

@@ -42,7 +42,7 @@ mod write;
 /// Suffix of the external data file written beside `<model>.onnx` (`<model>.onnx.data`).
 pub const EXTERNAL_DATA_SUFFIX: &str = ".data";
 pub use builder::CONST_PREFIX;
-pub use vit_graph::{BATCH_DIM, INPUT_NAME, OUTPUT_NAME, SELF_ATTENTION_MASK};
+pub use vit_graph::{BATCH_DIM, INPUT_NAME, OUTPUT_NAME};
 
 use builder::GraphBuilder;
 use proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};

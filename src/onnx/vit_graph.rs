@@ -9,7 +9,7 @@
 use super::builder::{i64_of, Dim, GraphBuilder};
 use super::dlstudio_graph;
 use super::proto::GraphProto;
-use crate::config::{Pooling, Stem, Variant, ViTConfig};
+use crate::config::{Pooling, Stem, Variant, ViTConfig, SELF_ATTENTION_MASK};
 
 /// Name of the graph input: normalised pixels `[batch, C, H, W]`.
 pub const INPUT_NAME: &str = "pixel_values";
@@ -19,9 +19,6 @@ pub const OUTPUT_NAME: &str = "logits";
 pub const BATCH_DIM: &str = "batch";
 /// Name of the graph.
 pub const GRAPH_NAME: &str = "vit";
-/// Added to the attention scores' diagonal by locality self-attention, here and
-/// in training: a token's softmax weight on itself becomes exactly 0.
-pub const SELF_ATTENTION_MASK: f32 = -1e9;
 
 /// How a checkpoint tensor is stored as an initializer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,7 @@ fn forward_shapes_for_several_configs() {
         standard(28, 7, 1, 1, 1, Pooling::Cls),
         standard(32, 4, 3, 2, 2, Pooling::Mean),
         standard(64, 16, 3, 3, 4, Pooling::Cls),
+        ViTConfig { locality_attention: true, ..standard(32, 8, 3, 2, 2, Pooling::Mean) },
         dlstudio(32, 8, 2, Attention::Matmul),
     ];
     for cfg in configs {
@@ -50,6 +51,7 @@ fn conv_stem_names_shapes_and_decay() {
     assert_eq!(vars["patch_embed.proj.weight"].size(), vec![32, 24, 1, 1]);
     assert!(!vars["patch_embed.stem.0.bn.running_var"].requires_grad(), "running stats are buffers");
     assert!(is_no_decay("patch_embed.stem.0.bn.weight", &[8]) && !is_no_decay("patch_embed.stem.0.conv.weight", &[8, 3, 3, 3]));
+    assert!(is_no_decay("blocks.0.attn.scale", &[2]), "locality attention's per-head scale has no weight decay");
     let y = model.forward_t(&random_input(&cfg, 2, 1), true);
     assert_eq!(y.size(), vec![2, 5]);
 }

@@ -1,11 +1,11 @@
 //! Standard pre-LN Vision Transformer (Dosovitskiy et al. 2020), laid out as
 //! timm's `VisionTransformer` so names match its state dict:
 //! `patch_embed.proj.*`, `cls_token`, `pos_embed`, `blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*`,
-//! `norm.*`, `head.*`.
+//! `norm.*`, `head.*`; with locality self-attention also `blocks.{i}.attn.scale`
+//! (`[H]`, not a timm tensor).
 
 use tch::{nn, nn::ModuleT, Kind, Tensor};
-use vit::config::{Pooling, ViTConfig};
-use vit::onnx::SELF_ATTENTION_MASK;
+use vit::config::{Pooling, ViTConfig, SELF_ATTENTION_MASK};
 
 use super::PatchEmbed;
 
@@ -30,8 +30,8 @@ fn layer_norm(p: nn::Path, cfg: &ViTConfig) -> nn::LayerNorm {
 struct Attention {
     qkv: nn::Linear,
     proj: nn::Linear,
-    /// Locality self-attention: learnable scale `[H]` and the `[L, L]` diagonal mask.
-    locality: Option<(Tensor, Tensor)>,
+    /// Locality self-attention: the learnable per-head scale `[H]`.
+    locality_scale: Option<Tensor>,
     heads: i64,
     tokens: i64,
     head_dim: i64,
@@ -41,14 +41,10 @@ struct Attention {
 impl Attention {
     fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
         let e = cfg.embed_dim;
-        let (h, l, d) = (cfg.num_heads as i64, cfg.num_tokens() as i64, cfg.head_dim() as f64);
-        let locality = cfg.locality_attention.then(|| {
-            let scale = p.var("scale", &[h], nn::Init::Const(d.powf(-0.5)));
-            let mask = Tensor::eye(l, (Kind::Float, p.device())) * f64::from(SELF_ATTENTION_MASK);
-            (scale, mask)
-        });
+        let (h, d) = (cfg.num_heads as i64, cfg.head_dim() as f64);
+        let locality_scale = cfg.locality_attention.then(|| p.var("scale", &[h], nn::Init::Const(d.powf(-0.5))));
         Self {
-            locality,
+            locality_scale,
             qkv: linear(&p / "qkv", e, 3 * e, cfg.qkv_bias),
             proj: linear(&p / "proj", e, e, true),
             heads: cfg.num_heads as i64,
@@ -64,8 +60,12 @@ impl Attention {
         let qkv = xs.apply(&self.qkv).reshape([-1, l, 3, h, d]).permute([2, 0, 3, 1, 4]); // [3, B, H, L, d]
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let scores = q.matmul(&k.transpose(-2, -1)); // [B, H, L, L]
-        let scores = match &self.locality {
-            Some((scale, mask)) => scores * scale.reshape([h, 1, 1]) + mask,
+        let scores = match &self.locality_scale {
+            Some(scale) => {
+                // [L, L], built where the scores live (device and dtype follow the model)
+                let mask = Tensor::eye(l, (scores.kind(), scores.device())) * f64::from(SELF_ATTENTION_MASK);
+                scores * scale.reshape([h, 1, 1]) + mask
+            }
             None => scores * (d as f64).powf(-0.5),
         };
         let attn = scores.softmax(-1, Kind::Float); // [B, H, L, L]
