@@ -151,6 +151,10 @@ pub struct ViTConfig {
     /// Stochastic depth: the rate of dropping a block's residual branches grows
     /// linearly from 0 to this value over the blocks (standard variant; 0 disables).
     pub drop_path: f64,
+    /// Test-time flip: evaluation and the exported graph average the logits of
+    /// each image and its mirror image (horizontal flip), at twice the
+    /// inference cost; training is unchanged. Suits data trained with `hflip`.
+    pub test_time_flip: bool,
     /// Pixel preprocessing.
     pub preprocess: Preprocess,
     /// Training recipe.
@@ -179,6 +183,7 @@ impl Default for ViTConfig {
             stem_strides: Vec::new(),
             locality_attention: false,
             drop_path: 0.0,
+            test_time_flip: false,
             preprocess: Preprocess::default(),
             train: TrainConfig::default(),
         }
@@ -462,6 +467,11 @@ mod tests {
         cfg.train.ema_decay = 0.999;
         cfg.train.mixup_alpha = -1.0;
         assert!(cfg.validate().unwrap_err().to_string().contains("train.mixup_alpha"));
+        cfg.train.mixup_alpha = 0.2;
+        cfg.train.eval_every = 0;
+        assert!(cfg.validate().unwrap_err().to_string().contains("train.eval_every"));
+        cfg.train.eval_every = 5;
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]

@@ -102,6 +102,7 @@ fn config_table() -> Vec<ViTConfig> {
         ViTConfig { qkv_bias: false, ..standard(1, 4, 16, 64, 3, Pooling::Cls) },
         ViTConfig { mlp_ratio: 4.0, ..standard(3, 4, 4, 32, 1, Pooling::Mean) },
         ViTConfig { locality_attention: true, ..standard(2, 2, 8, 32, 3, Pooling::Cls) },
+        ViTConfig { test_time_flip: true, ..standard(2, 2, 8, 32, 3, Pooling::Mean) },
         dlstudio(Attention::Matmul, 2, 2, 8, 32, 3),
         dlstudio(Attention::Einsum, 1, 4, 7, 28, 1),
         dlstudio(Attention::Einsum, 2, 1, 16, 64, 3),
@@ -336,6 +337,28 @@ fn locality_attention_masks_exactly_the_diagonal() {
         assert_eq!(scale.dims, [cfg.num_heads as i64]);
         assert!(g.node.iter().any(|n| n.op_type() == "Reshape" && n.input[0] == scale.name()));
     }
+}
+
+#[test]
+fn test_time_flip_averages_each_image_with_its_mirror() -> TractResult<()> {
+    let plain = standard(2, 2, 8, 32, 3, Pooling::Cls);
+    let flip = ViTConfig { test_time_flip: true, ..plain.clone() };
+    let w = random_weights(&plain, 9);
+    let (plain_bytes, flip_bytes) = (onnx::export_to_bytes(&meta(&plain), &w)?, onnx::export_to_bytes(&meta(&flip), &w)?);
+    let (batch, side, k) = (3, plain.image_size, plain.num_classes);
+    let x = images(&plain, batch, 4);
+    // Mirror every row of every channel of every image.
+    let mirrored: Vec<f32> = x.chunks(side).flat_map(|row| row.iter().rev().copied()).collect();
+    let (_, a) = run_bytes(&plain_bytes, &plain, batch, &x)?;
+    let (_, b) = run_bytes(&plain_bytes, &plain, batch, &mirrored)?;
+    let (shape, got) = run_bytes(&flip_bytes, &flip, batch, &x)?;
+    assert_eq!(shape, [batch, k]);
+    let mean: Vec<f32> = a.iter().zip(&b).map(|(a, b)| (a + b) / 2.0).collect();
+    assert_close(&got, &mean, 1e-5, "flip graph vs mean of the plain graph on x and mirror(x)");
+    assert!(a.iter().zip(&b).any(|(a, b)| (a - b).abs() > 1e-3), "random weights are not mirror-symmetric");
+    let (_, got_mirrored) = run_bytes(&flip_bytes, &flip, batch, &mirrored)?;
+    assert_close(&got_mirrored, &got, 1e-5, "an image and its mirror give the same averaged logits");
+    Ok(())
 }
 
 /// The attributes each operator must carry, written explicitly (zeros included).

@@ -63,6 +63,9 @@ pub struct TrainConfig {
     /// Exponential moving average of the weights with this decay (0: none). When
     /// set, evaluation, checkpoints and export use the averaged weights.
     pub ema_decay: f64,
+    /// Evaluate on the validation split every this many epochs, and always after
+    /// the last one; `best.safetensors` is the best of the evaluated epochs.
+    pub eval_every: usize,
     /// Log the training loss every this many iterations.
     pub log_every: usize,
     /// Seed for weights, shuffling, split and dropout.
@@ -91,6 +94,7 @@ impl Default for TrainConfig {
             cutmix_alpha: 0.0,
             random_erasing: 0.0,
             ema_decay: 0.0,
+            eval_every: 1,
             log_every: 100,
             seed: 0,
         }
@@ -115,6 +119,9 @@ impl TrainConfig {
         }
         if t.log_every == 0 {
             return Err(invalid("train.log_every", 0, "must be at least 1"));
+        }
+        if t.eval_every == 0 {
+            return Err(invalid("train.eval_every", 0, "must be at least 1 (1: every epoch)"));
         }
         let (lo, hi) = t.crop_scale;
         if !(lo > 0.0 && lo <= hi && hi <= 1.0) {

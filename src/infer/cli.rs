@@ -109,12 +109,13 @@ fn open(cli: &Cli) -> Result<Classifier, InferError> {
     let clf = Classifier::open(&cli.model, &opts)?;
     let c = &clf.metadata().config;
     eprintln!(
-        "vit-infer: model {} ({} classes, {}x{}x{} input), execution provider: {}",
+        "vit-infer: model {} ({} classes, {}x{}x{} input{}), execution provider: {}",
         cli.model.display(),
         clf.labels().len(),
         c.in_channels,
         c.image_size,
         c.image_size,
+        if c.test_time_flip { ", averages each image with its mirror" } else { "" },
         clf.provider()
     );
     if let Some(reason) = clf.cuda_fallback_reason() {

@@ -376,6 +376,13 @@ impl GraphBuilder {
         self.node("Gather", scope, &[x, &i], &[int("axis", axis)])
     }
 
+    /// `Gather` of the 1-D constant `indices` (`const.{purpose}`) along `axis`:
+    /// that axis becomes `indices.len()` long.
+    pub fn gather(&mut self, scope: &str, x: &str, purpose: &str, indices: &[i64], axis: i64) -> String {
+        let i = self.const_ints(purpose, indices);
+        self.node("Gather", scope, &[x, &i], &[int("axis", axis)])
+    }
+
     /// `Slice` of `x[start..end]` along `axis`, step 1.
     pub fn slice(&mut self, scope: &str, x: &str, axis: i64, start: i64, end: i64) -> String {
         let starts = self.const_ints("starts", &[start]);

@@ -118,13 +118,29 @@ pub fn tensor_specs(cfg: &ViTConfig) -> Vec<TensorSpec> {
 pub fn build(cfg: &ViTConfig, mut b: GraphBuilder) -> GraphProto {
     let (c, h) = (cfg.in_channels, cfg.image_size);
     let x = b.input(INPUT_NAME, &[Dim::Symbolic(BATCH_DIM), Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(h)]);
+    let x = if cfg.test_time_flip { with_mirror_images(&mut b, cfg, &x) } else { x };
     let x = embed(&mut b, cfg, &x);
     let logits = match cfg.variant {
         Variant::Standard => standard_body(&mut b, cfg, &x),
         Variant::Dlstudio => dlstudio_graph::body(&mut b, cfg, &x),
     };
+    let logits = if cfg.test_time_flip { mean_over_mirrors(&mut b, cfg, &logits) } else { logits };
     b.output(&logits, OUTPUT_NAME, &[Dim::Symbolic(BATCH_DIM), Dim::Fixed(cfg.num_classes)]);
     b.finish(GRAPH_NAME)
+}
+
+/// Test-time flip, first half: `[B, C, H, W]` -> `[x; flip_W(x)]` `[2B, C, H, W]`
+/// (the mirror images by a `Gather` of the columns in reverse order).
+fn with_mirror_images(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
+    let reversed: Vec<i64> = (0..i64_of(cfg.image_size)).rev().collect();
+    let mirrored = b.gather("test_time_flip", x, "reversed_columns", &reversed, 3);
+    b.concat("test_time_flip", &[x, &mirrored], 0)
+}
+
+/// Test-time flip, second half: `[2B, K]` -> `[2, B, K]` -> mean over the pair -> `[B, K]`.
+fn mean_over_mirrors(b: &mut GraphBuilder, cfg: &ViTConfig, logits: &str) -> String {
+    let pairs = b.reshape("test_time_flip", logits, &[2, -1, i64_of(cfg.num_classes)]);
+    b.reduce_mean("test_time_flip", &pairs, &[0], false)
 }
 
 /// Patch embedding, class token, position embedding: `[B, C, H, W]` -> `[B, L, E]`.

@@ -114,6 +114,12 @@ pub struct FitArgs {
     /// Override drop_path (stochastic depth rate of the last block; standard variant).
     #[arg(long)]
     pub drop_path: Option<f64>,
+    /// Override train.eval_every (epochs between validation passes; the last epoch is always evaluated).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Set test_time_flip: evaluation and the export average each image's logits with its mirror image's.
+    #[arg(long)]
+    pub test_time_flip: bool,
     /// Override train.log_every (iterations between loss log lines).
     #[arg(long)]
     pub log_every: Option<usize>,
@@ -164,6 +170,10 @@ pub struct ExportArgs {
     /// Validation images used for the verification.
     #[arg(long, default_value_t = 16)]
     pub verify_images: usize,
+    /// Export with test_time_flip on (the graph averages each image's logits with its
+    /// mirror image's), whatever the run's config says; the file then records no val_accuracy.
+    #[arg(long)]
+    pub test_time_flip: bool,
 }
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
@@ -192,7 +202,7 @@ pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
     }
     set!(epochs => t.epochs, batch_size => t.batch_size, lr => t.lr, beta1 => t.betas.0, beta2 => t.betas.1,
          weight_decay => t.weight_decay, warmup_epochs => t.warmup_epochs, label_smoothing => t.label_smoothing,
-         grad_clip => t.grad_clip, log_every => t.log_every, seed => t.seed, color_jitter => t.color_jitter,
+         grad_clip => t.grad_clip, log_every => t.log_every, eval_every => t.eval_every, seed => t.seed, color_jitter => t.color_jitter,
          mixup_alpha => t.mixup_alpha, cutmix_alpha => t.cutmix_alpha, random_erasing => t.random_erasing,
          ema_decay => t.ema_decay);
     if let Some(min) = a.crop_scale {
@@ -204,6 +214,7 @@ pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
     if let Some(rate) = a.drop_path {
         cfg.drop_path = rate;
     }
+    cfg.test_time_flip |= a.test_time_flip;
     cfg.validate_architecture()?;
     Ok(cfg)
 }
@@ -240,6 +251,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     external_data: false,
                     atol: 1e-4,
                     verify_images: 16,
+                    test_time_flip: false,
                 })?;
             }
             Ok(())
@@ -265,6 +277,7 @@ pub fn run(cli: Cli) -> Result<()> {
             external_data: a.external_data,
             atol: a.atol,
             verify_images: a.verify_images,
+            test_time_flip: a.test_time_flip,
         }),
     }
 }

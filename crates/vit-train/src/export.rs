@@ -33,6 +33,9 @@ pub struct ExportRequest {
     pub atol: f32,
     /// Images used for verification.
     pub verify_images: usize,
+    /// Turn `test_time_flip` on for this export (the run's own accuracy then
+    /// no longer describes the file, so none is recorded).
+    pub test_time_flip: bool,
 }
 
 /// What an export wrote and measured.
@@ -107,7 +110,9 @@ pub fn verify_export(model: &ViT, cfg: &ViTConfig, onnx: &Path, pixels: &[f32], 
 
 /// Exports a run's checkpoint and verifies it; errors if verification fails.
 pub fn export_run(req: &ExportRequest) -> Result<ExportReport> {
-    let (cfg, labels) = read_run(&req.run)?;
+    let (mut cfg, labels) = read_run(&req.run)?;
+    let accuracy_applies = !req.test_time_flip || cfg.test_time_flip;
+    cfg.test_time_flip |= req.test_time_flip;
     let ckpt = match req.checkpoint.as_str() {
         "last" | "best" => req.run.join(format!("{}.safetensors", req.checkpoint)),
         other => bail!("--checkpoint {other}: expected last or best"),
@@ -118,7 +123,8 @@ pub fn export_run(req: &ExportRequest) -> Result<ExportReport> {
     let val_accuracy = std::fs::read_to_string(req.run.join("summary.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<crate::metrics::Summary>(&t).ok())
-        .map(|s| if req.checkpoint == "best" { s.best_val_accuracy } else { s.val_accuracy });
+        .map(|s| if req.checkpoint == "best" { s.best_val_accuracy } else { s.val_accuracy })
+        .filter(|_| accuracy_applies);
     let path = req.out.clone().unwrap_or_else(|| req.run.join("model.onnx"));
     let meta = ModelMetadata { config: cfg.clone(), labels, val_accuracy };
     write_model(&path, &meta, &named_tensors(&vs)?, &ExportOptions { external_data: req.external_data })

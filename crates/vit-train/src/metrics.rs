@@ -64,12 +64,14 @@ impl Confusion {
 pub enum Record {
     /// Mean training loss over the last `log_every` iterations.
     Step { epoch: usize, iter: usize, loss: f64, lr: f64 },
-    /// End-of-epoch evaluation.
+    /// End of an epoch; the validation fields only on evaluated epochs (`train.eval_every`).
     Epoch {
         epoch: usize,
         train_loss: f64,
-        val_loss: f64,
-        val_accuracy: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        val_loss: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        val_accuracy: Option<f64>,
         train_images_per_sec: f64,
         seconds: f64,
     },
@@ -80,6 +82,14 @@ impl Record {
     pub fn epoch(&self) -> usize {
         match self {
             Record::Step { epoch, .. } | Record::Epoch { epoch, .. } => *epoch,
+        }
+    }
+
+    /// The validation accuracy of an evaluated epoch.
+    pub fn val_accuracy(&self) -> Option<f64> {
+        match self {
+            Record::Epoch { val_accuracy, .. } => *val_accuracy,
+            Record::Step { .. } => None,
         }
     }
 }

@@ -165,7 +165,7 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
     let warmup = (t.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let aug = Augment::from_train(t);
     let k = cfg.num_classes;
-    // Evaluation of the current weights; set by each epoch, so the summary reuses the last one.
+    // Evaluation of the current weights; the last epoch always evaluates, so the summary reuses it.
     let mut last_eval = None;
 
     for epoch in start_epoch..t.epochs {
@@ -219,25 +219,27 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
         if let Some(ema) = &mut ema {
             ema.swap();
         }
-        let eval = evaluate(&model, &splits.val, &prep, k, opts.device, opts.eval_batch);
+        let due = (epoch + 1) % t.eval_every == 0 || epoch + 1 == t.epochs;
+        let eval = due.then(|| evaluate(&model, &splits.val, &prep, k, opts.device, opts.eval_batch));
+        let (train_loss, ips, secs) = (epoch_loss / seen.max(1) as f64, seen as f64 / train_secs.max(1e-9), epoch_start.elapsed().as_secs_f64());
         let rec = Record::Epoch {
             epoch,
-            train_loss: epoch_loss / seen.max(1) as f64,
-            val_loss: eval.loss,
-            val_accuracy: eval.accuracy,
-            train_images_per_sec: seen as f64 / train_secs.max(1e-9),
-            seconds: epoch_start.elapsed().as_secs_f64(),
+            train_loss,
+            val_loss: eval.as_ref().map(|e| e.loss),
+            val_accuracy: eval.as_ref().map(|e| e.accuracy),
+            train_images_per_sec: ips,
+            seconds: secs,
         };
-        eprintln!(
-            "epoch {}/{}: train loss {:.4}, val loss {:.4}, val accuracy {:.4}, {:.1} img/s, {:.1}s",
-            epoch + 1, t.epochs, epoch_loss / seen.max(1) as f64, eval.loss, eval.accuracy,
-            seen as f64 / train_secs.max(1e-9), epoch_start.elapsed().as_secs_f64()
-        );
-        let best_so_far = records.iter().filter_map(|r| match r { Record::Epoch { val_accuracy, .. } => Some(*val_accuracy), _ => None }).fold(f64::NEG_INFINITY, f64::max);
+        let val = match &eval {
+            Some(e) => format!(", val loss {:.4}, val accuracy {:.4}", e.loss, e.accuracy),
+            None => String::new(),
+        };
+        eprintln!("epoch {}/{}: train loss {train_loss:.4}{val}, {ips:.1} img/s, {secs:.1}s", epoch + 1, t.epochs);
+        let best_so_far = records.iter().filter_map(Record::val_accuracy).fold(f64::NEG_INFINITY, f64::max);
         records.push(rec);
         write_records(&metrics_path, &records).context("cannot write metrics.jsonl")?;
         checkpoint::save_weights(&vs, &out.join("last.safetensors"))?;
-        if eval.accuracy > best_so_far {
+        if eval.as_ref().is_some_and(|e| e.accuracy > best_so_far) {
             checkpoint::save_weights(&vs, &out.join("best.safetensors"))?;
         }
         if let Some(ema) = &mut ema {
@@ -248,7 +250,7 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
         state.extend(ema.iter().flat_map(Ema::state_tensors));
         state.push(("train.epoch".into(), Tensor::from_slice(&[epoch as i64 + 1])));
         checkpoint::write_atomic(&resume_path, &state)?;
-        last_eval = Some(eval);
+        last_eval = eval;
     }
 
     // Only a resumed run that had already finished has no evaluation of its final weights yet.
@@ -282,8 +284,8 @@ fn summarize(records: &[Record], eval: &crate::evaluate::Evaluation, splits: &Sp
     let (mut best, mut best_epoch, mut ips, mut n) = (0.0, 0, 0.0, 0);
     for r in records {
         if let Record::Epoch { epoch, val_accuracy, train_images_per_sec, .. } = r {
-            if *val_accuracy > best {
-                (best, best_epoch) = (*val_accuracy, epoch + 1);
+            if let Some(acc) = val_accuracy.filter(|&a| a > best) {
+                (best, best_epoch) = (acc, epoch + 1);
             }
             ips += train_images_per_sec;
             n += 1;

@@ -81,6 +81,8 @@ fn conv_stem_table() {
         conv_stem(28, &[(4, 2)], 1, Pooling::Mean),
         // stride-1 layers keep the grid: 32 -> 16 -> 16 -> 8 -> 8
         ViTConfig { locality_attention: true, ..conv_stem(32, &[(8, 2), (8, 1), (16, 2), (16, 1)], 2, Pooling::Mean) },
+        // test-time flip: the graph runs [x; mirror(x)] and averages the pair's logits
+        ViTConfig { test_time_flip: true, locality_attention: true, ..conv_stem(32, &[(8, 2), (8, 1), (16, 2)], 2, Pooling::Cls) },
     ];
     for (i, cfg) in table.iter().enumerate() {
         let (vs, model) = random_model(cfg, 70 + i as i64);
@@ -97,7 +99,8 @@ fn dlstudio_variant_both_attention_forms() {
             .into_iter()
             .enumerate()
     {
-        let cfg = dlstudio(image, patch, heads, form);
+        // The last one also averages over mirror images (test-time flip).
+        let cfg = ViTConfig { test_time_flip: i == 3, ..dlstudio(image, patch, heads, form) };
         let (vs, model) = random_model(&cfg, 50 + i as i64);
         worst = worst.max(check(&cfg, &vs, &model, 200 + i as i64));
     }

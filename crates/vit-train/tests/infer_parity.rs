@@ -84,12 +84,39 @@ fn ort_tract_and_tch_agree_dlstudio() {
 
 #[test]
 fn evaluation_accuracy_equals_the_trained_runs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = coco5();
     let cfg = ViTConfig {
         train: TrainConfig { epochs: 2, batch_size: 16, lr: 1e-3, log_every: 1000, seed: 3, ..Default::default() },
         ..standard(32, 8, 3, 1, 2, Pooling::Mean)
     };
+    trained_run_evaluates_the_same_in_ort(&cfg);
+}
+
+/// Test-time flip in the trainer's evaluation and in the graph; evaluation only
+/// every second epoch (the last is always evaluated).
+#[test]
+fn evaluation_accuracy_equals_the_trained_runs_with_test_time_flip() {
+    let cfg = ViTConfig {
+        test_time_flip: true,
+        train: TrainConfig { epochs: 3, eval_every: 2, batch_size: 16, lr: 1e-3, log_every: 1000, seed: 4, hflip: true, ..Default::default() },
+        ..standard(32, 8, 3, 1, 2, Pooling::Mean)
+    };
+    let (_tmp, run) = trained_run_evaluates_the_same_in_ort(&cfg);
+    let evaluated: Vec<usize> = vit_train::metrics::read_records(&run.join("metrics.jsonl"))
+        .into_iter()
+        .filter_map(|r| match r {
+            vit_train::metrics::Record::Epoch { epoch, val_accuracy: Some(_), .. } => Some(epoch + 1),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evaluated, vec![2, 3], "eval_every = 2 over 3 epochs evaluates epochs 2 and 3");
+}
+
+/// Trains `cfg` briefly on COCO-5 crops, exports, and checks that ONNX Runtime
+/// reproduces the run's accuracy and confusion matrix exactly; returns the
+/// temporary directory and the run folder in it.
+fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = coco5();
     let run = tmp.path().join("run");
     let opts = FitOptions {
         run: RunOptions { data: data.clone(), val_fraction: 0.2, max_per_class: Some(30) },
@@ -101,22 +128,24 @@ fn evaluation_accuracy_equals_the_trained_runs() {
     };
     let summary = fit(cfg.clone(), &opts).expect("fit");
     let onnx = tmp.path().join("model.onnx");
-    let report = export_run(&ExportRequest {
+    let request = ExportRequest {
         run: run.clone(),
         out: Some(onnx.clone()),
         checkpoint: "last".into(),
         external_data: false,
         atol: 1e-4,
         verify_images: 8,
-    })
-    .expect("export");
+        test_time_flip: false,
+    };
+    let report = export_run(&request).expect("export");
     assert_eq!(report.path, onnx);
 
     let mut clf = Classifier::open(&onnx, &cpu()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(clf.metadata().val_accuracy, Some(summary.val_accuracy));
+    assert_eq!(clf.metadata().config.test_time_flip, cfg.test_time_flip);
     assert_eq!(clf.labels(), summary.labels.as_slice());
     let prep = Preprocessor::from_config(&clf.metadata().config);
-    assert_eq!(prep, Preprocessor::from_config(&cfg));
+    assert_eq!(prep, Preprocessor::from_config(cfg));
     let splits = load_splits(&data, &prep, &LoadOptions { val_fraction: 0.2, seed: cfg.train.seed, max_per_class: Some(30) }).unwrap();
     clf.check_classes(&splits.classes).unwrap();
     assert_eq!(splits.val.len(), summary.val_images);
@@ -127,4 +156,14 @@ fn evaluation_accuracy_equals_the_trained_runs() {
         assert_eq!(eval.accuracy, summary.val_accuracy, "ONNX Runtime evaluation differs from the trainer's");
         assert_eq!(eval.confusion, summary.confusion_matrix);
     }
+    if !cfg.test_time_flip {
+        // Turning test-time flip on at export changes what the file computes:
+        // it still verifies against tch, but claims no accuracy.
+        let flipped = tmp.path().join("flipped.onnx");
+        export_run(&ExportRequest { out: Some(flipped.clone()), test_time_flip: true, ..request }).expect("export with flip");
+        let clf = Classifier::open(&flipped, &cpu()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(clf.metadata().config.test_time_flip);
+        assert_eq!(clf.metadata().val_accuracy, None);
+    }
+    (tmp, run)
 }

@@ -57,6 +57,28 @@ fn conv_stem_names_shapes_and_decay() {
 }
 
 #[test]
+fn test_time_flip_averages_an_image_and_its_mirror_in_eval_only() {
+    let plain = ViTConfig { stem: Stem::Conv, stem_channels: vec![8, 16], ..standard(32, 4, 3, 2, 2, Pooling::Cls) };
+    let flip = ViTConfig { test_time_flip: true, ..plain.clone() };
+    let (vs, tta) = random_model(&flip, 3);
+    let mut vs_plain = tch::nn::VarStore::new(tch::Device::Cpu);
+    let net = vit_train::model::ViT::new(&vs_plain.root(), &plain);
+    vs_plain.copy(&vs).unwrap();
+    let x = random_input(&flip, 4, 5);
+    let mirrored = x.flip([3]);
+    let eval = |m: &vit_train::model::ViT, x: &Tensor| tch::no_grad(|| m.forward_t(x, false));
+    let expected = (eval(&net, &x) + eval(&net, &mirrored)) / 2.0;
+    let got = eval(&tta, &x);
+    assert!(got.allclose(&expected, 1e-5, 1e-5, false), "mean of the pair:\n{got}\n{expected}");
+    // The pair is the same for an image and its mirror (but not for an upside-down image).
+    assert!(got.allclose(&eval(&tta, &mirrored), 1e-5, 1e-5, false));
+    assert!(!got.allclose(&eval(&tta, &x.flip([2])), 1e-3, 1e-3, false));
+    assert!(!got.allclose(&eval(&net, &x), 1e-3, 1e-3, false), "random weights are not mirror-symmetric");
+    // Training sees single images: same batch size out, as the plain network.
+    assert_eq!(tta.forward_t(&x, true).size(), vec![4, 5]);
+}
+
+#[test]
 fn drop_path_drops_whole_samples_and_is_identity_in_eval() {
     tch::manual_seed(0);
     let x = Tensor::ones([4000, 3, 2], (Kind::Float, tch::Device::Cpu));

@@ -5,7 +5,7 @@
 mod dlstudio;
 mod standard;
 
-use tch::{nn, Tensor};
+use tch::{nn, nn::ModuleT, Tensor};
 use vit::{Variant, ViTConfig};
 
 pub use dlstudio::{attention as dlstudio_attention, DlstudioViT};
@@ -13,19 +13,36 @@ pub use standard::{drop_path, StandardViT};
 
 /// Either network family, chosen by `cfg.variant`.
 #[derive(Debug)]
-pub enum ViT {
+enum Network {
     /// Pre-LN ViT with timm names.
     Standard(StandardViT),
     /// DLStudio ViTHelper network.
     Dlstudio(DlstudioViT),
 }
 
+/// The network of a config, with its evaluation-time behaviour.
+#[derive(Debug)]
+pub struct ViT {
+    net: Network,
+    /// `cfg.test_time_flip`: evaluation averages the logits of x and its mirror image.
+    test_time_flip: bool,
+}
+
 impl ViT {
     /// Creates the variables under `p` (use `vs.root()` for state-dict names).
     pub fn new(p: &nn::Path, cfg: &ViTConfig) -> Self {
-        match cfg.variant {
-            Variant::Standard => Self::Standard(StandardViT::new(p, cfg)),
-            Variant::Dlstudio => Self::Dlstudio(DlstudioViT::new(p, cfg)),
+        let net = match cfg.variant {
+            Variant::Standard => Network::Standard(StandardViT::new(p, cfg)),
+            Variant::Dlstudio => Network::Dlstudio(DlstudioViT::new(p, cfg)),
+        };
+        Self { net, test_time_flip: cfg.test_time_flip }
+    }
+
+    /// One pass of the network, without test-time augmentation.
+    fn network_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match &self.net {
+            Network::Standard(m) => m.forward_t(xs, train),
+            Network::Dlstudio(m) => m.forward_t(xs, train),
         }
     }
 }
@@ -33,10 +50,14 @@ impl ViT {
 impl nn::ModuleT for ViT {
     /// [B, C, H, W] normalised pixels -> [B, num_classes] logits.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        match self {
-            Self::Standard(m) => m.forward_t(xs, train),
-            Self::Dlstudio(m) => m.forward_t(xs, train),
+        if train || !self.test_time_flip {
+            return self.network_t(xs, train);
         }
+        // One pass over [x; flip_W(x)] ([2B, C, H, W]), then the mean of each image's two logit rows.
+        let b = xs.size()[0];
+        let both = Tensor::cat(&[xs.shallow_clone(), xs.flip([3])], 0);
+        let logits = self.network_t(&both, false); // [2B, K]
+        logits.view([2, b, -1]).mean_dim(0, false, logits.kind()) // [B, K]
     }
 }
 
