@@ -170,10 +170,11 @@ pub struct ExportArgs {
     /// Validation images used for the verification.
     #[arg(long, default_value_t = 16)]
     pub verify_images: usize,
-    /// Export with test_time_flip on (the graph averages each image's logits with its
-    /// mirror image's), whatever the run's config says; the file then records no val_accuracy.
-    #[arg(long)]
-    pub test_time_flip: bool,
+    /// Export with test_time_flip on (true: the graph averages each image's logits with
+    /// its mirror image's) or off (false), whatever the run's config says; a file that
+    /// differs from the run's config records no val_accuracy.
+    #[arg(long, value_name = "true|false")]
+    pub test_time_flip: Option<bool>,
 }
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
@@ -251,7 +252,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     external_data: false,
                     atol: 1e-4,
                     verify_images: 16,
-                    test_time_flip: false,
+                    test_time_flip: None,
                 })?;
             }
             Ok(())

@@ -33,9 +33,10 @@ pub struct ExportRequest {
     pub atol: f32,
     /// Images used for verification.
     pub verify_images: usize,
-    /// Turn `test_time_flip` on for this export (the run's own accuracy then
-    /// no longer describes the file, so none is recorded).
-    pub test_time_flip: bool,
+    /// Set `test_time_flip` for this export (`None`: as the run's config says).
+    /// When it changes the config, the run's accuracy no longer describes the
+    /// file, so none is recorded.
+    pub test_time_flip: Option<bool>,
 }
 
 /// What an export wrote and measured.
@@ -111,8 +112,9 @@ pub fn verify_export(model: &ViT, cfg: &ViTConfig, onnx: &Path, pixels: &[f32], 
 /// Exports a run's checkpoint and verifies it; errors if verification fails.
 pub fn export_run(req: &ExportRequest) -> Result<ExportReport> {
     let (mut cfg, labels) = read_run(&req.run)?;
-    let accuracy_applies = !req.test_time_flip || cfg.test_time_flip;
-    cfg.test_time_flip |= req.test_time_flip;
+    let flip = req.test_time_flip.unwrap_or(cfg.test_time_flip);
+    let accuracy_applies = flip == cfg.test_time_flip;
+    cfg.test_time_flip = flip;
     let ckpt = match req.checkpoint.as_str() {
         "last" | "best" => req.run.join(format!("{}.safetensors", req.checkpoint)),
         other => bail!("--checkpoint {other}: expected last or best"),

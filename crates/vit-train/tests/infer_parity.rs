@@ -135,7 +135,7 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
         external_data: false,
         atol: 1e-4,
         verify_images: 8,
-        test_time_flip: false,
+        test_time_flip: None,
     };
     let report = export_run(&request).expect("export");
     assert_eq!(report.path, onnx);
@@ -156,14 +156,15 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
         assert_eq!(eval.accuracy, summary.val_accuracy, "ONNX Runtime evaluation differs from the trainer's");
         assert_eq!(eval.confusion, summary.confusion_matrix);
     }
-    if !cfg.test_time_flip {
-        // Turning test-time flip on at export changes what the file computes:
-        // it still verifies against tch, but claims no accuracy.
-        let flipped = tmp.path().join("flipped.onnx");
-        export_run(&ExportRequest { out: Some(flipped.clone()), test_time_flip: true, ..request }).expect("export with flip");
-        let clf = Classifier::open(&flipped, &cpu()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(clf.metadata().config.test_time_flip);
-        assert_eq!(clf.metadata().val_accuracy, None);
+    // Switching test-time flip at export changes what the file computes: it still
+    // verifies against tch, but claims no accuracy; the run's own setting keeps it.
+    for flip in [!cfg.test_time_flip, cfg.test_time_flip] {
+        let other = tmp.path().join(format!("flip-{flip}.onnx"));
+        export_run(&ExportRequest { out: Some(other.clone()), test_time_flip: Some(flip), ..request.clone() }).expect("export with flip set");
+        let clf = Classifier::open(&other, &cpu()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(clf.metadata().config.test_time_flip, flip);
+        let expected = if flip == cfg.test_time_flip { Some(summary.val_accuracy) } else { None };
+        assert_eq!(clf.metadata().val_accuracy, expected, "val_accuracy of an export with test_time_flip {flip}");
     }
     (tmp, run)
 }
