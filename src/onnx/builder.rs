@@ -373,14 +373,19 @@ impl GraphBuilder {
     /// `Gather` of the single (scalar) `index` along `axis`: that axis disappears.
     pub fn gather_index(&mut self, scope: &str, x: &str, index: i64, axis: i64) -> String {
         let i = self.const_i64(&format!("index{index}"), &[], &[index]);
-        self.node("Gather", scope, &[x, &i], &[int("axis", axis)])
+        self.gather_node(scope, x, &i, axis)
     }
 
     /// `Gather` of the 1-D constant `indices` (`const.{purpose}`) along `axis`:
     /// that axis becomes `indices.len()` long.
     pub fn gather(&mut self, scope: &str, x: &str, purpose: &str, indices: &[i64], axis: i64) -> String {
         let i = self.const_ints(purpose, indices);
-        self.node("Gather", scope, &[x, &i], &[int("axis", axis)])
+        self.gather_node(scope, x, &i, axis)
+    }
+
+    /// The `Gather` node both helpers above write, with its indices tensor.
+    fn gather_node(&mut self, scope: &str, x: &str, indices: &str, axis: i64) -> String {
+        self.node("Gather", scope, &[x, indices], &[int("axis", axis)])
     }
 
     /// `Slice` of `x[start..end]` along `axis`, step 1.
