@@ -54,10 +54,20 @@ pub fn dlstudio(image: usize, patch: usize, heads: usize, attention: Attention) 
     }
 }
 
+/// Seeds libtorch's global generator and holds it until the guard drops: the tests
+/// of one binary run on parallel threads, and without the lock one test's draws
+/// would interleave with another's, so seeded models would differ from run to run.
+pub fn seeded_rng(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    tch::manual_seed(seed);
+    guard
+}
+
 /// A model whose every variable is perturbed by seeded noise (so LayerNorm
 /// affine terms, biases and tokens all matter), on the CPU.
 pub fn random_model(cfg: &ViTConfig, seed: i64) -> (nn::VarStore, ViT) {
-    tch::manual_seed(seed);
+    let _rng = seeded_rng(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = ViT::new(&vs.root(), cfg);
     tch::no_grad(|| {
@@ -71,7 +81,7 @@ pub fn random_model(cfg: &ViTConfig, seed: i64) -> (nn::VarStore, ViT) {
 
 /// Seeded inputs [n, c, s, s] in [-1, 1].
 pub fn random_input(cfg: &ViTConfig, n: usize, seed: i64) -> Tensor {
-    tch::manual_seed(seed);
+    let _rng = seeded_rng(seed);
     let s = cfg.image_size as i64;
     Tensor::rand([n as i64, cfg.in_channels as i64, s, s], (Kind::Float, Device::Cpu)) * 2.0 - 1.0
 }
