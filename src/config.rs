@@ -96,6 +96,7 @@ impl Default for Preprocess {
     }
 }
 
+mod preset;
 mod train;
 pub use train::{Optimizer, TrainConfig};
 
@@ -195,11 +196,11 @@ fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>)
 }
 
 impl ViTConfig {
-    /// Reads a TOML preset and validates it (a `num_classes` of 0 is allowed here).
+    /// Reads a TOML preset (with the `base` preset it names, if any, merged
+    /// under it) and validates it (a `num_classes` of 0 is allowed here).
     pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let table = preset::load_table(path)?;
+        let cfg: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
