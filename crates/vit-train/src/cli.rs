@@ -225,6 +225,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Fit(a) => {
             set_threads(a.threads)?;
+            let _ = crate::cpu_memory::keep_freed_memory(); // only speed depends on it
             let cfg = resolve_config(&a)?;
             let data = match (&a.data, a.resume) {
                 (Some(d), _) => d.clone(),

@@ -8,6 +8,7 @@ pub mod batches;
 pub mod checkpoint;
 pub mod ema;
 pub mod cli;
+pub mod cpu_memory;
 pub mod evaluate;
 pub mod export;
 pub mod metrics;
