@@ -6,9 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use toml::{Table, Value};
 
-use super::ConfigError;
+use super::{ConfigError, ViTConfig};
 
 /// The key that names the preset a file builds on.
 const BASE_KEY: &str = "base";
@@ -37,7 +38,11 @@ fn load_chain(path: &Path, seen: &mut Vec<PathBuf>) -> Result<Table, ConfigError
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
     let mut table: Table = toml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
-    let Some(base) = table.remove(BASE_KEY) else {
+    let base = table.remove(BASE_KEY);
+    // Every field has a default, so a partial preset parses on its own: an unknown
+    // key or a wrong type is reported against the file that holds it, not its child.
+    ViTConfig::deserialize(table.clone()).map_err(|e| parse_error(e.to_string()))?;
+    let Some(base) = base else {
         return Ok(table);
     };
     let Value::String(base) = base else {
@@ -98,10 +103,14 @@ mod tests {
         let msg = ViTConfig::from_toml_file(&bad).unwrap_err().to_string();
         assert!(msg.contains("`base` must be"), "{msg}");
 
-        // Keys the base does not know are still rejected, naming the child file.
+        // Unknown keys are still rejected, naming the file that holds them.
         let typo = write(dir.path(), "t.toml", "base = \"a.toml\"\nembed_dimm = 3\n");
         write(dir.path(), "a.toml", "depth = 3\n");
         let msg = ViTConfig::from_toml_file(&typo).unwrap_err().to_string();
         assert!(msg.contains("embed_dimm") && msg.contains("t.toml"), "{msg}");
+        let child = write(dir.path(), "c.toml", "base = \"d.toml\"\ndepth = 2\n");
+        write(dir.path(), "d.toml", "deptth = 3\n");
+        let msg = ViTConfig::from_toml_file(&child).unwrap_err().to_string();
+        assert!(msg.contains("deptth") && msg.contains("d.toml") && !msg.contains("c.toml"), "{msg}");
     }
 }
