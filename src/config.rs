@@ -254,7 +254,11 @@ impl ViTConfig {
     /// Mean and std expanded to one value per channel.
     pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
         let expand = |v: &[f32]| {
-            if v.len() == 1 { vec![v[0]; self.in_channels] } else { v.to_vec() }
+            if v.len() == 1 {
+                vec![v[0]; self.in_channels]
+            } else {
+                v.to_vec()
+            }
         };
         (expand(&self.preprocess.mean), expand(&self.preprocess.std))
     }
@@ -290,11 +294,7 @@ impl ViTConfig {
             ));
         }
         if self.embed_dim % self.num_heads != 0 {
-            return Err(invalid(
-                "num_heads",
-                self.num_heads,
-                format!("must divide embed_dim = {}", self.embed_dim),
-            ));
+            return Err(invalid("num_heads", self.num_heads, format!("must divide embed_dim = {}", self.embed_dim)));
         }
         if self.in_channels != 1 && self.in_channels != 3 {
             return Err(invalid("in_channels", self.in_channels, "must be 1 (grayscale) or 3 (RGB)"));
@@ -316,7 +316,11 @@ impl ViTConfig {
             return Err(invalid("drop_path", self.drop_path, "must be in [0, 1)"));
         }
         if self.variant == Variant::Dlstudio && self.drop_path > 0.0 {
-            return Err(invalid("drop_path", self.drop_path, "the dlstudio variant has no stochastic depth (ViTHelper)"));
+            return Err(invalid(
+                "drop_path",
+                self.drop_path,
+                "the dlstudio variant has no stochastic depth (ViTHelper)",
+            ));
         }
         if self.variant == Variant::Dlstudio && self.locality_attention {
             return Err(invalid("locality_attention", true, "the dlstudio variant has ViTHelper's attention only"));
@@ -349,11 +353,12 @@ impl ViTConfig {
 
     /// The strides of a conv stem must bring the image to the patch grid.
     fn validate_stem(&self) -> Result<(), ConfigError> {
-        let used_only_by_conv = |field: &'static str, v: &[usize]| {
-            invalid(field, format!("{v:?}"), "is only used with stem = \"conv\"")
-        };
+        let used_only_by_conv =
+            |field: &'static str, v: &[usize]| invalid(field, format!("{v:?}"), "is only used with stem = \"conv\"");
         match self.stem {
-            Stem::Patch if !self.stem_channels.is_empty() => Err(used_only_by_conv("stem_channels", &self.stem_channels)),
+            Stem::Patch if !self.stem_channels.is_empty() => {
+                Err(used_only_by_conv("stem_channels", &self.stem_channels))
+            }
             Stem::Patch if !self.stem_strides.is_empty() => Err(used_only_by_conv("stem_strides", &self.stem_strides)),
             Stem::Patch => Ok(()),
             Stem::Conv if self.variant == Variant::Dlstudio => {
@@ -373,7 +378,9 @@ impl ViTConfig {
                     return Err(invalid(
                         "stem_strides",
                         format!("{strides:?}"),
-                        format!("give one stride, 1 or 2, per entry of stem_channels ({n}), or leave it empty for all 2"),
+                        format!(
+                            "give one stride, 1 or 2, per entry of stem_channels ({n}), or leave it empty for all 2"
+                        ),
                     ));
                 }
                 let halvings = self.stem_layers().iter().filter(|&&(_, s)| s == 2).count();
@@ -421,7 +428,13 @@ mod tests {
 
     #[test]
     fn conv_stem_must_match_patch_size() {
-        let cfg = ViTConfig { stem: Stem::Conv, stem_channels: vec![16, 32], patch_size: 8, num_classes: 3, ..Default::default() };
+        let cfg = ViTConfig {
+            stem: Stem::Conv,
+            stem_channels: vec![16, 32],
+            patch_size: 8,
+            num_classes: 3,
+            ..Default::default()
+        };
         let msg = cfg.validate().unwrap_err().to_string();
         assert!(msg.contains("patch_size") && msg.contains("makes patch_size 4"), "{msg}");
         let ok = ViTConfig { patch_size: 4, ..cfg.clone() };
@@ -434,11 +447,21 @@ mod tests {
 
     #[test]
     fn stem_strides_set_the_grid() {
-        let base = ViTConfig { stem: Stem::Conv, stem_channels: vec![8, 8, 16], patch_size: 4, num_classes: 3, ..Default::default() };
+        let base = ViTConfig {
+            stem: Stem::Conv,
+            stem_channels: vec![8, 8, 16],
+            patch_size: 4,
+            num_classes: 3,
+            ..Default::default()
+        };
         let cfg = ViTConfig { stem_strides: vec![2, 1, 2], ..base.clone() };
         cfg.validate().unwrap();
         assert_eq!(cfg.stem_layers(), vec![(8, 2), (8, 1), (16, 2)]);
-        assert_eq!(ViTConfig { patch_size: 8, ..base.clone() }.stem_layers(), vec![(8, 2), (8, 2), (16, 2)], "empty = all 2");
+        assert_eq!(
+            ViTConfig { patch_size: 8, ..base.clone() }.stem_layers(),
+            vec![(8, 2), (8, 2), (16, 2)],
+            "empty = all 2"
+        );
         for bad in [vec![2, 1], vec![2, 3, 2], vec![2, 0, 2]] {
             let msg = ViTConfig { stem_strides: bad.clone(), ..base.clone() }.validate().unwrap_err().to_string();
             assert!(msg.contains("stem_strides") && msg.contains("1 or 2"), "{bad:?}: {msg}");

@@ -175,10 +175,7 @@ pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
         return Err(DataError::NotADir(dir.to_path_buf()));
     }
     if !(0.0..1.0).contains(&opts.val_fraction) {
-        return Err(DataError::Invalid(format!(
-            "--val-fraction {} must be in [0, 1)",
-            opts.val_fraction
-        )));
+        return Err(DataError::Invalid(format!("--val-fraction {} must be in [0, 1)", opts.val_fraction)));
     }
     if is_idx_dir(dir) {
         let train = load_idx_split(dir, "train", prep, opts.max_per_class)?;

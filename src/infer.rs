@@ -173,7 +173,9 @@ impl FromStr for OptLevel {
             "basic" => Ok(Self::Basic),
             "extended" => Ok(Self::Extended),
             "all" => Ok(Self::All),
-            other => Err(InferError::Invalid(format!("optimization level `{other}`: expected disable, basic, extended or all"))),
+            other => Err(InferError::Invalid(format!(
+                "optimization level `{other}`: expected disable, basic, extended or all"
+            ))),
         }
     }
 }
@@ -293,14 +295,12 @@ impl fmt::Debug for Classifier {
     }
 }
 
-fn new_session(
-    path: &Path,
-    opts: &ClassifierOptions,
-    cuda: bool,
-) -> Result<Session, (InferError, bool)> {
+fn new_session(path: &Path, opts: &ClassifierOptions, cuda: bool) -> Result<Session, (InferError, bool)> {
     // Err((error, is_cuda_registration_error))
     let env = runtime::environment().map_err(|e| (e, false))?;
-    let option = |option: &'static str| move |e: ort::Error<_>| (InferError::SessionOption { option, message: e.to_string() }, false);
+    let option = |option: &'static str| {
+        move |e: ort::Error<_>| (InferError::SessionOption { option, message: e.to_string() }, false)
+    };
     let mut builder = Session::builder(env).map_err(|e| (InferError::Run(e.to_string()), false))?;
     builder = builder.with_optimization_level(opts.optimization.into()).map_err(option("optimization"))?;
     if let Some(n) = opts.intra_threads {
@@ -429,7 +429,15 @@ impl Classifier {
                 None => {}
             }
         }
-        InferError::InputSize { what, found, expected: batch * self.prep.image_len(), batch, channels: c, size: s, hint }
+        InferError::InputSize {
+            what,
+            found,
+            expected: batch * self.prep.image_len(),
+            batch,
+            channels: c,
+            size: s,
+            hint,
+        }
     }
 
     /// Logits (`[batch, num_classes]`, row-major) of `batch` normalised NCHW images.
@@ -442,7 +450,8 @@ impl Classifier {
         }
         let (c, s) = (self.prep.channels, self.prep.image_size);
         let k = self.meta.labels.len();
-        let input = TensorRef::from_array_view(([batch, c, s, s], pixels)).map_err(|e| InferError::Run(e.to_string()))?;
+        let input =
+            TensorRef::from_array_view(([batch, c, s, s], pixels)).map_err(|e| InferError::Run(e.to_string()))?;
         let outputs = self
             .session
             .run(ort::inputs![self.input_name.as_str() => input])
@@ -478,7 +487,10 @@ impl Classifier {
         }
         let normalised = self.prep.normalize(&pixels);
         let logits = self.logits(&normalised, images_u8.len())?;
-        Ok(logits.chunks(self.meta.labels.len()).map(|row| Prediction { path: None, top: self.top_k(row, top_k) }).collect())
+        Ok(logits
+            .chunks(self.meta.labels.len())
+            .map(|row| Prediction { path: None, top: self.top_k(row, top_k) })
+            .collect())
     }
 
     /// Classifies image files in batches of `batch_size`. One result per path,
@@ -602,9 +614,15 @@ pub fn argmax(values: &[f32]) -> usize {
     best
 }
 
-fn read_metadata(session: &Session, path: &Path, fallback: Option<&ModelMetadata>) -> Result<ModelMetadata, InferError> {
-    let md = session.metadata().map_err(|e| InferError::ModelLoad { path: path.to_path_buf(), message: e.to_string() })?;
-    let keys = md.custom_keys().map_err(|e| InferError::ModelLoad { path: path.to_path_buf(), message: e.to_string() })?;
+fn read_metadata(
+    session: &Session,
+    path: &Path,
+    fallback: Option<&ModelMetadata>,
+) -> Result<ModelMetadata, InferError> {
+    let md =
+        session.metadata().map_err(|e| InferError::ModelLoad { path: path.to_path_buf(), message: e.to_string() })?;
+    let keys =
+        md.custom_keys().map_err(|e| InferError::ModelLoad { path: path.to_path_buf(), message: e.to_string() })?;
     let props: HashMap<String, String> = keys.into_iter().filter_map(|k| md.custom(&k).map(|v| (k, v))).collect();
     match (ModelMetadata::from_props(&props), fallback) {
         (Ok(meta), _) => Ok(meta),
@@ -616,7 +634,11 @@ fn read_metadata(session: &Session, path: &Path, fallback: Option<&ModelMetadata
                     path: path.to_path_buf(),
                     source: MetadataError::Malformed {
                         key: crate::metadata::KEY_LABELS,
-                        message: format!("fallback metadata has {} labels for {} classes", meta.labels.len(), meta.config.num_classes),
+                        message: format!(
+                            "fallback metadata has {} labels for {} classes",
+                            meta.labels.len(),
+                            meta.config.num_classes
+                        ),
                     },
                 });
             }
@@ -631,7 +653,10 @@ fn read_metadata(session: &Session, path: &Path, fallback: Option<&ModelMetadata
 fn check_signature(session: &Session, meta: &ModelMetadata, path: &Path) -> Result<String, InferError> {
     let bad = |message: String| InferError::ModelShape { path: path.to_path_buf(), message };
     let [input] = session.inputs() else {
-        return Err(bad(format!("the graph has {} inputs; a vit-train model has exactly one (pixel_values)", session.inputs().len())));
+        return Err(bad(format!(
+            "the graph has {} inputs; a vit-train model has exactly one (pixel_values)",
+            session.inputs().len()
+        )));
     };
     let Some(output) = session.outputs().first() else {
         return Err(bad("the graph has no output".into()));

@@ -10,13 +10,15 @@
 
 pub mod config;
 pub mod data;
+#[cfg(feature = "infer")]
+pub mod infer;
 pub mod metadata;
-#[cfg(feature = "infer")] pub mod infer;
-#[cfg(feature = "export")] pub mod onnx;
+#[cfg(feature = "export")]
+pub mod onnx;
 pub mod preprocess;
 pub mod tensor;
 
-pub use config::{ViTConfig, Variant};
+pub use config::{Variant, ViTConfig};
 pub use metadata::ModelMetadata;
 pub use preprocess::Preprocessor;
 pub use tensor::{NamedTensors, TensorData};

@@ -88,8 +88,9 @@ impl ModelMetadata {
         }
         let val_accuracy = match props.get(KEY_VAL_ACCURACY) {
             None => None,
-            Some(v) => Some(v.parse().map_err(|e: std::num::ParseFloatError| {
-                MetadataError::Malformed { key: KEY_VAL_ACCURACY, message: e.to_string() }
+            Some(v) => Some(v.parse().map_err(|e: std::num::ParseFloatError| MetadataError::Malformed {
+                key: KEY_VAL_ACCURACY,
+                message: e.to_string(),
             })?),
         };
         Ok(Self { config, labels, val_accuracy })

@@ -50,12 +50,9 @@ impl Preprocessor {
 
     /// Reads and decodes a file into CHW u8 pixels.
     pub fn load_file(&self, path: &Path) -> Result<Vec<u8>, PreprocessError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| PreprocessError::Read { path: path.display().to_string(), source })?;
-        self.load_bytes(&bytes).map_err(|message| PreprocessError::Decode {
-            path: path.display().to_string(),
-            message,
-        })
+        let bytes =
+            std::fs::read(path).map_err(|source| PreprocessError::Read { path: path.display().to_string(), source })?;
+        self.load_bytes(&bytes).map_err(|message| PreprocessError::Decode { path: path.display().to_string(), message })
     }
 
     /// Decodes encoded image bytes (format guessed from content) into CHW u8 pixels.
@@ -72,11 +69,7 @@ impl Preprocessor {
             Resize::Bilinear => FilterType::Triangle,
             Resize::Nearest => FilterType::Nearest,
         };
-        let img = if img.width() == side && img.height() == side {
-            img
-        } else {
-            img.resize_exact(side, side, filter)
-        };
+        let img = if img.width() == side && img.height() == side { img } else { img.resize_exact(side, side, filter) };
         let hw = self.image_size * self.image_size;
         if self.channels == 1 {
             return img.into_luma8().into_raw();
@@ -117,7 +110,13 @@ mod tests {
     use image::{GrayImage, RgbaImage};
 
     fn prep(size: usize, channels: usize) -> Preprocessor {
-        Preprocessor { image_size: size, channels, mean: vec![0.5; channels], std: vec![0.5; channels], resize: Resize::Bilinear }
+        Preprocessor {
+            image_size: size,
+            channels,
+            mean: vec![0.5; channels],
+            std: vec![0.5; channels],
+            resize: Resize::Bilinear,
+        }
     }
 
     #[test]
@@ -140,7 +139,13 @@ mod tests {
 
     #[test]
     fn normalisation_is_per_channel() {
-        let p = Preprocessor { image_size: 1, channels: 3, mean: vec![0.0, 0.5, 1.0], std: vec![1.0, 0.5, 0.25], resize: Resize::Bilinear };
+        let p = Preprocessor {
+            image_size: 1,
+            channels: 3,
+            mean: vec![0.0, 0.5, 1.0],
+            std: vec![1.0, 0.5, 0.25],
+            resize: Resize::Bilinear,
+        };
         let out = p.normalize(&[255, 255, 0]);
         assert_eq!(out, vec![1.0, 1.0, -4.0]);
     }

@@ -10,7 +10,13 @@ use vit::data::{load_folder, load_splits, DataError, LoadOptions, SourceKind};
 use vit::Preprocessor;
 
 fn prep(side: usize, channels: usize) -> Preprocessor {
-    Preprocessor { image_size: side, channels, mean: vec![0.5; channels], std: vec![0.5; channels], resize: Resize::Bilinear }
+    Preprocessor {
+        image_size: side,
+        channels,
+        mean: vec![0.5; channels],
+        std: vec![0.5; channels],
+        resize: Resize::Bilinear,
+    }
 }
 
 fn save(img: DynamicImage, path: &Path) {
@@ -89,7 +95,10 @@ fn train_val_folders_and_seeded_split() {
         for class in ["b", "a"] {
             for i in 0..3 {
                 let v = if class == "a" { 10 } else { 200 };
-                save(DynamicImage::ImageLuma8(GrayImage::from_pixel(4, 4, image::Luma([v]))), &dir.path().join(format!("{split}/{class}/{i}.png")));
+                save(
+                    DynamicImage::ImageLuma8(GrayImage::from_pixel(4, 4, image::Luma([v]))),
+                    &dir.path().join(format!("{split}/{class}/{i}.png")),
+                );
             }
         }
     }
@@ -109,7 +118,8 @@ fn train_val_folders_and_seeded_split() {
     assert_eq!(s1.val.paths, s2.val.paths);
     assert_eq!(s1.val.class_counts(2), vec![1, 1]);
 
-    let capped = load_splits(dir.path(), &prep(4, 1), &LoadOptions { max_per_class: Some(2), ..Default::default() }).unwrap();
+    let capped =
+        load_splits(dir.path(), &prep(4, 1), &LoadOptions { max_per_class: Some(2), ..Default::default() }).unwrap();
     assert_eq!((capped.train.len(), capped.val.len()), (4, 4));
 }
 
@@ -147,7 +157,8 @@ fn idx_files_plain_and_gzipped() {
     let s3 = load_splits(dir.path(), &prep(4, 3), &LoadOptions::default()).unwrap();
     assert_eq!(s3.train.image_len, 48);
     assert!(s3.train.image(1).iter().all(|&v| v == 100));
-    let capped = load_splits(dir.path(), &prep(2, 1), &LoadOptions { max_per_class: Some(1), ..Default::default() }).unwrap();
+    let capped =
+        load_splits(dir.path(), &prep(2, 1), &LoadOptions { max_per_class: Some(1), ..Default::default() }).unwrap();
     assert_eq!(capped.train.labels, vec![9, 0]);
 }
 

@@ -148,7 +148,12 @@ fn ort_logits_match_tract() {
     for (i, (name, cfg)) in configs.iter().enumerate() {
         let path = write_model(dir.path(), &format!("m{i}.onnx"), cfg, 7 + i as u64);
         for opt in [OptLevel::Disable, OptLevel::All] {
-            let opts = ClassifierOptions { provider: Provider::Cpu, optimization: opt, intra_threads: Some(1), ..Default::default() };
+            let opts = ClassifierOptions {
+                provider: Provider::Cpu,
+                optimization: opt,
+                intra_threads: Some(1),
+                ..Default::default()
+            };
             let mut clf = Classifier::open(&path, &opts).expect("open");
             assert_eq!(clf.provider(), "cpu");
             for batch in [1, 5] {
@@ -156,7 +161,8 @@ fn ort_logits_match_tract() {
                 let ort = clf.logits(&x, batch).expect("ort logits");
                 assert_eq!(ort.len(), batch * cfg.num_classes);
                 let tract = tract_logits(&path, cfg, batch, &x);
-                let max = assert_allclose(&ort, &tract, 1e-5, 1e-4, &format!("{name}, {opt:?}, batch {batch}: ort vs tract"));
+                let max =
+                    assert_allclose(&ort, &tract, 1e-5, 1e-4, &format!("{name}, {opt:?}, batch {batch}: ort vs tract"));
                 eprintln!("{name}, {opt:?}, batch {batch}: max |ort - tract| = {max:.3e}");
             }
         }
@@ -202,7 +208,7 @@ fn classify_files_gives_softmax_of_the_logits() {
         let f = dir.path().join(format!("img{i}.png"));
         match i % 3 {
             0 => write_png(&f, 16, 16, i),
-            1 => write_png(&f, 23, 11, i), // resized by the Preprocessor
+            1 => write_png(&f, 23, 11, i),      // resized by the Preprocessor
             _ => write_gray_png(&f, 16, 16, i), // gray -> RGB
         }
         files.push(f);
@@ -481,7 +487,19 @@ fn python_onnxruntime_agrees() {
 fn inference_path_does_not_pull_torch_protobuf_or_clap() {
     let out = std::process::Command::new(env!("CARGO"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["tree", "--offline", "-p", "vit", "--no-default-features", "--features", "infer", "-e", "normal", "--prefix", "none"])
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "vit",
+            "--no-default-features",
+            "--features",
+            "infer",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
         .output()
         .expect("run cargo tree");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -536,10 +554,22 @@ mod cli {
     #[test]
     fn classifies_a_directory_as_json_lines() {
         let f = fixture();
-        let (code, stdout, stderr) = run(&[&"--model", &f.model, &"--json", &"--top-k", &"2", &"--batch-size", &"2", &"--ep", &"cpu", &f.images]);
+        let (code, stdout, stderr) = run(&[
+            &"--model",
+            &f.model,
+            &"--json",
+            &"--top-k",
+            &"2",
+            &"--batch-size",
+            &"2",
+            &"--ep",
+            &"cpu",
+            &f.images,
+        ]);
         assert_eq!(code, 0, "{stderr}");
         assert!(stderr.contains("execution provider: cpu"), "{stderr}");
-        let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+        let lines: Vec<serde_json::Value> =
+            stdout.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
         assert_eq!(lines.len(), 3, "{stdout}");
         let mut clf = open(&f.model);
         for v in &lines {
@@ -656,7 +686,12 @@ mod cli {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains("libonnxruntime.so.0") && stderr.contains("scripts/setup.sh") && stderr.contains("ORT_DYLIB_PATH"), "{stderr}");
+        assert!(
+            stderr.contains("libonnxruntime.so.0")
+                && stderr.contains("scripts/setup.sh")
+                && stderr.contains("ORT_DYLIB_PATH"),
+            "{stderr}"
+        );
     }
 
     #[test]
@@ -693,7 +728,9 @@ mod cli {
 
     #[test]
     fn eval_on_fashion_mnist_idx_uses_t10k() {
-        let dir = PathBuf::from(std::env::var_os("FASHION_MNIST_DIR").unwrap_or_else(|| "/usr/share/datasets/fashion-mnist".into()));
+        let dir = PathBuf::from(
+            std::env::var_os("FASHION_MNIST_DIR").unwrap_or_else(|| "/usr/share/datasets/fashion-mnist".into()),
+        );
         if !vit::data::is_idx_dir(&dir) {
             eprintln!("skipped: no Fashion-MNIST IDX files in {} (set FASHION_MNIST_DIR)", dir.display());
             return;
@@ -728,7 +765,17 @@ mod cli {
     fn help_documents_every_flag() {
         let (code, stdout, _) = run(&[&"--help"]);
         assert_eq!(code, 0);
-        for flag in ["--model", "--top-k", "--json", "--ep", "--threads", "--batch-size", "--opt-level", "--eval", "models/fashion-mnist.onnx"] {
+        for flag in [
+            "--model",
+            "--top-k",
+            "--json",
+            "--ep",
+            "--threads",
+            "--batch-size",
+            "--opt-level",
+            "--eval",
+            "models/fashion-mnist.onnx",
+        ] {
             assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
         }
     }

@@ -344,7 +344,8 @@ fn test_time_flip_averages_each_image_with_its_mirror() -> TractResult<()> {
     let plain = standard(2, 2, 8, 32, 3, Pooling::Cls);
     let flip = ViTConfig { test_time_flip: true, ..plain.clone() };
     let w = random_weights(&plain, 9);
-    let (plain_bytes, flip_bytes) = (onnx::export_to_bytes(&meta(&plain), &w)?, onnx::export_to_bytes(&meta(&flip), &w)?);
+    let (plain_bytes, flip_bytes) =
+        (onnx::export_to_bytes(&meta(&plain), &w)?, onnx::export_to_bytes(&meta(&flip), &w)?);
     let (batch, side, k) = (3, plain.image_size, plain.num_classes);
     let x = images(&plain, batch, 4);
     // Mirror every row of every channel of every image.

@@ -125,7 +125,11 @@ impl TrainConfig {
         }
         let (lo, hi) = t.crop_scale;
         if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
-            return Err(invalid("train.crop_scale", format!("{:?}", t.crop_scale), "needs 0 < min <= max <= 1 ([1, 1] disables)"));
+            return Err(invalid(
+                "train.crop_scale",
+                format!("{:?}", t.crop_scale),
+                "needs 0 < min <= max <= 1 ([1, 1] disables)",
+            ));
         }
         for (field, v) in [
             ("train.color_jitter", t.color_jitter),

@@ -108,7 +108,9 @@ fn init() -> Result<Environment, String> {
     }
     if !explicit {
         if BUILD_TIME_PATH.map_or(true, str::is_empty) {
-            tried.push("ORT_DYLIB_PATH recorded at build time: none (the crate was built without scripts/env.sh)".into());
+            tried.push(
+                "ORT_DYLIB_PATH recorded at build time: none (the crate was built without scripts/env.sh)".into(),
+            );
         }
         let (dir, found) = beside_executable();
         if found.is_empty() {

@@ -321,7 +321,16 @@ impl GraphBuilder {
     /// 2-D `Conv`: square kernel `k`, stride `stride`, `pad` zeros on every side,
     /// no dilation, one group; `b` is the optional bias.
     #[allow(clippy::too_many_arguments)]
-    pub fn conv(&mut self, scope: &str, x: &str, w: &str, b: Option<&str>, k: usize, stride: usize, pad: usize) -> String {
+    pub fn conv(
+        &mut self,
+        scope: &str,
+        x: &str,
+        w: &str,
+        b: Option<&str>,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> String {
         let (k, stride, pad) = (i64_of(k), i64_of(stride), i64_of(pad));
         let attrs = [
             ints("dilations", &[1, 1]),

@@ -153,7 +153,12 @@ fn embed(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
             let st = format!("patch_embed.stem.{i}");
             let y = b.conv(&format!("{st}.conv"), &x_in, &format!("{st}.conv.weight"), None, 3, stride, 1);
             let bn = |t: &str| format!("{st}.bn.{t}");
-            let y = b.batch_norm(&format!("{st}.bn"), &y, [&bn("weight"), &bn("bias"), &bn("running_mean"), &bn("running_var")], 1e-5);
+            let y = b.batch_norm(
+                &format!("{st}.bn"),
+                &y,
+                [&bn("weight"), &bn("bias"), &bn("running_mean"), &bn("running_var")],
+                1e-5,
+            );
             x_in = b.relu(&format!("{st}.act"), &y); // [B, C_i, H / s_0..s_i, W / s_0..s_i]
         }
         k = 1;

@@ -85,7 +85,15 @@ fn main() -> Result<()> {
     };
     let big: Vec<f32> = (0..args.batch * prep.image_len()).map(|_| next()).collect();
     let one = &big[..prep.image_len()];
-    println!("model {} ({}x{}x{}), {} classes, ort provider {}", args.model.display(), c, s, s, clf.labels().len(), clf.provider());
+    println!(
+        "model {} ({}x{}x{}), {} classes, ort provider {}",
+        args.model.display(),
+        c,
+        s,
+        s,
+        clf.labels().len(),
+        clf.provider()
+    );
 
     let clf = std::cell::RefCell::new(clf);
     let ort_single: Runner<'_> = Box::new(|p: &[f32], b: usize| Ok(clf.borrow_mut().logits(p, b)?));
@@ -95,7 +103,14 @@ fn main() -> Result<()> {
         ("tract", tract_runner(&args.model, [1, c, s, s])?, tract_runner(&args.model, [args.batch, c, s, s])?),
     ];
     let mut reference: Option<Vec<f32>> = None;
-    println!("{:<6} {:>12} {:>12} {:>12} {:>16}", "engine", "p50 ms (b1)", "p99 ms (b1)", "mean ms (b1)", format!("img/s (b{})", args.batch));
+    println!(
+        "{:<6} {:>12} {:>12} {:>12} {:>16}",
+        "engine",
+        "p50 ms (b1)",
+        "p99 ms (b1)",
+        "mean ms (b1)",
+        format!("img/s (b{})", args.batch)
+    );
     for (name, mut single, mut batched) in backends {
         let logits = batched(&big, args.batch)?;
         let diff = reference.as_ref().map(|r| r.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max));

@@ -178,7 +178,11 @@ fn color_jitter(img: &mut [u8], g: Geometry, strength: f64, rng: &mut ChaCha8Rng
     let n = g.side * g.side;
     let mut px: Vec<f32> = img.iter().map(|&v| f32::from(v) * brightness).collect();
     let gray = |px: &[f32], i: usize| -> f32 {
-        if g.channels == 3 { 0.299 * px[i] + 0.587 * px[n + i] + 0.114 * px[2 * n + i] } else { px[i] }
+        if g.channels == 3 {
+            0.299 * px[i] + 0.587 * px[n + i] + 0.114 * px[2 * n + i]
+        } else {
+            px[i]
+        }
     };
     let clamp = |v: f32| v.clamp(0.0, 255.0);
     px.iter_mut().for_each(|v| *v = clamp(*v));

@@ -64,16 +64,29 @@ pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<(), CheckpointErro
 
 /// Copies `tensors` into the model; every variable must be present with its shape
 /// (extra `optim.*`/`train.*`/`ema.*` entries of a resume file are ignored, any other extra is an error).
-pub fn load_into(vs: &mut nn::VarStore, path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(), CheckpointError> {
+pub fn load_into(
+    vs: &mut nn::VarStore,
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<(), CheckpointError> {
     let mismatch = |message: String| CheckpointError::Mismatch { path: path.to_path_buf(), message };
     let vars = vs.variables();
     for (name, var) in &vars {
         let src = tensors.get(name).ok_or_else(|| mismatch(format!("tensor `{name}` is missing")))?;
         if src.size() != var.size() {
-            return Err(mismatch(format!("tensor `{name}` has shape {:?}, the config needs {:?}", src.size(), var.size())));
+            return Err(mismatch(format!(
+                "tensor `{name}` has shape {:?}, the config needs {:?}",
+                src.size(),
+                var.size()
+            )));
         }
     }
-    if let Some(extra) = tensors.keys().find(|k| !vars.contains_key(*k) && !k.starts_with("optim.") && !k.starts_with("train.") && !k.starts_with(crate::ema::PREFIX)) {
+    if let Some(extra) = tensors.keys().find(|k| {
+        !vars.contains_key(*k)
+            && !k.starts_with("optim.")
+            && !k.starts_with("train.")
+            && !k.starts_with(crate::ema::PREFIX)
+    }) {
         return Err(mismatch(format!("tensor `{extra}` is not part of this model (wrong config or variant?)")));
     }
     tch::no_grad(|| {

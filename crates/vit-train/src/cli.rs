@@ -243,7 +243,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let summary = fit(cfg, &opts)?;
             println!(
                 "validation accuracy: {:.4} (best {:.4} at epoch {}), {:.1} train images/s, {:.1}s",
-                summary.val_accuracy, summary.best_val_accuracy, summary.best_epoch, summary.train_images_per_sec, summary.wall_seconds
+                summary.val_accuracy,
+                summary.best_val_accuracy,
+                summary.best_epoch,
+                summary.train_images_per_sec,
+                summary.wall_seconds
             );
             if !a.no_export {
                 export_and_print(&ExportRequest {
@@ -263,7 +267,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let data = match a.data {
                 Some(d) => d,
                 None => {
-                    let text = std::fs::read_to_string(a.run.join("run.json")).context("run.json is missing; pass --data")?;
+                    let text =
+                        std::fs::read_to_string(a.run.join("run.json")).context("run.json is missing; pass --data")?;
                     serde_json::from_str::<RunOptions>(&text).context("run.json is malformed")?.data
                 }
             };

@@ -29,7 +29,9 @@ pub fn keep_freed_memory() -> MallocTuning {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only changes allocator parameters; glibc validates them and returns 0 when it refuses one.
-        let ok = unsafe { libc::mallopt(libc::M_MMAP_MAX, 0) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1 };
+        let ok = unsafe {
+            libc::mallopt(libc::M_MMAP_MAX, 0) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+        };
         if ok {
             MallocTuning::Applied
         } else {

@@ -28,7 +28,14 @@ impl Ema {
     pub fn new(vs: &nn::VarStore, decay: f64) -> Self {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let slots = tch::no_grad(|| vars.into_iter().map(|(n, v)| { let avg = v.detach().copy(); (n, v, avg) }).collect());
+        let slots = tch::no_grad(|| {
+            vars.into_iter()
+                .map(|(n, v)| {
+                    let avg = v.detach().copy();
+                    (n, v, avg)
+                })
+                .collect()
+        });
         Self { slots, decay, updates: 0 }
     }
 

@@ -71,8 +71,10 @@ pub fn read_run(run: &Path) -> Result<(ViTConfig, Vec<String>)> {
     let cfg = ViTConfig::from_toml_file(&run.join("config.toml"))
         .with_context(|| format!("{} is not a vit-train run folder", run.display()))?;
     let labels_path = run.join("labels.json");
-    let text = std::fs::read_to_string(&labels_path).with_context(|| format!("cannot read {}", labels_path.display()))?;
-    let labels: Vec<String> = serde_json::from_str(&text).with_context(|| format!("{} is malformed", labels_path.display()))?;
+    let text =
+        std::fs::read_to_string(&labels_path).with_context(|| format!("cannot read {}", labels_path.display()))?;
+    let labels: Vec<String> =
+        serde_json::from_str(&text).with_context(|| format!("{} is malformed", labels_path.display()))?;
     cfg.validate()?;
     if labels.len() != cfg.num_classes {
         bail!("{}: {} labels for num_classes = {}", labels_path.display(), labels.len(), cfg.num_classes);
@@ -87,7 +89,11 @@ fn verification_inputs(run: &Path, cfg: &ViTConfig, n: usize) -> (Vec<f32>, usiz
         .ok()
         .and_then(|t| serde_json::from_str::<RunOptions>(&t).ok())
         .and_then(|r| {
-            let opts = LoadOptions { val_fraction: r.val_fraction, seed: cfg.train.seed, max_per_class: Some(n.div_ceil(cfg.num_classes).max(1)) };
+            let opts = LoadOptions {
+                val_fraction: r.val_fraction,
+                seed: cfg.train.seed,
+                max_per_class: Some(n.div_ceil(cfg.num_classes).max(1)),
+            };
             load_splits(&r.data, &prep, &opts).ok()
         })
         .filter(|s| !s.val.is_empty());
@@ -101,7 +107,14 @@ fn verification_inputs(run: &Path, cfg: &ViTConfig, n: usize) -> (Vec<f32>, usiz
 }
 
 /// Runs the same inputs through tch and the ONNX file; compares logits.
-pub fn verify_export(model: &ViT, cfg: &ViTConfig, onnx: &Path, pixels: &[f32], n: usize, atol: f32) -> Result<Comparison> {
+pub fn verify_export(
+    model: &ViT,
+    cfg: &ViTConfig,
+    onnx: &Path,
+    pixels: &[f32],
+    n: usize,
+    atol: f32,
+) -> Result<Comparison> {
     let shape = [n, cfg.in_channels, cfg.image_size, cfg.image_size];
     let x = Tensor::from_slice(pixels).view([n as i64, shape[1] as i64, shape[2] as i64, shape[3] as i64]);
     let expected = Vec::<f32>::try_from(tch::no_grad(|| model.forward_t(&x, false)).flatten(0, -1))?;

@@ -6,9 +6,9 @@
 pub mod augment;
 pub mod batches;
 pub mod checkpoint;
-pub mod ema;
 pub mod cli;
 pub mod cpu_memory;
+pub mod ema;
 pub mod evaluate;
 pub mod export;
 pub mod metrics;

@@ -144,7 +144,11 @@ impl Adam {
                 let key = format!("optim.{kind}.{name}");
                 let src = tensors.get(&key).ok_or_else(|| format!("optimizer state `{key}` is missing"))?;
                 if src.size() != dst.size() {
-                    return Err(format!("optimizer state `{key}` has shape {:?}, expected {:?}", src.size(), dst.size()));
+                    return Err(format!(
+                        "optimizer state `{key}` has shape {:?}, expected {:?}",
+                        src.size(),
+                        dst.size()
+                    ));
                 }
                 tch::no_grad(|| dst.copy_(src));
             }
@@ -203,7 +207,8 @@ mod tests {
         let mut opt = Adam::new(&vs, &TrainConfig::default());
         let grads = |opt: &mut Adam, ga: [f32; 2], gb: f32| {
             opt.zero_grad();
-            let loss = (&a * Tensor::from_slice(&ga)).sum(tch::Kind::Float) + (&b * f64::from(gb)).sum(tch::Kind::Float);
+            let loss =
+                (&a * Tensor::from_slice(&ga)).sum(tch::Kind::Float) + (&b * f64::from(gb)).sum(tch::Kind::Float);
             loss.backward();
         };
         let read = |t: &Tensor| Vec::<f32>::try_from(t.grad()).unwrap();

@@ -119,7 +119,10 @@ pub fn plot_confusion(path: &Path, confusion: &Confusion, labels: &[String]) -> 
                 use SegmentValue::{CenterOf, Exact};
                 let shade = count as f64 / max;
                 let color = RGBColor(255 - (shade * 200.0) as u8, 255 - (shade * 140.0) as u8, 255);
-                chart.draw_series(std::iter::once(Rectangle::new([(Exact(x), Exact(y)), (Exact(x + 1), Exact(y + 1))], color.filled())))?;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(Exact(x), Exact(y)), (Exact(x + 1), Exact(y + 1))],
+                    color.filled(),
+                )))?;
                 let text_color = if shade > 0.6 { WHITE } else { BLACK };
                 let style = (FAMILY, 16).into_font().color(&text_color).pos(centre);
                 chart.draw_series(std::iter::once(Text::new(count.to_string(), (CenterOf(x), CenterOf(y)), style)))?;

@@ -62,9 +62,12 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
         s if s.starts_with("cuda") => {
             if !tch::Cuda::is_available() {
-                bail!("--device {s}: CUDA is not available (no GPU, or libtorch without CUDA); use --device cpu or auto");
+                bail!(
+                    "--device {s}: CUDA is not available (no GPU, or libtorch without CUDA); use --device cpu or auto"
+                );
             }
-            let n: usize = s.trim_start_matches("cuda:").parse().with_context(|| format!("--device {s}: expected cuda:N"))?;
+            let n: usize =
+                s.trim_start_matches("cuda:").parse().with_context(|| format!("--device {s}: expected cuda:N"))?;
             Ok(Device::Cuda(n))
         }
         other => bail!("--device {other}: expected auto, cpu, cuda or cuda:N"),
@@ -181,7 +184,9 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
             let (x, y) = to_device(&batch.pixels, &batch.labels, &prep, opts.device);
             let logits = model.forward_t(&x, true);
             let log_probs = logits.log_softmax(-1, Kind::Float);
-            let ce = |y: &Tensor| log_probs.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, t.label_smoothing);
+            let ce = |y: &Tensor| {
+                log_probs.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, t.label_smoothing)
+            };
             let loss = match batch.mix_lam {
                 // Mixed images: lam of the own label, 1 - lam of the partner's (the batch reversed).
                 Some(lam) => ce(&y) * f64::from(lam) + ce(&y.flip([0])) * (1.0 - f64::from(lam)),
@@ -203,7 +208,14 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
             (epoch_loss, seen) = (epoch_loss + l * n as f64, seen + n);
             if (step + 1) % t.log_every == 0 {
                 let rec = Record::Step { epoch, iter: step + 1, loss: window / window_n as f64, lr };
-                bar.suspend(|| eprintln!("[epoch {:>3}, iter {:>6}] loss: {:.4}  lr: {lr:.2e}", epoch + 1, step + 1, window / window_n as f64));
+                bar.suspend(|| {
+                    eprintln!(
+                        "[epoch {:>3}, iter {:>6}] loss: {:.4}  lr: {lr:.2e}",
+                        epoch + 1,
+                        step + 1,
+                        window / window_n as f64
+                    )
+                });
                 records.push(rec);
                 (window, window_n) = (0.0, 0);
             }
@@ -221,7 +233,8 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
         }
         let due = (epoch + 1) % t.eval_every == 0 || epoch + 1 == t.epochs;
         let eval = due.then(|| evaluate(&model, &splits.val, &prep, k, opts.device, opts.eval_batch));
-        let (train_loss, ips, secs) = (epoch_loss / seen.max(1) as f64, seen as f64 / train_secs.max(1e-9), epoch_start.elapsed().as_secs_f64());
+        let (train_loss, ips, secs) =
+            (epoch_loss / seen.max(1) as f64, seen as f64 / train_secs.max(1e-9), epoch_start.elapsed().as_secs_f64());
         let rec = Record::Epoch {
             epoch,
             train_loss,
@@ -263,7 +276,8 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
     };
     let summary = summarize(&records, &eval, &splits, params, opts.device, started.elapsed().as_secs_f64(), t.epochs);
     write_json(&out.join("summary.json"), &summary)?;
-    std::fs::write(out.join("confusion.csv"), eval.confusion.to_csv(&splits.classes)).context("cannot write confusion.csv")?;
+    std::fs::write(out.join("confusion.csv"), eval.confusion.to_csv(&splits.classes))
+        .context("cannot write confusion.csv")?;
     crate::plots::write_run_plots(out, &records, &eval.confusion, &splits.classes)?;
     Ok(summary)
 }
@@ -280,7 +294,15 @@ fn progress_bar(enabled: bool, len: usize, epoch: usize, epochs: usize) -> Progr
     bar
 }
 
-fn summarize(records: &[Record], eval: &crate::evaluate::Evaluation, splits: &Splits, params: i64, device: Device, wall: f64, epochs: usize) -> Summary {
+fn summarize(
+    records: &[Record],
+    eval: &crate::evaluate::Evaluation,
+    splits: &Splits,
+    params: i64,
+    device: Device,
+    wall: f64,
+    epochs: usize,
+) -> Summary {
     let (mut best, mut best_epoch, mut ips, mut n) = (0.0, 0, 0.0, 0);
     for r in records {
         if let Record::Epoch { epoch, val_accuracy, train_images_per_sec, .. } = r {

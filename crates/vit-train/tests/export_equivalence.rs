@@ -22,7 +22,11 @@ fn atol(cfg: &ViTConfig) -> f32 {
 }
 
 fn check(cfg: &ViTConfig, vs: &tch::nn::VarStore, model: &vit_train::model::ViT, seed: i64) -> f32 {
-    let meta = ModelMetadata { config: cfg.clone(), labels: (0..cfg.num_classes).map(|i| format!("c{i}")).collect(), val_accuracy: None };
+    let meta = ModelMetadata {
+        config: cfg.clone(),
+        labels: (0..cfg.num_classes).map(|i| format!("c{i}")).collect(),
+        val_accuracy: None,
+    };
     let bytes = vit::onnx::export_to_bytes(&meta, &named_tensors(vs).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.onnx");
@@ -69,7 +73,13 @@ fn standard_variant_table() {
 fn conv_stem(image: usize, layers: &[(usize, usize)], heads: usize, pooling: Pooling) -> ViTConfig {
     let patch = layers.iter().map(|&(_, s)| s).product();
     let (stem_channels, stem_strides) = layers.iter().copied().unzip();
-    ViTConfig { stem: Stem::Conv, stem_channels, stem_strides, drop_path: 0.1, ..standard(image, patch, 3, 2, heads, pooling) }
+    ViTConfig {
+        stem: Stem::Conv,
+        stem_channels,
+        stem_strides,
+        drop_path: 0.1,
+        ..standard(image, patch, 3, 2, heads, pooling)
+    }
 }
 
 #[test]
@@ -82,7 +92,11 @@ fn conv_stem_table() {
         // stride-1 layers keep the grid: 32 -> 16 -> 16 -> 8 -> 8
         ViTConfig { locality_attention: true, ..conv_stem(32, &[(8, 2), (8, 1), (16, 2), (16, 1)], 2, Pooling::Mean) },
         // test-time flip: the graph runs [x; mirror(x)] and averages the pair's logits
-        ViTConfig { test_time_flip: true, locality_attention: true, ..conv_stem(32, &[(8, 2), (8, 1), (16, 2)], 2, Pooling::Cls) },
+        ViTConfig {
+            test_time_flip: true,
+            locality_attention: true,
+            ..conv_stem(32, &[(8, 2), (8, 1), (16, 2)], 2, Pooling::Cls)
+        },
     ];
     for (i, cfg) in table.iter().enumerate() {
         let (vs, model) = random_model(cfg, 70 + i as i64);
@@ -94,10 +108,14 @@ fn conv_stem_table() {
 #[test]
 fn dlstudio_variant_both_attention_forms() {
     let mut worst = 0.0f32;
-    for (i, (image, patch, heads, form)) in
-        [(32, 8, 2, Attention::Matmul), (32, 8, 2, Attention::Einsum), (64, 16, 1, Attention::Einsum), (28, 7, 4, Attention::Matmul)]
-            .into_iter()
-            .enumerate()
+    for (i, (image, patch, heads, form)) in [
+        (32, 8, 2, Attention::Matmul),
+        (32, 8, 2, Attention::Einsum),
+        (64, 16, 1, Attention::Einsum),
+        (28, 7, 4, Attention::Matmul),
+    ]
+    .into_iter()
+    .enumerate()
     {
         // The last one also averages over mirror images (test-time flip).
         let cfg = ViTConfig { test_time_flip: i == 3, ..dlstudio(image, patch, heads, form) };
@@ -116,7 +134,12 @@ fn briefly_trained_weights_still_match() {
     for cfg in [standard(32, 8, 3, 2, 2, Pooling::Mean), dlstudio(32, 8, 2, Attention::Einsum), stem] {
         let (vs, model) = random_model(&cfg, 7);
         let before: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, v)| (n, v.detach().copy())).collect();
-        let train = vit::config::TrainConfig { lr: 1e-3, optimizer: vit::config::Optimizer::Adamw, weight_decay: 0.05, ..Default::default() };
+        let train = vit::config::TrainConfig {
+            lr: 1e-3,
+            optimizer: vit::config::Optimizer::Adamw,
+            weight_decay: 0.05,
+            ..Default::default()
+        };
         let mut opt = vit_train::optim::Adam::new(&vs, &train);
         let x = random_input(&cfg, 8, 1);
         let y = Tensor::from_slice(&[0i64, 1, 2, 3, 0, 1, 2, 3]);

@@ -45,7 +45,12 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
 
 fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -64,7 +69,16 @@ fn short_fit_learns_and_fills_the_run_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_config(tmp.path(), SMALL);
     let run = tmp.path().join("run");
-    let out = run_ok(bin().arg("--config").arg(&cfg).arg("--data").arg(coco5()).arg("--out").arg(&run).args(["--max-per-class", "200"]));
+    let out = run_ok(
+        bin()
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data")
+            .arg(coco5())
+            .arg("--out")
+            .arg(&run)
+            .args(["--max-per-class", "200"]),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("validation accuracy") && stdout.contains("max |diff|"), "{stdout}");
 
@@ -91,7 +105,15 @@ fn short_fit_learns_and_fills_the_run_folder() {
     let tail: f64 = steps[steps.len() - 3..].iter().sum::<f64>() / 3.0;
     assert!(tail < head - 0.05, "loss should decrease: {head} -> {tail}");
 
-    for f in ["config.toml", "labels.json", "last.safetensors", "best.safetensors", "resume.safetensors", "confusion.csv", "model.onnx"] {
+    for f in [
+        "config.toml",
+        "labels.json",
+        "last.safetensors",
+        "best.safetensors",
+        "resume.safetensors",
+        "confusion.csv",
+        "model.onnx",
+    ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let loss_png = image::open(run.join("loss.png")).unwrap();
@@ -111,7 +133,8 @@ fn quick(cfg: &Path, run: &Path, epochs: &str) -> Command {
 }
 
 fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let mut v: Vec<_> = tch::Tensor::read_safetensors(path).unwrap().into_iter().map(|(n, t)| (n, to_vec(&t))).collect();
+    let mut v: Vec<_> =
+        tch::Tensor::read_safetensors(path).unwrap().into_iter().map(|(n, t)| (n, to_vec(&t))).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -182,7 +205,9 @@ fn assert_resume_matches(config: &str) {
 
     run_ok(bin().arg("--out").arg(&killed).args(["--resume", "--no-export"]));
     assert_eq!(strip_timing(summary(&straight)), strip_timing(summary(&killed)));
-    for ((n1, w1), (n2, w2)) in weights(&straight.join("last.safetensors")).iter().zip(weights(&killed.join("last.safetensors"))) {
+    for ((n1, w1), (n2, w2)) in
+        weights(&straight.join("last.safetensors")).iter().zip(weights(&killed.join("last.safetensors")))
+    {
         assert_eq!(n1, &n2);
         let diff = w1.iter().zip(&w2).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(diff <= 1e-6, "{n1}: resumed weights differ by {diff}");
@@ -193,14 +218,31 @@ fn assert_resume_matches(config: &str) {
 fn bad_input_gives_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_config(tmp.path(), SMALL);
-    let err = run_err(bin().arg("--config").arg(&cfg).arg("--data").arg(tmp.path().join("nowhere")).arg("--out").arg(tmp.path().join("r1")));
+    let err = run_err(
+        bin()
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data")
+            .arg(tmp.path().join("nowhere"))
+            .arg("--out")
+            .arg(tmp.path().join("r1")),
+    );
     assert!(err.contains("nowhere") && err.contains("does not exist"), "{err}");
 
     let bad = write_config(tmp.path(), &SMALL.replace("num_heads = 2", "num_heads = 3"));
-    let err = run_err(bin().arg("--config").arg(&bad).arg("--data").arg(coco5()).arg("--out").arg(tmp.path().join("r2")));
+    let err =
+        run_err(bin().arg("--config").arg(&bad).arg("--data").arg(coco5()).arg("--out").arg(tmp.path().join("r2")));
     assert!(err.contains("num_heads") && err.contains("embed_dim = 32"), "{err}");
 
-    let err = run_err(bin().arg("--config").arg(tmp.path().join("missing.toml")).arg("--data").arg(coco5()).arg("--out").arg(tmp.path().join("r3")));
+    let err = run_err(
+        bin()
+            .arg("--config")
+            .arg(tmp.path().join("missing.toml"))
+            .arg("--data")
+            .arg(coco5())
+            .arg("--out")
+            .arg(tmp.path().join("r3")),
+    );
     assert!(err.contains("missing.toml"), "{err}");
 }
 

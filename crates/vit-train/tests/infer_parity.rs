@@ -21,8 +21,18 @@ fn cpu() -> ClassifierOptions {
 /// Exports the model, runs batch 1 and 7 through tch, tract and ONNX Runtime
 /// and checks every pair within `atol` + 1e-4 * |expected|; returns
 /// (max |ort - tch|, max |ort - tract|).
-fn three_way(cfg: &ViTConfig, vs: &tch::nn::VarStore, model: &vit_train::model::ViT, seed: i64, atol: f32) -> (f32, f32) {
-    let meta = ModelMetadata { config: cfg.clone(), labels: (0..cfg.num_classes).map(|i| format!("c{i}")).collect(), val_accuracy: None };
+fn three_way(
+    cfg: &ViTConfig,
+    vs: &tch::nn::VarStore,
+    model: &vit_train::model::ViT,
+    seed: i64,
+    atol: f32,
+) -> (f32, f32) {
+    let meta = ModelMetadata {
+        config: cfg.clone(),
+        labels: (0..cfg.num_classes).map(|i| format!("c{i}")).collect(),
+        val_accuracy: None,
+    };
     let bytes = vit::onnx::export_to_bytes(&meta, &named_tensors(vs).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.onnx");
@@ -97,7 +107,16 @@ fn evaluation_accuracy_equals_the_trained_runs() {
 fn evaluation_accuracy_equals_the_trained_runs_with_test_time_flip() {
     let cfg = ViTConfig {
         test_time_flip: true,
-        train: TrainConfig { epochs: 3, eval_every: 2, batch_size: 16, lr: 1e-3, log_every: 1000, seed: 4, hflip: true, ..Default::default() },
+        train: TrainConfig {
+            epochs: 3,
+            eval_every: 2,
+            batch_size: 16,
+            lr: 1e-3,
+            log_every: 1000,
+            seed: 4,
+            hflip: true,
+            ..Default::default()
+        },
         ..standard(32, 8, 3, 1, 2, Pooling::Mean)
     };
     let (_tmp, run) = trained_run_evaluates_the_same_in_ort(&cfg);
@@ -146,12 +165,17 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
     assert_eq!(clf.labels(), summary.labels.as_slice());
     let prep = Preprocessor::from_config(&clf.metadata().config);
     assert_eq!(prep, Preprocessor::from_config(cfg));
-    let splits = load_splits(&data, &prep, &LoadOptions { val_fraction: 0.2, seed: cfg.train.seed, max_per_class: Some(30) }).unwrap();
+    let splits =
+        load_splits(&data, &prep, &LoadOptions { val_fraction: 0.2, seed: cfg.train.seed, max_per_class: Some(30) })
+            .unwrap();
     clf.check_classes(&splits.classes).unwrap();
     assert_eq!(splits.val.len(), summary.val_images);
     for batch in [64, 7] {
         let eval = clf.evaluate(&splits.val, batch).unwrap_or_else(|e| panic!("{e}"));
-        eprintln!("batch {batch}: ONNX Runtime accuracy {} vs trained {} on {} images", eval.accuracy, summary.val_accuracy, eval.total);
+        eprintln!(
+            "batch {batch}: ONNX Runtime accuracy {} vs trained {} on {} images",
+            eval.accuracy, summary.val_accuracy, eval.total
+        );
         assert_eq!(eval.total as usize, summary.val_images);
         assert_eq!(eval.accuracy, summary.val_accuracy, "ONNX Runtime evaluation differs from the trainer's");
         assert_eq!(eval.confusion, summary.confusion_matrix);
@@ -160,7 +184,8 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
     // verifies against tch, but claims no accuracy; the run's own setting keeps it.
     for flip in [!cfg.test_time_flip, cfg.test_time_flip] {
         let other = tmp.path().join(format!("flip-{flip}.onnx"));
-        export_run(&ExportRequest { out: Some(other.clone()), test_time_flip: Some(flip), ..request.clone() }).expect("export with flip set");
+        export_run(&ExportRequest { out: Some(other.clone()), test_time_flip: Some(flip), ..request.clone() })
+            .expect("export with flip set");
         let clf = Classifier::open(&other, &cpu()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(clf.metadata().config.test_time_flip, flip);
         let expected = if flip == cfg.test_time_flip { Some(summary.val_accuracy) } else { None };

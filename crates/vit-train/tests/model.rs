@@ -4,9 +4,9 @@ mod common;
 
 use common::*;
 use tch::{nn::ModuleT, Kind, Tensor};
+use vit::config::Stem;
 use vit::config::{Attention, Pooling};
 use vit::ViTConfig;
-use vit::config::Stem;
 use vit_train::model::{dlstudio_attention, drop_path, parameter_count};
 use vit_train::optim::is_no_decay;
 
@@ -50,7 +50,10 @@ fn conv_stem_names_shapes_and_decay() {
     assert_eq!(vars["patch_embed.stem.3.conv.weight"].size(), vec![24, 16, 3, 3]);
     assert_eq!(vars["patch_embed.proj.weight"].size(), vec![32, 24, 1, 1]);
     assert!(!vars["patch_embed.stem.0.bn.running_var"].requires_grad(), "running stats are buffers");
-    assert!(is_no_decay("patch_embed.stem.0.bn.weight", &[8]) && !is_no_decay("patch_embed.stem.0.conv.weight", &[8, 3, 3, 3]));
+    assert!(
+        is_no_decay("patch_embed.stem.0.bn.weight", &[8])
+            && !is_no_decay("patch_embed.stem.0.conv.weight", &[8, 3, 3, 3])
+    );
     assert!(is_no_decay("blocks.0.attn.scale", &[2]), "locality attention's per-head scale has no weight decay");
     let y = model.forward_t(&random_input(&cfg, 2, 1), true);
     assert_eq!(y.size(), vec![2, 5]);
@@ -99,7 +102,15 @@ fn drop_path_drops_whole_samples_and_is_identity_in_eval() {
 fn state_dict_names_match_pytorch() {
     let (vs, _) = random_model(&standard(32, 8, 3, 2, 2, Pooling::Cls), 0);
     let vars = vs.variables();
-    for name in ["patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.1.attn.qkv.weight", "blocks.0.mlp.fc2.bias", "norm.weight", "head.bias"] {
+    for name in [
+        "patch_embed.proj.weight",
+        "cls_token",
+        "pos_embed",
+        "blocks.1.attn.qkv.weight",
+        "blocks.0.mlp.fc2.bias",
+        "norm.weight",
+        "head.bias",
+    ] {
         assert!(vars.contains_key(name), "missing {name}: {:?}", vars.keys());
     }
     let (vs, _) = random_model(&dlstudio(32, 8, 2, Attention::Matmul), 0);
@@ -147,9 +158,8 @@ fn dlstudio_softmax_is_over_queries_and_scaled_after() {
     let a = [[e / (e + 1.0), 0.5], [1.0 / (e + 1.0), 0.5]];
     let vv = [[1.0, 2.0], [3.0, 4.0]];
     let s = 2.0f32.sqrt();
-    let want: Vec<f32> = (0..2)
-        .flat_map(|i| (0..2).map(move |j| (a[i][0] * vv[0][j] + a[i][1] * vv[1][j]) / s))
-        .collect();
+    let want: Vec<f32> =
+        (0..2).flat_map(|i| (0..2).map(move |j| (a[i][0] * vv[0][j] + a[i][1] * vv[1][j]) / s)).collect();
     for form in [Attention::Matmul, Attention::Einsum] {
         let got = to_vec(&dlstudio_attention(&q, &k, &v, form).to_kind(Kind::Float));
         for (g, w) in got.iter().zip(&want) {

@@ -86,7 +86,11 @@ struct Mlp {
 impl Mlp {
     fn new(p: nn::Path, cfg: &ViTConfig) -> Self {
         let (e, hidden) = (cfg.embed_dim, cfg.mlp_hidden());
-        Self { fc1: linear(&p / "fc1", e, hidden, true), fc2: linear(&p / "fc2", hidden, e, true), dropout: cfg.dropout }
+        Self {
+            fc1: linear(&p / "fc1", e, hidden, true),
+            fc2: linear(&p / "fc2", hidden, e, true),
+            dropout: cfg.dropout,
+        }
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
@@ -155,7 +159,8 @@ impl StandardViT {
     pub fn new(p: &nn::Path, cfg: &ViTConfig) -> Self {
         let tok = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
         // timm: drop-path rates rise linearly from 0 (first block) to `drop_path` (last).
-        let rate = |i: usize| if cfg.depth > 1 { cfg.drop_path * i as f64 / (cfg.depth - 1) as f64 } else { cfg.drop_path };
+        let rate =
+            |i: usize| if cfg.depth > 1 { cfg.drop_path * i as f64 / (cfg.depth - 1) as f64 } else { cfg.drop_path };
         let blocks = (0..cfg.depth).map(|i| Block::new(p / "blocks" / i, cfg, rate(i))).collect();
         Self {
             embed: PatchEmbed::new(p, cfg, tok, tok),
@@ -176,7 +181,7 @@ impl ModuleT for StandardViT {
         }
         let x = x.apply(&self.norm);
         let pooled = match self.pooling {
-            Pooling::Cls => x.select(1, 0),                            // [B, E]
+            Pooling::Cls => x.select(1, 0),                     // [B, E]
             Pooling::Mean => x.mean_dim(1, false, Kind::Float), // [B, E]
         };
         pooled.apply(&self.head)

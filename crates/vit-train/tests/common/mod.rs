@@ -14,13 +14,21 @@ pub fn repo_root() -> PathBuf {
 
 /// `../shared/data/coco5` beside the repository (or `$VIT_COCO5`); the tests need it.
 pub fn coco5() -> PathBuf {
-    let dir = std::env::var_os("VIT_COCO5").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/data/coco5"));
+    let dir =
+        std::env::var_os("VIT_COCO5").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/data/coco5"));
     assert!(dir.join("train").is_dir(), "COCO-5 data not found at {} (set VIT_COCO5)", dir.display());
     dir
 }
 
 /// A small standard config.
-pub fn standard(image: usize, patch: usize, channels: usize, depth: usize, heads: usize, pooling: Pooling) -> ViTConfig {
+pub fn standard(
+    image: usize,
+    patch: usize,
+    channels: usize,
+    depth: usize,
+    heads: usize,
+    pooling: Pooling,
+) -> ViTConfig {
     ViTConfig {
         variant: Variant::Standard,
         image_size: image,
