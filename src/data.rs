@@ -18,7 +18,7 @@ use rand::{seq::SliceRandom, SeedableRng};
 
 use crate::preprocess::Preprocessor;
 
-pub use folder::{scan_image_folder, FolderScan, IMAGE_EXTENSIONS};
+pub use folder::{has_image_extension, scan_image_folder, FolderScan, IMAGE_EXTENSIONS};
 pub use idx::{load_idx_split, read_idx_images, read_idx_labels, FASHION_MNIST_LABELS};
 
 /// Errors loading a data set.
@@ -164,6 +164,41 @@ impl Splits {
     }
 }
 
+/// How a data folder is laid out. Decided here once, for training
+/// ([`load_splits`]) and for evaluation (`vit-infer --eval`) alike, so both read
+/// a folder the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// Fashion-MNIST/MNIST IDX files: `train` trains, `t10k` evaluates.
+    Idx,
+    /// Image folders `DIR/train/<class>/*` and `DIR/val/<class>/*`.
+    Splits {
+        /// The training split's folder.
+        train: PathBuf,
+        /// The evaluation split's folder.
+        val: PathBuf,
+    },
+    /// One image folder `DIR/<class>/*`, split by a seeded fraction for training.
+    Folder,
+}
+
+impl Layout {
+    /// Detects the layout of `dir` (which must be a directory).
+    pub fn detect(dir: &Path) -> Result<Self, DataError> {
+        if !dir.is_dir() {
+            return Err(DataError::NotADir(dir.to_path_buf()));
+        }
+        if is_idx_dir(dir) {
+            return Ok(Self::Idx);
+        }
+        let (train, val) = (dir.join("train"), dir.join("val"));
+        if train.is_dir() && val.is_dir() {
+            return Ok(Self::Splits { train, val });
+        }
+        Ok(Self::Folder)
+    }
+}
+
 /// True when `dir` holds Fashion-MNIST/MNIST style IDX training files.
 pub fn is_idx_dir(dir: &Path) -> bool {
     idx::find(dir, "train-images-idx3-ubyte").is_some()
@@ -171,20 +206,17 @@ pub fn is_idx_dir(dir: &Path) -> bool {
 
 /// Loads train and validation splits from `dir` (see the module docs for layouts).
 pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Result<Splits, DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::NotADir(dir.to_path_buf()));
-    }
+    let layout = Layout::detect(dir)?;
     if !(0.0..1.0).contains(&opts.val_fraction) {
         return Err(DataError::Invalid(format!("--val-fraction {} must be in [0, 1)", opts.val_fraction)));
     }
-    if is_idx_dir(dir) {
+    if layout == Layout::Idx {
         let train = load_idx_split(dir, "train", prep, opts.max_per_class)?;
         let val = load_idx_split(dir, "t10k", prep, opts.max_per_class)?;
         let classes = FASHION_MNIST_LABELS.iter().map(|s| s.to_string()).collect();
         return Ok(Splits { classes, train, val, source: SourceKind::Idx });
     }
-    let (train_dir, val_dir) = (dir.join("train"), dir.join("val"));
-    if train_dir.is_dir() && val_dir.is_dir() {
+    if let Layout::Splits { train: train_dir, val: val_dir } = layout {
         let train_scan = scan_image_folder(&train_dir)?;
         let val_scan = scan_image_folder(&val_dir)?;
         if train_scan.classes != val_scan.classes {
@@ -270,7 +302,7 @@ fn decode_files(root: &Path, files: &[(PathBuf, i64)], prep: &Preprocessor) -> R
                 out.paths.push(path.clone());
             }
             Err(e) => {
-                eprintln!("warning: skipping {}: {e}", path.display());
+                log::warn!("skipping {}: {e}", path.display());
                 out.skipped.push(Skipped { path: path.clone(), reason: e.to_string() });
             }
         }

@@ -36,6 +36,7 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use crate::data::{self, DataError, Dataset};
 use crate::metadata::{MetadataError, ModelMetadata};
+pub use crate::metrics::{argmax, Confusion};
 use crate::preprocess::Preprocessor;
 
 pub use runtime::{runtime_candidates, runtime_path, RuntimeCandidate};
@@ -231,8 +232,8 @@ pub struct Prediction {
 pub struct Evaluation {
     /// Top-1 accuracy (correct / total; 0 for an empty set).
     pub accuracy: f64,
-    /// `confusion[true][predicted]` counts.
-    pub confusion: Vec<Vec<u64>>,
+    /// `confusion.matrix[true][predicted]` counts.
+    pub confusion: Confusion,
     /// Images evaluated.
     pub total: u64,
 }
@@ -253,25 +254,25 @@ pub struct EvalData {
 /// - a folder with `train/` and `val/`: the `val/` image folder;
 /// - otherwise an image folder `DIR/<class>/*`, all of it.
 pub fn load_eval_data(dir: &Path, prep: &Preprocessor) -> Result<EvalData, InferError> {
-    if !dir.is_dir() {
-        return Err(DataError::NotADir(dir.to_path_buf()).into());
+    match data::Layout::detect(dir)? {
+        data::Layout::Idx => {
+            // The same t10k decode `load_splits` uses for validation, without the 60k training images.
+            let data = data::load_idx_split(dir, "t10k", prep, None)?;
+            let classes = data::FASHION_MNIST_LABELS.iter().map(|s| s.to_string()).collect();
+            let description = format!("t10k split of IDX folder {}", dir.display());
+            Ok(EvalData { classes, data, description })
+        }
+        data::Layout::Splits { val, .. } => {
+            // `load_splits` decodes `val/` with `load_folder`'s code path (no cap):
+            // loading it alone gives the same images without decoding train/.
+            let (classes, data) = data::load_folder(&val, prep)?;
+            Ok(EvalData { classes, data, description: format!("val split {}", val.display()) })
+        }
+        data::Layout::Folder => {
+            let (classes, data) = data::load_folder(dir, prep)?;
+            Ok(EvalData { classes, data, description: format!("image folder {}", dir.display()) })
+        }
     }
-    if data::is_idx_dir(dir) {
-        // The same t10k decode `load_splits` uses for validation, without the 60k training images.
-        let data = data::load_idx_split(dir, "t10k", prep, None)?;
-        let classes = data::FASHION_MNIST_LABELS.iter().map(|s| s.to_string()).collect();
-        let description = format!("t10k split of IDX folder {}", dir.display());
-        return Ok(EvalData { classes, data, description });
-    }
-    let (train, val) = (dir.join("train"), dir.join("val"));
-    if train.is_dir() && val.is_dir() {
-        // `load_splits` decodes `val/` with `load_folder`'s code path (no cap):
-        // loading it alone gives the same images without decoding train/.
-        let (classes, data) = data::load_folder(&val, prep)?;
-        return Ok(EvalData { classes, data, description: format!("val split {}", val.display()) });
-    }
-    let (classes, data) = data::load_folder(dir, prep)?;
-    Ok(EvalData { classes, data, description: format!("image folder {}", dir.display()) })
 }
 
 /// An ONNX model with its metadata and preprocessing, ready to classify.
@@ -551,7 +552,7 @@ impl Classifier {
         if let Some(bad) = data.labels.iter().find(|&&l| l < 0 || l as usize >= k) {
             return Err(InferError::DataMismatch(format!("label {bad} is out of range for a model with {k} classes")));
         }
-        let mut confusion = vec![vec![0u64; k]; k];
+        let mut confusion = Confusion::new(k);
         let mut normalised = Vec::new();
         let bs = batch_size.max(1);
         let mut start = 0;
@@ -561,14 +562,11 @@ impl Classifier {
             self.prep.normalize_into(px, &mut normalised);
             let logits = self.logits(&normalised, end - start)?;
             for (row, &label) in logits.chunks(k).zip(&data.labels[start..end]) {
-                confusion[label as usize][argmax(row)] += 1;
+                confusion.add(label as usize, argmax(row));
             }
             start = end;
         }
-        let total = data.len() as u64;
-        let correct: u64 = (0..k).map(|i| confusion[i][i]).sum();
-        let accuracy = if total == 0 { 0.0 } else { correct as f64 / total as f64 };
-        Ok(Evaluation { accuracy, confusion, total })
+        Ok(Evaluation { accuracy: confusion.accuracy(), total: confusion.total(), confusion })
     }
 
     /// Checks that the data's class names are the model's labels, in order.
@@ -601,17 +599,6 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
     let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
     let sum: f64 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
-}
-
-/// Index of the first largest value (NaN never wins).
-pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] || values[best].is_nan() {
-            best = i;
-        }
-    }
-    best
 }
 
 fn read_metadata(

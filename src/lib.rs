@@ -5,14 +5,18 @@
 //! - [`preprocess`]: the one decode/resize/normalise implementation;
 //! - [`data`]: image-folder and Fashion-MNIST IDX data sets, decoded once to u8;
 //! - [`metadata`]: what an exported ONNX file says about itself;
+//! - [`metrics`]: the confusion matrix training and inference both report;
 //! - `onnx` (feature `export`): the ONNX writer;
 //! - `infer` (feature `infer`): ONNX Runtime inference.
 
+#[cfg(feature = "cli-log")]
+pub mod cli_log;
 pub mod config;
 pub mod data;
 #[cfg(feature = "infer")]
 pub mod infer;
 pub mod metadata;
+pub mod metrics;
 #[cfg(feature = "export")]
 pub mod onnx;
 pub mod preprocess;

@@ -337,7 +337,7 @@ fn evaluate_counts_argmax_per_true_class() {
         let l = clf.logits(&x, 1).unwrap();
         expected[set.data.labels[i] as usize][argmax(&l)] += 1;
     }
-    assert_eq!(eval.confusion, expected);
+    assert_eq!(eval.confusion.matrix, expected);
     assert_eq!(eval.total, 21);
     let correct: u64 = (0..3).map(|i| expected[i][i]).sum();
     assert_eq!(eval.accuracy, correct as f64 / 21.0);

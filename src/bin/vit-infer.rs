@@ -5,6 +5,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    vit::cli_log::init();
     let cli = vit::infer::cli::Cli::parse();
     std::process::ExitCode::from(vit::infer::cli::run(&cli))
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 use super::{load_eval_data, Classifier, ClassifierOptions, InferError, OptLevel, Prediction, Provider};
-use crate::data::IMAGE_EXTENSIONS;
+use crate::data::{has_image_extension, IMAGE_EXTENSIONS};
 
 /// Everything went fine.
 pub const EXIT_OK: u8 = 0;
@@ -124,12 +124,6 @@ fn open(cli: &Cli) -> Result<Classifier, InferError> {
     Ok(clf)
 }
 
-fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
-}
-
 /// The files to classify: named files as given, directories walked
 /// recursively for image extensions (sorted). A directory without images is
 /// an error.
@@ -141,7 +135,7 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, InferError> {
                 .follow_links(true)
                 .into_iter()
                 .filter_map(Result::ok)
-                .filter(|e| e.file_type().is_file() && is_image(e.path()))
+                .filter(|e| e.file_type().is_file() && has_image_extension(e.path()))
                 .map(walkdir::DirEntry::into_path)
                 .collect();
             if found.is_empty() {
@@ -247,10 +241,10 @@ fn evaluate(cli: &Cli, dir: &Path) -> Result<u8, InferError> {
         println!("{line}");
         return Ok(EXIT_OK);
     }
-    let correct: u64 = (0..labels.len()).map(|i| eval.confusion[i][i]).sum();
+    let correct = eval.confusion.correct();
     println!("accuracy {:.4} ({correct}/{} correct) on {}", eval.accuracy, eval.total, set.description);
     println!("confusion matrix (rows: true class, columns: predicted class):");
-    print!("{}", confusion_table(labels, &eval.confusion));
+    print!("{}", confusion_table(labels, &eval.confusion.matrix));
     Ok(EXIT_OK)
 }
 

@@ -4,59 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-
-/// `matrix[true][predicted]` counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Confusion {
-    /// Rows: true class; columns: predicted class.
-    pub matrix: Vec<Vec<u64>>,
-}
-
-impl Confusion {
-    /// An all-zero `n` x `n` matrix.
-    pub fn new(n: usize) -> Self {
-        Self { matrix: vec![vec![0; n]; n] }
-    }
-
-    /// Counts one prediction.
-    pub fn add(&mut self, truth: usize, predicted: usize) {
-        if let Some(cell) = self.matrix.get_mut(truth).and_then(|r| r.get_mut(predicted)) {
-            *cell += 1;
-        }
-    }
-
-    /// Number of predictions counted.
-    pub fn total(&self) -> u64 {
-        self.matrix.iter().flatten().sum()
-    }
-
-    /// Fraction on the diagonal (0 when empty).
-    pub fn accuracy(&self) -> f64 {
-        let correct: u64 = (0..self.matrix.len()).map(|i| self.matrix[i][i]).sum();
-        match self.total() {
-            0 => 0.0,
-            t => correct as f64 / t as f64,
-        }
-    }
-
-    /// CSV with a header row and column of labels.
-    pub fn to_csv(&self, labels: &[String]) -> String {
-        let mut out = String::from("true\\predicted");
-        for l in labels {
-            out.push(',');
-            out.push_str(l);
-        }
-        out.push('\n');
-        for (label, row) in labels.iter().zip(&self.matrix) {
-            out.push_str(label);
-            for v in row {
-                out.push_str(&format!(",{v}"));
-            }
-            out.push('\n');
-        }
-        out
-    }
-}
+pub use vit::metrics::Confusion;
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,20 +87,4 @@ pub struct Summary {
     pub device: String,
     /// Wall time of the whole fit, data loading included, in seconds.
     pub wall_seconds: f64,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn confusion_accuracy_and_csv() {
-        let mut c = Confusion::new(2);
-        c.add(0, 0);
-        c.add(0, 1);
-        c.add(1, 1);
-        c.add(1, 1);
-        assert!((c.accuracy() - 0.75).abs() < 1e-12);
-        assert_eq!(c.to_csv(&["a".into(), "b".into()]), "true\\predicted,a,b\na,1,1\nb,0,2\n");
-    }
 }

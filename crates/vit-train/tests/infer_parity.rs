@@ -178,7 +178,7 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
         );
         assert_eq!(eval.total as usize, summary.val_images);
         assert_eq!(eval.accuracy, summary.val_accuracy, "ONNX Runtime evaluation differs from the trainer's");
-        assert_eq!(eval.confusion, summary.confusion_matrix);
+        assert_eq!(eval.confusion.matrix, summary.confusion_matrix);
     }
     // Switching test-time flip at export changes what the file computes: it still
     // verifies against tch, but claims no accuracy; the run's own setting keeps it.
