@@ -16,13 +16,28 @@ use tch::{nn, Tensor};
 pub enum CheckpointError {
     /// Writing failed.
     #[error("cannot write checkpoint {path}: {message}")]
-    Write { path: PathBuf, message: String },
+    Write {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// Reading or parsing failed (missing, truncated, not safetensors).
     #[error("cannot read checkpoint {path}: {message} (is it a complete .safetensors file written by vit-train?)")]
-    Read { path: PathBuf, message: String },
+    Read {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// The file does not match the model the config describes.
     #[error("checkpoint {path} does not match its config: {message}")]
-    Mismatch { path: PathBuf, message: String },
+    Mismatch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Writes named tensors to `path` atomically.

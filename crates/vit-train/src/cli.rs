@@ -4,12 +4,14 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tch::Device;
 use vit::config::Optimizer;
 use vit::ViTConfig;
 
-use crate::export::{export_run, ExportRequest};
-use crate::train::{fit, parse_device, FitOptions, RunOptions};
+use crate::export::{export_run, ExportRequest, DEFAULT_ATOL, DEFAULT_VERIFY_IMAGES};
+use crate::run_dir::{Checkpoint, RunDir, RunOptions};
+use crate::train::{fit, FitOptions};
 
 /// Train, evaluate and export Vision Transformers (tch / libtorch).
 #[derive(Debug, Parser)]
@@ -73,8 +75,8 @@ pub struct FitArgs {
     #[arg(long)]
     pub lr: Option<f64>,
     /// Override train.optimizer.
-    #[arg(long, value_parser = ["adam", "adamw"])]
-    pub optimizer: Option<String>,
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
     /// Override train.betas.0.
     #[arg(long)]
     pub beta1: Option<f64>,
@@ -117,9 +119,10 @@ pub struct FitArgs {
     /// Override train.eval_every (epochs between validation passes; the last epoch is always evaluated).
     #[arg(long)]
     pub eval_every: Option<usize>,
-    /// Set test_time_flip: evaluation and the export average each image's logits with its mirror image's.
-    #[arg(long)]
-    pub test_time_flip: bool,
+    /// Override test_time_flip (alone: true): evaluation and the export average each
+    /// image's logits with its mirror image's.
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+    pub test_time_flip: Option<bool>,
     /// Override train.log_every (iterations between loss log lines).
     #[arg(long)]
     pub log_every: Option<usize>,
@@ -127,8 +130,8 @@ pub struct FitArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// auto (CUDA when available), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[arg(long, default_value = "auto", value_parser = DeviceArg::parse)]
+    pub device: DeviceArg,
     /// CPU threads for libtorch and data decoding (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -158,23 +161,85 @@ pub struct ExportArgs {
     /// Output ONNX file (default: RUN/model.onnx).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Which checkpoint: last or best.
-    #[arg(long, default_value = "last", value_parser = ["last", "best"])]
-    pub checkpoint: String,
+    /// Which checkpoint.
+    #[arg(long, value_enum, default_value_t = Checkpoint::Last)]
+    pub checkpoint: Checkpoint,
     /// Store weights as ONNX external data (`<out>.data`) whatever the size.
     #[arg(long)]
     pub external_data: bool,
     /// Absolute tolerance of the verification: |tch - tract| <= atol + 1e-4 * |tch| per logit.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = DEFAULT_ATOL)]
     pub atol: f32,
     /// Validation images used for the verification.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = DEFAULT_VERIFY_IMAGES)]
     pub verify_images: usize,
-    /// Export with test_time_flip on (true: the graph averages each image's logits with
-    /// its mirror image's) or off (false), whatever the run's config says; a file that
+    /// Export with test_time_flip on (alone or true: the graph averages each image's logits
+    /// with its mirror image's) or off (false), whatever the run's config says; a file that
     /// differs from the run's config records no val_accuracy.
-    #[arg(long, value_name = "true|false")]
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
     pub test_time_flip: Option<bool>,
+}
+
+/// `--optimizer` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    /// Adam with L2 weight decay added to the gradient.
+    Adam,
+    /// AdamW: decoupled weight decay.
+    Adamw,
+}
+
+impl From<OptimizerArg> for Optimizer {
+    fn from(o: OptimizerArg) -> Self {
+        match o {
+            OptimizerArg::Adam => Optimizer::Adam,
+            OptimizerArg::Adamw => Optimizer::Adamw,
+        }
+    }
+}
+
+/// `--device` values, checked against the machine by [`DeviceArg::resolve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// CUDA when available, else the CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// A CUDA device (`cuda` is the first one).
+    Cuda(Option<usize>),
+}
+
+impl DeviceArg {
+    /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(None)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(|n| Self::Cuda(Some(n)))
+                .ok_or_else(|| "expected auto, cpu, cuda or cuda:N".into()),
+        }
+    }
+
+    /// The libtorch device; errors when CUDA is asked for and not available.
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            Self::Auto => Ok(Device::cuda_if_available()),
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(n) => {
+                if !tch::Cuda::is_available() {
+                    let name = n.map_or("cuda".to_string(), |n| format!("cuda:{n}"));
+                    bail!(
+                        "--device {name}: CUDA is not available (no GPU, or libtorch without CUDA); use --device cpu or auto"
+                    );
+                }
+                Ok(Device::Cuda(n.unwrap_or(0)))
+            }
+        }
+    }
 }
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
@@ -192,7 +257,7 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
 /// Config from the preset (or the run folder with --resume) with flag overrides applied.
 pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
     let path = match (&a.config, a.resume) {
-        (_, true) => a.out.join("config.toml"),
+        (_, true) => RunDir::open(&a.out)?.config_path(),
         (Some(p), false) => p.clone(),
         (None, false) => bail!("--config is required (e.g. --config models/fashion-mnist.toml)"),
     };
@@ -209,13 +274,15 @@ pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
     if let Some(min) = a.crop_scale {
         t.crop_scale = (min, 1.0);
     }
-    if let Some(o) = &a.optimizer {
-        t.optimizer = if o == "adamw" { Optimizer::Adamw } else { Optimizer::Adam };
+    if let Some(o) = a.optimizer {
+        t.optimizer = o.into();
     }
     if let Some(rate) = a.drop_path {
         cfg.drop_path = rate;
     }
-    cfg.test_time_flip |= a.test_time_flip;
+    if let Some(flip) = a.test_time_flip {
+        cfg.test_time_flip = flip;
+    }
     cfg.validate_architecture()?;
     Ok(cfg)
 }
@@ -235,7 +302,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let opts = FitOptions {
                 run: RunOptions { data, val_fraction: a.val_fraction, max_per_class: a.max_per_class },
                 out: a.out.clone(),
-                device: parse_device(&a.device)?,
+                device: a.device.resolve()?,
                 resume: a.resume,
                 eval_batch: a.eval_batch_size,
                 progress: !a.quiet,
@@ -250,27 +317,17 @@ pub fn run(cli: Cli) -> Result<()> {
                 summary.wall_seconds
             );
             if !a.no_export {
-                export_and_print(&ExportRequest {
-                    run: a.out.clone(),
-                    out: None,
-                    checkpoint: "last".into(),
-                    external_data: false,
-                    atol: 1e-4,
-                    verify_images: 16,
-                    test_time_flip: None,
-                })?;
+                export_and_print(&ExportRequest::new(&a.out))?;
             }
             Ok(())
         }
         Command::Samples(a) => {
-            let (cfg, _) = crate::export::read_run(&a.run)?;
+            let dir = RunDir::open(&a.run)?;
+            let (cfg, _) =
+                dir.read_trained().with_context(|| format!("{} is not a vit-train run folder", a.run.display()))?;
             let data = match a.data {
                 Some(d) => d,
-                None => {
-                    let text =
-                        std::fs::read_to_string(a.run.join("run.json")).context("run.json is missing; pass --data")?;
-                    serde_json::from_str::<RunOptions>(&text).context("run.json is malformed")?.data
-                }
+                None => dir.read_run_options().context("pass --data")?.data,
             };
             for f in crate::samples::write_samples(&cfg, &data, &a.out, a.count)? {
                 println!("{}", f.display());
@@ -300,4 +357,59 @@ fn export_and_print(req: &ExportRequest) -> Result<()> {
         report.comparison.max_abs_diff
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fit_args(extra: &[&str]) -> FitArgs {
+        let argv = ["vit-train", "fit", "--out", "r"].iter().chain(extra);
+        match Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}")).command {
+            Command::Fit(a) => *a,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    fn export_args(extra: &[&str]) -> ExportArgs {
+        let argv = ["vit-train", "export", "--run", "r"].iter().chain(extra);
+        match Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}")).command {
+            Command::Export(a) => a,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_time_flip_means_the_same_on_fit_and_export() {
+        for (extra, expected) in [
+            (&[][..], None),
+            (&["--test-time-flip"][..], Some(true)),
+            (&["--test-time-flip", "true"][..], Some(true)),
+            (&["--test-time-flip", "false"][..], Some(false)),
+        ] {
+            assert_eq!(fit_args(extra).test_time_flip, expected, "fit {extra:?}");
+            assert_eq!(export_args(extra).test_time_flip, expected, "export {extra:?}");
+        }
+        // Alone before another flag, it does not take that flag as its value.
+        assert_eq!(fit_args(&["--test-time-flip", "--quiet"]).test_time_flip, Some(true));
+        assert_eq!(export_args(&["--test-time-flip", "--external-data"]).test_time_flip, Some(true));
+    }
+
+    #[test]
+    fn typed_flags_parse_once() {
+        let a = fit_args(&["--optimizer", "adamw", "--device", "cuda:1"]);
+        assert_eq!(a.optimizer.map(Optimizer::from), Some(Optimizer::Adamw));
+        assert_eq!(a.device, DeviceArg::Cuda(Some(1)));
+        assert_eq!(fit_args(&[]).device, DeviceArg::Auto);
+        assert_eq!(fit_args(&["--device", "cuda"]).device, DeviceArg::Cuda(None));
+        assert_eq!(DeviceArg::Cpu.resolve().unwrap(), Device::Cpu);
+        for bad in ["gpu", "cuda:x", "cuda:"] {
+            assert!(Cli::try_parse_from(["vit-train", "fit", "--out", "r", "--device", bad]).is_err(), "{bad}");
+        }
+        assert!(Cli::try_parse_from(["vit-train", "fit", "--out", "r", "--optimizer", "sgd"]).is_err());
+        let e = export_args(&["--checkpoint", "best"]);
+        assert_eq!(e.checkpoint, Checkpoint::Best);
+        assert_eq!((e.atol, e.verify_images), (DEFAULT_ATOL, DEFAULT_VERIFY_IMAGES));
+        assert_eq!(export_args(&[]).checkpoint, Checkpoint::Last);
+    }
 }

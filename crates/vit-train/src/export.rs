@@ -15,18 +15,23 @@ use vit::{ModelMetadata, NamedTensors, Preprocessor, TensorData, ViTConfig};
 use crate::batches::{make_batch, Augment};
 use crate::checkpoint;
 use crate::model::ViT;
-use crate::train::RunOptions;
+use crate::run_dir::{Checkpoint, RunDir};
 use crate::verify::{compare, tract_logits, Comparison};
+
+/// Default verification tolerance on |tch - tract| logits.
+pub const DEFAULT_ATOL: f32 = 1e-4;
+/// Default number of images used for verification.
+pub const DEFAULT_VERIFY_IMAGES: usize = 16;
 
 /// What to export and how to check it.
 #[derive(Debug, Clone)]
 pub struct ExportRequest {
-    /// Run folder (config.toml, labels.json, checkpoints).
+    /// Run folder (config, labels, checkpoints).
     pub run: PathBuf,
-    /// Output file (default: `<run>/model.onnx`).
+    /// Output file (default: the run folder's ONNX file).
     pub out: Option<PathBuf>,
-    /// `last` or `best`.
-    pub checkpoint: String,
+    /// Which checkpoint to export.
+    pub checkpoint: Checkpoint,
     /// Force ONNX external data.
     pub external_data: bool,
     /// Verification tolerance on |tch - tract| logits.
@@ -37,6 +42,22 @@ pub struct ExportRequest {
     /// When it changes the config, the run's accuracy no longer describes the
     /// file, so none is recorded.
     pub test_time_flip: Option<bool>,
+}
+
+impl ExportRequest {
+    /// The default export of `run`: its last checkpoint into the run folder,
+    /// embedded weights, [`DEFAULT_ATOL`], [`DEFAULT_VERIFY_IMAGES`], the run's test-time flip.
+    pub fn new(run: impl Into<PathBuf>) -> Self {
+        Self {
+            run: run.into(),
+            out: None,
+            checkpoint: Checkpoint::Last,
+            external_data: false,
+            atol: DEFAULT_ATOL,
+            verify_images: DEFAULT_VERIFY_IMAGES,
+            test_time_flip: None,
+        }
+    }
 }
 
 /// What an export wrote and measured.
@@ -66,28 +87,12 @@ pub fn named_tensors(vs: &nn::VarStore) -> Result<NamedTensors> {
     Ok(out)
 }
 
-/// Reads a run's config and labels.
-pub fn read_run(run: &Path) -> Result<(ViTConfig, Vec<String>)> {
-    let cfg = ViTConfig::from_toml_file(&run.join("config.toml"))
-        .with_context(|| format!("{} is not a vit-train run folder", run.display()))?;
-    let labels_path = run.join("labels.json");
-    let text =
-        std::fs::read_to_string(&labels_path).with_context(|| format!("cannot read {}", labels_path.display()))?;
-    let labels: Vec<String> =
-        serde_json::from_str(&text).with_context(|| format!("{} is malformed", labels_path.display()))?;
-    cfg.validate()?;
-    if labels.len() != cfg.num_classes {
-        bail!("{}: {} labels for num_classes = {}", labels_path.display(), labels.len(), cfg.num_classes);
-    }
-    Ok((cfg, labels))
-}
-
 /// Up to `n` normalised validation images of the run's data, else seeded random inputs.
-fn verification_inputs(run: &Path, cfg: &ViTConfig, n: usize) -> (Vec<f32>, usize, bool) {
+fn verification_inputs(dir: &RunDir, cfg: &ViTConfig, n: usize) -> (Vec<f32>, usize, bool) {
     let prep = Preprocessor::from_config(cfg);
-    let real = std::fs::read_to_string(run.join("run.json"))
+    let real = dir
+        .read_run_options()
         .ok()
-        .and_then(|t| serde_json::from_str::<RunOptions>(&t).ok())
         .and_then(|r| {
             let opts = LoadOptions {
                 val_fraction: r.val_fraction,
@@ -124,27 +129,29 @@ pub fn verify_export(
 
 /// Exports a run's checkpoint and verifies it; errors if verification fails.
 pub fn export_run(req: &ExportRequest) -> Result<ExportReport> {
-    let (mut cfg, labels) = read_run(&req.run)?;
+    let dir = RunDir::open(&req.run)?;
+    let (mut cfg, labels) =
+        dir.read_trained().with_context(|| format!("{} is not a vit-train run folder", req.run.display()))?;
     let flip = req.test_time_flip.unwrap_or(cfg.test_time_flip);
     let accuracy_applies = flip == cfg.test_time_flip;
     cfg.test_time_flip = flip;
-    let ckpt = match req.checkpoint.as_str() {
-        "last" | "best" => req.run.join(format!("{}.safetensors", req.checkpoint)),
-        other => bail!("--checkpoint {other}: expected last or best"),
-    };
+    let ckpt = dir.checkpoint_path(req.checkpoint);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = ViT::new(&vs.root(), &cfg);
     checkpoint::load_weights(&mut vs, &ckpt)?;
-    let val_accuracy = std::fs::read_to_string(req.run.join("summary.json"))
+    let val_accuracy = dir
+        .read_summary()
         .ok()
-        .and_then(|t| serde_json::from_str::<crate::metrics::Summary>(&t).ok())
-        .map(|s| if req.checkpoint == "best" { s.best_val_accuracy } else { s.val_accuracy })
+        .map(|s| match req.checkpoint {
+            Checkpoint::Best => s.best_val_accuracy,
+            Checkpoint::Last => s.val_accuracy,
+        })
         .filter(|_| accuracy_applies);
-    let path = req.out.clone().unwrap_or_else(|| req.run.join("model.onnx"));
+    let path = req.out.clone().unwrap_or_else(|| dir.onnx_path());
     let meta = ModelMetadata { config: cfg.clone(), labels, val_accuracy };
     write_model(&path, &meta, &named_tensors(&vs)?, &ExportOptions { external_data: req.external_data })
         .with_context(|| format!("cannot export {}", ckpt.display()))?;
-    let (pixels, n, real) = verification_inputs(&req.run, &cfg, req.verify_images.max(1));
+    let (pixels, n, real) = verification_inputs(&dir, &cfg, req.verify_images.max(1));
     let comparison = verify_export(&model, &cfg, &path, &pixels, n, req.atol)?;
     if !comparison.ok() {
         bail!(

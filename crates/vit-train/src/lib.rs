@@ -3,6 +3,8 @@
 //! safetensors checkpoints, and exports ONNX through the light `vit` crate,
 //! verifying each export with tract.
 
+#![warn(missing_docs)]
+
 pub mod augment;
 pub mod batches;
 pub mod checkpoint;
@@ -15,6 +17,8 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plots;
+pub mod run_dir;
 pub mod samples;
 pub mod train;
+pub mod trainer;
 pub mod verify;

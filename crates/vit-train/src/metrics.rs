@@ -11,16 +11,31 @@ pub use vit::metrics::Confusion;
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Record {
     /// Mean training loss over the last `log_every` iterations.
-    Step { epoch: usize, iter: usize, loss: f64, lr: f64 },
+    Step {
+        /// Epoch, 0-based.
+        epoch: usize,
+        /// Global iteration, 1-based, over all epochs.
+        iter: usize,
+        /// Mean loss over the window.
+        loss: f64,
+        /// Learning rate of the last step.
+        lr: f64,
+    },
     /// End of an epoch; the validation fields only on evaluated epochs (`train.eval_every`).
     Epoch {
+        /// Epoch, 0-based.
         epoch: usize,
+        /// Mean training loss per image.
         train_loss: f64,
+        /// Validation loss of the evaluated weights.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         val_loss: Option<f64>,
+        /// Validation accuracy of the evaluated weights.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         val_accuracy: Option<f64>,
+        /// Training throughput (forward, backward, update).
         train_images_per_sec: f64,
+        /// Wall time of the epoch, evaluation included.
         seconds: f64,
     },
 }

@@ -10,6 +10,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::metrics::{Confusion, Record};
+use crate::run_dir::RunDir;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
@@ -30,7 +31,7 @@ fn register_font() {
 }
 
 /// Writes both plots into the run folder.
-pub fn write_run_plots(dir: &Path, records: &[Record], confusion: &Confusion, labels: &[String]) -> Result<()> {
+pub fn write_run_plots(dir: &RunDir, records: &[Record], confusion: &Confusion, labels: &[String]) -> Result<()> {
     let steps: Vec<(f64, f64)> = records
         .iter()
         .filter_map(|r| match r {
@@ -38,8 +39,8 @@ pub fn write_run_plots(dir: &Path, records: &[Record], confusion: &Confusion, la
             _ => None,
         })
         .collect();
-    plot_loss(&dir.join("loss.png"), &steps)?;
-    plot_confusion(&dir.join("confusion.png"), confusion, labels)
+    plot_loss(&dir.loss_plot_path(), &steps)?;
+    plot_confusion(&dir.confusion_plot_path(), confusion, labels)
 }
 
 /// Training loss against iteration.

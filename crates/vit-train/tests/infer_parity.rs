@@ -11,7 +11,8 @@ use vit::data::{load_splits, LoadOptions};
 use vit::infer::{Classifier, ClassifierOptions, Provider};
 use vit::{ModelMetadata, Preprocessor};
 use vit_train::export::{export_run, named_tensors, ExportRequest};
-use vit_train::train::{fit, FitOptions, RunOptions};
+use vit_train::run_dir::{RunDir, RunOptions};
+use vit_train::train::{fit, FitOptions};
 use vit_train::verify::{compare, tract_logits};
 
 fn cpu() -> ClassifierOptions {
@@ -120,7 +121,9 @@ fn evaluation_accuracy_equals_the_trained_runs_with_test_time_flip() {
         ..standard(32, 8, 3, 1, 2, Pooling::Mean)
     };
     let (_tmp, run) = trained_run_evaluates_the_same_in_ort(&cfg);
-    let evaluated: Vec<usize> = vit_train::metrics::read_records(&run.join("metrics.jsonl"))
+    let evaluated: Vec<usize> = RunDir::open(&run)
+        .unwrap()
+        .read_records()
         .into_iter()
         .filter_map(|r| match r {
             vit_train::metrics::Record::Epoch { epoch, val_accuracy: Some(_), .. } => Some(epoch + 1),
@@ -147,15 +150,7 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
     };
     let summary = fit(cfg.clone(), &opts).expect("fit");
     let onnx = tmp.path().join("model.onnx");
-    let request = ExportRequest {
-        run: run.clone(),
-        out: Some(onnx.clone()),
-        checkpoint: "last".into(),
-        external_data: false,
-        atol: 1e-4,
-        verify_images: 8,
-        test_time_flip: None,
-    };
+    let request = ExportRequest { out: Some(onnx.clone()), verify_images: 8, ..ExportRequest::new(&run) };
     let report = export_run(&request).expect("export");
     assert_eq!(report.path, onnx);
 

@@ -1,0 +1,294 @@
+//! The run folder of `vit-train fit`, in one place: every file name in it and
+//! the typed reading and writing of each file. `fit`, `export`, `samples` and
+//! the tests reach the folder only through [`RunDir`], so the layout is
+//! written down once, and [`RunDir::create`] / [`RunDir::open`] are the only
+//! ways in (the natural place for anything that must guard the whole folder).
+//!
+//! Layout: `config.toml` (resolved config, with `num_classes`), `labels.json`,
+//! `run.json` ([`RunOptions`], for `--resume`), `metrics.jsonl`, `summary.json`,
+//! `last.safetensors`, `best.safetensors`, `resume.safetensors`, `model.onnx`,
+//! `loss.png`, `confusion.png`, `confusion.csv`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use vit::config::ConfigError;
+use vit::ViTConfig;
+
+use crate::metrics::{read_records, write_records, Confusion, Record, Summary};
+
+/// Data and run options of `fit` (saved as `run.json` for `--resume`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunOptions {
+    /// Data folder.
+    pub data: PathBuf,
+    /// Validation fraction for folders without train/val.
+    pub val_fraction: f64,
+    /// Cap on images per class and split.
+    pub max_per_class: Option<usize>,
+}
+
+/// Which model-only checkpoint of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Checkpoint {
+    /// The weights after the last completed epoch.
+    #[default]
+    Last,
+    /// The weights of the epoch with the best validation accuracy.
+    Best,
+}
+
+/// Errors reading or writing a run folder; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    /// The folder could not be created.
+    #[error("cannot create run folder {path}")]
+    Create {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The folder does not exist.
+    #[error("{path} is not a vit-train run folder (no such directory)")]
+    Missing {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// A file could not be read or written.
+    #[error("cannot {action} {path}")]
+    Io {
+        /// `read` or `write`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file is malformed.
+    #[error("{path} is malformed")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `config.toml` is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `labels.json` does not match the config.
+    #[error("{path}: {labels} labels for num_classes = {num_classes}")]
+    LabelCount {
+        /// `labels.json`.
+        path: PathBuf,
+        /// Labels in the file.
+        labels: usize,
+        /// Classes in the config.
+        num_classes: usize,
+    },
+}
+
+/// A run folder and the paths of everything in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// Creates the folder (and its parents) if needed, for a new or resumed run.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self, RunDirError> {
+        let root = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&root).map_err(|source| RunDirError::Create { path: root.clone(), source })?;
+        Ok(Self { root })
+    }
+
+    /// Opens an existing run folder.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, RunDirError> {
+        let root = path.as_ref().to_path_buf();
+        if !root.is_dir() {
+            return Err(RunDirError::Missing { path: root });
+        }
+        Ok(Self { root })
+    }
+
+    /// The folder itself.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// `config.toml`: the resolved config.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    /// `labels.json`: class names in label order.
+    pub fn labels_path(&self) -> PathBuf {
+        self.root.join("labels.json")
+    }
+
+    /// `run.json`: the [`RunOptions`].
+    pub fn run_options_path(&self) -> PathBuf {
+        self.root.join("run.json")
+    }
+
+    /// `metrics.jsonl`: one [`Record`] per line.
+    pub fn metrics_path(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+
+    /// `summary.json`: the [`Summary`].
+    pub fn summary_path(&self) -> PathBuf {
+        self.root.join("summary.json")
+    }
+
+    /// `last.safetensors` or `best.safetensors`: model tensors only.
+    pub fn checkpoint_path(&self, which: Checkpoint) -> PathBuf {
+        self.root.join(match which {
+            Checkpoint::Last => "last.safetensors",
+            Checkpoint::Best => "best.safetensors",
+        })
+    }
+
+    /// `resume.safetensors`: model, optimiser, weight average and epoch.
+    pub fn resume_path(&self) -> PathBuf {
+        self.root.join("resume.safetensors")
+    }
+
+    /// `model.onnx`: the default export.
+    pub fn onnx_path(&self) -> PathBuf {
+        self.root.join("model.onnx")
+    }
+
+    /// `loss.png`: training loss per logged step.
+    pub fn loss_plot_path(&self) -> PathBuf {
+        self.root.join("loss.png")
+    }
+
+    /// `confusion.png`: heat map of the final confusion matrix.
+    pub fn confusion_plot_path(&self) -> PathBuf {
+        self.root.join("confusion.png")
+    }
+
+    /// `confusion.csv`: the final confusion matrix with class names.
+    pub fn confusion_csv_path(&self) -> PathBuf {
+        self.root.join("confusion.csv")
+    }
+
+    /// True once a run has written its resume checkpoint here.
+    pub fn holds_run(&self) -> bool {
+        self.resume_path().exists()
+    }
+
+    /// Reads `config.toml` as it is (no validation).
+    pub fn read_config(&self) -> Result<ViTConfig, RunDirError> {
+        Ok(ViTConfig::from_toml_file(&self.config_path())?)
+    }
+
+    /// Writes `config.toml`.
+    pub fn write_config(&self, cfg: &ViTConfig) -> Result<(), RunDirError> {
+        write_text(&self.config_path(), &cfg.to_toml())
+    }
+
+    /// Reads `labels.json`.
+    pub fn read_labels(&self) -> Result<Vec<String>, RunDirError> {
+        read_json(&self.labels_path())
+    }
+
+    /// Writes `labels.json`.
+    pub fn write_labels(&self, labels: &[String]) -> Result<(), RunDirError> {
+        write_json(&self.labels_path(), &labels)
+    }
+
+    /// The config and labels of a trained run, validated against each other.
+    pub fn read_trained(&self) -> Result<(ViTConfig, Vec<String>), RunDirError> {
+        let cfg = self.read_config()?;
+        let labels = self.read_labels()?;
+        cfg.validate()?;
+        if labels.len() != cfg.num_classes {
+            return Err(RunDirError::LabelCount {
+                path: self.labels_path(),
+                labels: labels.len(),
+                num_classes: cfg.num_classes,
+            });
+        }
+        Ok((cfg, labels))
+    }
+
+    /// Reads `run.json`.
+    pub fn read_run_options(&self) -> Result<RunOptions, RunDirError> {
+        read_json(&self.run_options_path())
+    }
+
+    /// Writes `run.json`.
+    pub fn write_run_options(&self, run: &RunOptions) -> Result<(), RunDirError> {
+        write_json(&self.run_options_path(), run)
+    }
+
+    /// Reads `metrics.jsonl` (missing file: empty; unparsable lines are skipped).
+    pub fn read_records(&self) -> Vec<Record> {
+        read_records(&self.metrics_path())
+    }
+
+    /// Rewrites `metrics.jsonl` with `records`.
+    pub fn write_records(&self, records: &[Record]) -> Result<(), RunDirError> {
+        let path = self.metrics_path();
+        write_records(&path, records).map_err(|source| RunDirError::Io { action: "write", path, source })
+    }
+
+    /// Reads `summary.json`.
+    pub fn read_summary(&self) -> Result<Summary, RunDirError> {
+        read_json(&self.summary_path())
+    }
+
+    /// Writes `summary.json`.
+    pub fn write_summary(&self, summary: &Summary) -> Result<(), RunDirError> {
+        write_json(&self.summary_path(), summary)
+    }
+
+    /// Writes `confusion.csv`.
+    pub fn write_confusion_csv(&self, confusion: &Confusion, labels: &[String]) -> Result<(), RunDirError> {
+        write_text(&self.confusion_csv_path(), &confusion.to_csv(labels))
+    }
+}
+
+fn write_text(path: &Path, text: &str) -> Result<(), RunDirError> {
+    std::fs::write(path, text).map_err(|source| RunDirError::Io { action: "write", path: path.to_path_buf(), source })
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), RunDirError> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|source| RunDirError::Json { path: path.to_path_buf(), source })?;
+    write_text(path, &(text + "\n"))
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, RunDirError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RunDirError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| RunDirError::Json { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_options_round_trip_and_missing_folders_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path().join("a/b")).unwrap();
+        let opts = RunOptions { data: "data".into(), val_fraction: 0.25, max_per_class: Some(3) };
+        run.write_run_options(&opts).unwrap();
+        let back = RunDir::open(run.path()).unwrap().read_run_options().unwrap();
+        assert_eq!((back.data, back.val_fraction, back.max_per_class), (opts.data, 0.25, Some(3)));
+        assert_eq!(run.checkpoint_path(Checkpoint::Best), run.path().join("best.safetensors"));
+        let err = RunDir::open(tmp.path().join("nowhere")).unwrap_err().to_string();
+        assert!(err.contains("nowhere"), "{err}");
+        let err = run.read_summary().unwrap_err().to_string();
+        assert!(err.contains("summary.json"), "{err}");
+    }
+}
