@@ -60,7 +60,9 @@ pub fn compare(actual: &[f32], expected: &[f32], atol: f32, rtol: f32) -> Compar
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
         let diff = (a - e).abs();
         cmp.max_abs_diff = cmp.max_abs_diff.max(if diff.is_nan() { f32::INFINITY } else { diff });
-        if !(diff <= atol + rtol * e.abs()) {
+        // A NaN difference is never within tolerance.
+        let within = diff <= atol + rtol * e.abs();
+        if !within {
             cmp.mismatches += 1;
             if cmp.first_bad.len() < 5 {
                 cmp.first_bad.push((i, a, e));
