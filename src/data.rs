@@ -35,16 +35,40 @@ pub enum DataError {
     EmptyClass(PathBuf),
     /// train/ and val/ disagree on the classes.
     #[error("class folders differ between {train} ({train_classes:?}) and {val} ({val_classes:?})")]
-    SplitMismatch { train: PathBuf, val: PathBuf, train_classes: Vec<String>, val_classes: Vec<String> },
+    SplitMismatch {
+        /// The training split's folder.
+        train: PathBuf,
+        /// The validation split's folder.
+        val: PathBuf,
+        /// Class folders of `train`.
+        train_classes: Vec<String>,
+        /// Class folders of `val`.
+        val_classes: Vec<String>,
+    },
     /// Nothing could be decoded.
     #[error("no usable image in {path}: all {skipped} files failed to decode")]
-    NothingUsable { path: PathBuf, skipped: usize },
+    NothingUsable {
+        /// The folder the files came from.
+        path: PathBuf,
+        /// How many files failed.
+        skipped: usize,
+    },
     /// An IDX file is malformed.
     #[error("IDX file {path}: {message}")]
-    Idx { path: PathBuf, message: String },
+    Idx {
+        /// The IDX file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// An I/O error on a named file.
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or folder being read.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A bad option value.
     #[error("{0}")]
     Invalid(String),
@@ -205,6 +229,19 @@ pub fn is_idx_dir(dir: &Path) -> bool {
 }
 
 /// Loads train and validation splits from `dir` (see the module docs for layouts).
+///
+/// ```no_run
+/// use std::path::Path;
+/// use vit::data::{load_splits, LoadOptions};
+/// use vit::{Preprocessor, ViTConfig};
+///
+/// let cfg = ViTConfig::from_toml_file(Path::new("models/coco5-vit.toml"))?;
+/// let prep = Preprocessor::from_config(&cfg);
+/// let opts = LoadOptions { max_per_class: Some(100), ..LoadOptions::default() };
+/// let splits = load_splits(Path::new("../shared/data/coco5"), &prep, &opts)?;
+/// println!("{:?}: {} train, {} val images", splits.classes, splits.train.len(), splits.val.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Result<Splits, DataError> {
     let layout = Layout::detect(dir)?;
     if !(0.0..1.0).contains(&opts.val_fraction) {

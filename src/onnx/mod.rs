@@ -160,6 +160,26 @@ pub fn export_to_bytes(meta: &ModelMetadata, weights: &NamedTensors) -> Result<V
 /// `location`/`offset`/`length` entries (offsets aligned to 64 bytes, 4096 for
 /// tensors of 1 MiB or more). Constants stay inline. The data file is written
 /// (atomically) before the model file.
+///
+/// ```no_run
+/// use std::path::Path;
+/// use vit::onnx::{expected_tensors, write_model, ExportOptions};
+/// use vit::{ModelMetadata, NamedTensors, TensorData, ViTConfig};
+///
+/// let config = ViTConfig { num_classes: 3, ..ViTConfig::default() };
+/// // A checkpoint: every tensor the graph needs, by state-dict name (zeros here).
+/// let weights: NamedTensors = expected_tensors(&config)
+///     .into_iter()
+///     .map(|(name, shape)| {
+///         let data = vec![0.0; shape.iter().product()];
+///         (name, TensorData::new(shape, data).expect("data fills the shape"))
+///     })
+///     .collect();
+/// let labels = vec!["cat".to_owned(), "dog".to_owned(), "fox".to_owned()];
+/// let meta = ModelMetadata { config, labels, val_accuracy: None };
+/// write_model(Path::new("model.onnx"), &meta, &weights, &ExportOptions::default())?;
+/// # Ok::<(), vit::onnx::ExportError>(())
+/// ```
 pub fn write_model(
     path: &Path,
     meta: &ModelMetadata,
