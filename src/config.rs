@@ -208,8 +208,14 @@ impl Default for ViTConfig {
     }
 }
 
+/// A [`ConfigError::Invalid`] naming the key, its value and why it is rejected.
 fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field, value: value.to_string(), reason: reason.into() }
+}
+
+/// A [`ConfigError::Parse`] naming the preset file, shared by the preset chain and the final parse.
+fn parse_error(path: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError::Parse { path: path.display().to_string(), message: message.into() }
 }
 
 impl ViTConfig {
@@ -228,10 +234,7 @@ impl ViTConfig {
     /// ```
     pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
         let table = preset::load_table(path)?;
-        let cfg: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let cfg: Self = table.try_into().map_err(|e: toml::de::Error| parse_error(path, e.to_string()))?;
         cfg.validate_architecture()?;
         Ok(cfg)
     }

@@ -209,9 +209,7 @@ pub enum Layout {
 impl Layout {
     /// Detects the layout of `dir` (which must be a directory).
     pub fn detect(dir: &Path) -> Result<Self, DataError> {
-        if !dir.is_dir() {
-            return Err(DataError::NotADir(dir.to_path_buf()));
-        }
+        require_dir(dir)?;
         if is_idx_dir(dir) {
             return Ok(Self::Idx);
         }
@@ -277,12 +275,19 @@ pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
 
 /// Loads one image folder (`DIR/<class>/*`) as a single evaluation set.
 pub fn load_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Dataset), DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::NotADir(dir.to_path_buf()));
-    }
+    require_dir(dir)?;
     let scan = scan_image_folder(dir)?;
     let data = decode_files(dir, &scan.files, prep)?;
     Ok((scan.classes, data))
+}
+
+/// The one check that a data path is a folder, so every entry point reports it alike.
+fn require_dir(dir: &Path) -> Result<(), DataError> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(DataError::NotADir(dir.to_path_buf()))
+    }
 }
 
 /// Indices of the first `max` items of each label, in order (all when `max` is None).
