@@ -213,6 +213,11 @@ fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>)
     ConfigError::Invalid { field, value: value.to_string(), reason: reason.into() }
 }
 
+/// `x > 0`, false for NaN (so a NaN value is rejected as not positive).
+fn is_positive<T: PartialOrd + Default>(x: T) -> bool {
+    x > T::default()
+}
+
 /// A [`ConfigError::Parse`] naming the preset file, shared by the preset chain and the final parse.
 fn parse_error(path: &Path, message: impl Into<String>) -> ConfigError {
     ConfigError::Parse { path: path.display().to_string(), message: message.into() }
@@ -336,7 +341,7 @@ impl ViTConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(invalid("dropout", self.dropout, "must be in [0, 1)"));
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if !is_positive(self.layer_norm_eps) {
             return Err(invalid("layer_norm_eps", self.layer_norm_eps, "must be positive"));
         }
         if self.variant == Variant::Dlstudio && self.pooling != Pooling::Mean {
@@ -366,7 +371,7 @@ impl ViTConfig {
                 ));
             }
         }
-        if p.std.iter().any(|s| !(*s > 0.0)) {
+        if !p.std.iter().all(|&s| is_positive(s)) {
             return Err(invalid("preprocess.std", format!("{:?}", p.std), "every std must be positive"));
         }
         self.train.validate()

@@ -306,17 +306,16 @@ pub(crate) fn first_per_class(labels: impl IntoIterator<Item = i64>, max: Option
         .collect()
 }
 
+/// (file, label) pairs, as [`FolderScan::files`].
+type LabelledFiles = Vec<(PathBuf, i64)>;
+
 /// Keeps the first `max` files of each class (files are sorted within a class).
-fn cap(files: Vec<(PathBuf, i64)>, max: Option<usize>) -> Vec<(PathBuf, i64)> {
+fn cap(files: LabelledFiles, max: Option<usize>) -> LabelledFiles {
     first_per_class(files.iter().map(|(_, l)| *l), max).into_iter().map(|i| files[i].clone()).collect()
 }
 
 /// Per class, a seeded shuffle; the first `val_fraction` go to validation.
-fn seeded_split(
-    files: &[(PathBuf, i64)],
-    num_classes: usize,
-    opts: &LoadOptions,
-) -> (Vec<(PathBuf, i64)>, Vec<(PathBuf, i64)>) {
+fn seeded_split(files: &[(PathBuf, i64)], num_classes: usize, opts: &LoadOptions) -> (LabelledFiles, LabelledFiles) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for class in 0..num_classes as i64 {
