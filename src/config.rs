@@ -11,13 +11,30 @@ use serde::{Deserialize, Serialize};
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        /// The config file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The file is not valid TOML for a `ViTConfig`.
     #[error("config {path} is not a valid ViT config: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// The config file (`<json>` for JSON read from a model).
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
     /// A value is out of range or inconsistent with another one.
     #[error("invalid config value `{field}` = {value}: {reason}")]
-    Invalid { field: &'static str, value: String, reason: String },
+    Invalid {
+        /// The config key.
+        field: &'static str,
+        /// Its value, as written.
+        value: String,
+        /// Why it is rejected and what would be accepted.
+        reason: String,
+    },
 }
 
 /// Which network family the config describes.
@@ -191,19 +208,38 @@ impl Default for ViTConfig {
     }
 }
 
+/// A [`ConfigError::Invalid`] naming the key, its value and why it is rejected.
 fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field, value: value.to_string(), reason: reason.into() }
+}
+
+/// `x > 0`, false for NaN (so a NaN value is rejected as not positive).
+fn is_positive<T: PartialOrd + Default>(x: T) -> bool {
+    x > T::default()
+}
+
+/// A [`ConfigError::Parse`] naming the preset file, shared by the preset chain and the final parse.
+fn parse_error(path: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError::Parse { path: path.display().to_string(), message: message.into() }
 }
 
 impl ViTConfig {
     /// Reads a TOML preset (with the `base` preset it names, if any, merged
     /// under it) and validates it (a `num_classes` of 0 is allowed here).
+    ///
+    /// ```no_run
+    /// use std::path::Path;
+    /// use vit::ViTConfig;
+    ///
+    /// let mut cfg = ViTConfig::from_toml_file(Path::new("models/fashion-mnist.toml"))?;
+    /// cfg.num_classes = 10; // presets leave it to the data set
+    /// cfg.validate()?;
+    /// println!("{} tokens of width {}", cfg.num_tokens(), cfg.embed_dim);
+    /// # Ok::<(), vit::config::ConfigError>(())
+    /// ```
     pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
         let table = preset::load_table(path)?;
-        let cfg: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let cfg: Self = table.try_into().map_err(|e: toml::de::Error| parse_error(path, e.to_string()))?;
         cfg.validate_architecture()?;
         Ok(cfg)
     }
@@ -305,7 +341,7 @@ impl ViTConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(invalid("dropout", self.dropout, "must be in [0, 1)"));
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if !is_positive(self.layer_norm_eps) {
             return Err(invalid("layer_norm_eps", self.layer_norm_eps, "must be positive"));
         }
         if self.variant == Variant::Dlstudio && self.pooling != Pooling::Mean {
@@ -335,7 +371,7 @@ impl ViTConfig {
                 ));
             }
         }
-        if p.std.iter().any(|s| !(*s > 0.0)) {
+        if !p.std.iter().all(|&s| is_positive(s)) {
             return Err(invalid("preprocess.std", format!("{:?}", p.std), "every std must be positive"));
         }
         self.train.validate()
@@ -401,115 +437,4 @@ impl ViTConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_is_valid_once_classes_are_known() {
-        let mut cfg = ViTConfig::default();
-        assert!(cfg.validate().is_err(), "num_classes 0 must be rejected by validate()");
-        cfg.num_classes = 10;
-        cfg.validate().unwrap();
-    }
-
-    #[test]
-    fn rejects_patch_not_dividing_image() {
-        let cfg = ViTConfig { image_size: 30, patch_size: 4, num_classes: 3, ..Default::default() };
-        let msg = cfg.validate().unwrap_err().to_string();
-        assert!(msg.contains("patch_size") && msg.contains("30"), "{msg}");
-    }
-
-    #[test]
-    fn rejects_heads_not_dividing_embed() {
-        let cfg = ViTConfig { embed_dim: 64, num_heads: 3, num_classes: 3, ..Default::default() };
-        let msg = cfg.validate().unwrap_err().to_string();
-        assert!(msg.contains("num_heads") && msg.contains("64"), "{msg}");
-    }
-
-    #[test]
-    fn conv_stem_must_match_patch_size() {
-        let cfg = ViTConfig {
-            stem: Stem::Conv,
-            stem_channels: vec![16, 32],
-            patch_size: 8,
-            num_classes: 3,
-            ..Default::default()
-        };
-        let msg = cfg.validate().unwrap_err().to_string();
-        assert!(msg.contains("patch_size") && msg.contains("makes patch_size 4"), "{msg}");
-        let ok = ViTConfig { patch_size: 4, ..cfg.clone() };
-        ok.validate().unwrap();
-        let empty = ViTConfig { stem_channels: vec![], ..ok.clone() };
-        assert!(empty.validate().unwrap_err().to_string().contains("stem_channels"));
-        let stray = ViTConfig { stem: Stem::Patch, ..ok.clone() };
-        assert!(stray.validate().unwrap_err().to_string().contains("stem_channels"));
-    }
-
-    #[test]
-    fn stem_strides_set_the_grid() {
-        let base = ViTConfig {
-            stem: Stem::Conv,
-            stem_channels: vec![8, 8, 16],
-            patch_size: 4,
-            num_classes: 3,
-            ..Default::default()
-        };
-        let cfg = ViTConfig { stem_strides: vec![2, 1, 2], ..base.clone() };
-        cfg.validate().unwrap();
-        assert_eq!(cfg.stem_layers(), vec![(8, 2), (8, 1), (16, 2)]);
-        assert_eq!(
-            ViTConfig { patch_size: 8, ..base.clone() }.stem_layers(),
-            vec![(8, 2), (8, 2), (16, 2)],
-            "empty = all 2"
-        );
-        for bad in [vec![2, 1], vec![2, 3, 2], vec![2, 0, 2]] {
-            let msg = ViTConfig { stem_strides: bad.clone(), ..base.clone() }.validate().unwrap_err().to_string();
-            assert!(msg.contains("stem_strides") && msg.contains("1 or 2"), "{bad:?}: {msg}");
-        }
-        let grid = ViTConfig { stem_strides: vec![1, 1, 2], ..base.clone() }.validate().unwrap_err().to_string();
-        assert!(grid.contains("makes patch_size 2"), "{grid}");
-        let stray = ViTConfig { stem: Stem::Patch, stem_channels: vec![], stem_strides: vec![2], ..base };
-        assert!(stray.validate().unwrap_err().to_string().contains("stem_strides"));
-    }
-
-    #[test]
-    fn locality_attention_is_standard_only() {
-        let cfg = ViTConfig { locality_attention: true, num_classes: 3, ..Default::default() };
-        cfg.validate().unwrap();
-        let dl = ViTConfig { variant: Variant::Dlstudio, pooling: Pooling::Mean, ..cfg };
-        assert!(dl.validate().unwrap_err().to_string().contains("locality_attention"));
-    }
-
-    #[test]
-    fn rejects_bad_augmentation_values() {
-        let mut cfg = ViTConfig { num_classes: 3, ..Default::default() };
-        cfg.train.crop_scale = (0.0, 1.0);
-        assert!(cfg.validate().unwrap_err().to_string().contains("train.crop_scale"));
-        cfg.train.crop_scale = (0.3, 1.0);
-        cfg.train.ema_decay = 1.0;
-        assert!(cfg.validate().unwrap_err().to_string().contains("train.ema_decay"));
-        cfg.train.ema_decay = 0.999;
-        cfg.train.mixup_alpha = -1.0;
-        assert!(cfg.validate().unwrap_err().to_string().contains("train.mixup_alpha"));
-        cfg.train.mixup_alpha = 0.2;
-        cfg.train.eval_every = 0;
-        assert!(cfg.validate().unwrap_err().to_string().contains("train.eval_every"));
-        cfg.train.eval_every = 5;
-        assert!(cfg.validate().is_ok());
-    }
-
-    #[test]
-    fn json_round_trip() {
-        let cfg = ViTConfig { num_classes: 5, depth: 3, ..Default::default() };
-        assert_eq!(ViTConfig::from_json(&cfg.to_json()).unwrap(), cfg);
-    }
-
-    #[test]
-    fn unknown_toml_key_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.toml");
-        std::fs::write(&path, "embed_dimm = 3\n").unwrap();
-        let msg = ViTConfig::from_toml_file(&path).unwrap_err().to_string();
-        assert!(msg.contains("embed_dimm"), "{msg}");
-    }
-}
+mod tests;

@@ -35,16 +35,40 @@ pub enum DataError {
     EmptyClass(PathBuf),
     /// train/ and val/ disagree on the classes.
     #[error("class folders differ between {train} ({train_classes:?}) and {val} ({val_classes:?})")]
-    SplitMismatch { train: PathBuf, val: PathBuf, train_classes: Vec<String>, val_classes: Vec<String> },
+    SplitMismatch {
+        /// The training split's folder.
+        train: PathBuf,
+        /// The validation split's folder.
+        val: PathBuf,
+        /// Class folders of `train`.
+        train_classes: Vec<String>,
+        /// Class folders of `val`.
+        val_classes: Vec<String>,
+    },
     /// Nothing could be decoded.
     #[error("no usable image in {path}: all {skipped} files failed to decode")]
-    NothingUsable { path: PathBuf, skipped: usize },
+    NothingUsable {
+        /// The folder the files came from.
+        path: PathBuf,
+        /// How many files failed.
+        skipped: usize,
+    },
     /// An IDX file is malformed.
     #[error("IDX file {path}: {message}")]
-    Idx { path: PathBuf, message: String },
+    Idx {
+        /// The IDX file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// An I/O error on a named file.
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or folder being read.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A bad option value.
     #[error("{0}")]
     Invalid(String),
@@ -185,9 +209,7 @@ pub enum Layout {
 impl Layout {
     /// Detects the layout of `dir` (which must be a directory).
     pub fn detect(dir: &Path) -> Result<Self, DataError> {
-        if !dir.is_dir() {
-            return Err(DataError::NotADir(dir.to_path_buf()));
-        }
+        require_dir(dir)?;
         if is_idx_dir(dir) {
             return Ok(Self::Idx);
         }
@@ -205,6 +227,19 @@ pub fn is_idx_dir(dir: &Path) -> bool {
 }
 
 /// Loads train and validation splits from `dir` (see the module docs for layouts).
+///
+/// ```no_run
+/// use std::path::Path;
+/// use vit::data::{load_splits, LoadOptions};
+/// use vit::{Preprocessor, ViTConfig};
+///
+/// let cfg = ViTConfig::from_toml_file(Path::new("models/coco5-vit.toml"))?;
+/// let prep = Preprocessor::from_config(&cfg);
+/// let opts = LoadOptions { max_per_class: Some(100), ..LoadOptions::default() };
+/// let splits = load_splits(Path::new("../shared/data/coco5"), &prep, &opts)?;
+/// println!("{:?}: {} train, {} val images", splits.classes, splits.train.len(), splits.val.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Result<Splits, DataError> {
     let layout = Layout::detect(dir)?;
     if !(0.0..1.0).contains(&opts.val_fraction) {
@@ -240,12 +275,19 @@ pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
 
 /// Loads one image folder (`DIR/<class>/*`) as a single evaluation set.
 pub fn load_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Dataset), DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::NotADir(dir.to_path_buf()));
-    }
+    require_dir(dir)?;
     let scan = scan_image_folder(dir)?;
     let data = decode_files(dir, &scan.files, prep)?;
     Ok((scan.classes, data))
+}
+
+/// The one check that a data path is a folder, so every entry point reports it alike.
+fn require_dir(dir: &Path) -> Result<(), DataError> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(DataError::NotADir(dir.to_path_buf()))
+    }
 }
 
 /// Indices of the first `max` items of each label, in order (all when `max` is None).
@@ -264,17 +306,16 @@ pub(crate) fn first_per_class(labels: impl IntoIterator<Item = i64>, max: Option
         .collect()
 }
 
+/// (file, label) pairs, as [`FolderScan::files`].
+type LabelledFiles = Vec<(PathBuf, i64)>;
+
 /// Keeps the first `max` files of each class (files are sorted within a class).
-fn cap(files: Vec<(PathBuf, i64)>, max: Option<usize>) -> Vec<(PathBuf, i64)> {
+fn cap(files: LabelledFiles, max: Option<usize>) -> LabelledFiles {
     first_per_class(files.iter().map(|(_, l)| *l), max).into_iter().map(|i| files[i].clone()).collect()
 }
 
 /// Per class, a seeded shuffle; the first `val_fraction` go to validation.
-fn seeded_split(
-    files: &[(PathBuf, i64)],
-    num_classes: usize,
-    opts: &LoadOptions,
-) -> (Vec<(PathBuf, i64)>, Vec<(PathBuf, i64)>) {
+fn seeded_split(files: &[(PathBuf, i64)], num_classes: usize, opts: &LoadOptions) -> (LabelledFiles, LabelledFiles) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for class in 0..num_classes as i64 {

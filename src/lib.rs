@@ -9,6 +9,8 @@
 //! - `onnx` (feature `export`): the ONNX writer;
 //! - `infer` (feature `infer`): ONNX Runtime inference.
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "cli-log")]
 pub mod cli_log;
 pub mod config;

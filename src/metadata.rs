@@ -33,7 +33,12 @@ pub enum MetadataError {
     Missing(&'static str),
     /// A key's value does not parse.
     #[error("ONNX metadata key `{key}` is malformed: {message}")]
-    Malformed { key: &'static str, message: String },
+    Malformed {
+        /// The metadata key.
+        key: &'static str,
+        /// Why its value does not parse.
+        message: String,
+    },
     /// The embedded config is invalid.
     #[error("ONNX metadata key `vit.config`: {0}")]
     Config(#[from] ConfigError),

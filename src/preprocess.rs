@@ -15,10 +15,20 @@ use crate::config::{Resize, ViTConfig};
 pub enum PreprocessError {
     /// The file could not be read.
     #[error("cannot read image {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        /// The image file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The bytes are not a decodable image.
     #[error("cannot decode image {path}: {message}")]
-    Decode { path: String, message: String },
+    Decode {
+        /// The image file.
+        path: String,
+        /// The decoder's message.
+        message: String,
+    },
 }
 
 /// Decode + resize + normalise, parameterised by a model's config.
@@ -49,6 +59,18 @@ impl Preprocessor {
     }
 
     /// Reads and decodes a file into CHW u8 pixels.
+    ///
+    /// ```no_run
+    /// use std::path::Path;
+    /// use vit::{Preprocessor, ViTConfig};
+    ///
+    /// let cfg = ViTConfig::from_toml_file(Path::new("models/coco5-vit.toml"))?;
+    /// let prep = Preprocessor::from_config(&cfg);
+    /// let pixels = prep.load_file(Path::new("cat.jpg"))?; // [C, H, W] u8
+    /// let input = prep.normalize(&pixels); // what the model's `pixel_values` takes
+    /// assert_eq!(input.len(), prep.image_len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn load_file(&self, path: &Path) -> Result<Vec<u8>, PreprocessError> {
         let bytes =
             std::fs::read(path).map_err(|source| PreprocessError::Read { path: path.display().to_string(), source })?;

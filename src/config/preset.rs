@@ -24,7 +24,7 @@ pub(super) fn load_table(path: &Path) -> Result<Table, ConfigError> {
 }
 
 fn load_chain(path: &Path, seen: &mut Vec<PathBuf>) -> Result<Table, ConfigError> {
-    let parse_error = |message: String| ConfigError::Parse { path: path.display().to_string(), message };
+    let parse_error = |message: String| super::parse_error(path, message);
     let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     if seen.contains(&key) || seen.len() >= MAX_DEPTH {
         let chain: Vec<String> = seen.iter().map(|p| p.display().to_string()).collect();

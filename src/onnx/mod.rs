@@ -7,10 +7,11 @@
 //! random weights for [`expected_tensors`], export them and run the file with
 //! tract. The trainer only has to hand over its state dict by name.
 //!
-//! The graph is written node by node from the config (`vit_graph.rs` for the
-//! standard variant, `dlstudio_graph.rs` for ViTHelper, both on the small
-//! builder in `builder.rs`), not traced, so every operator and attribute is the
-//! one chosen here:
+//! The graph is written node by node from the config (`graph/` is laid out as
+//! the tch model: shared pieces in `graph/mod.rs`, the variants in
+//! `graph/standard.rs` and `graph/dlstudio.rs`, all on the small builder in
+//! `builder.rs`), not traced, so every operator and attribute is the one chosen
+//! here:
 //!
 //! - input `pixel_values` f32 `[batch, C, H, W]`, output `logits` f32
 //!   `[batch, num_classes]`, `batch` symbolic: one file serves every batch size;
@@ -34,19 +35,18 @@ use crate::metadata::{ModelMetadata, PRODUCER};
 use crate::tensor::NamedTensors;
 
 mod builder;
-mod dlstudio_graph;
+mod graph;
 pub mod proto;
-mod vit_graph;
 mod write;
 
 /// Suffix of the external data file written beside `<model>.onnx` (`<model>.onnx.data`).
 pub const EXTERNAL_DATA_SUFFIX: &str = ".data";
 pub use builder::CONST_PREFIX;
-pub use vit_graph::{BATCH_DIM, INPUT_NAME, OUTPUT_NAME};
+pub use graph::{BATCH_DIM, INPUT_NAME, OUTPUT_NAME};
 
 use builder::GraphBuilder;
+use graph::Layout;
 use proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
-use vit_graph::Layout;
 
 /// ONNX IR version written into the model.
 pub const IR_VERSION: i64 = 8;
@@ -139,7 +139,7 @@ pub enum ExportError {
 /// fixed order (graph order; used to validate checkpoints). The initializers
 /// of an exported model carry the same names in the same order.
 pub fn expected_tensors(cfg: &crate::ViTConfig) -> Vec<(String, Vec<usize>)> {
-    vit_graph::tensor_specs(cfg).into_iter().map(|s| (s.name, s.shape)).collect()
+    graph::tensor_specs(cfg).into_iter().map(|s| (s.name, s.shape)).collect()
 }
 
 /// Builds the ModelProto bytes (weights inline). Checks every expected tensor
@@ -160,6 +160,26 @@ pub fn export_to_bytes(meta: &ModelMetadata, weights: &NamedTensors) -> Result<V
 /// `location`/`offset`/`length` entries (offsets aligned to 64 bytes, 4096 for
 /// tensors of 1 MiB or more). Constants stay inline. The data file is written
 /// (atomically) before the model file.
+///
+/// ```no_run
+/// use std::path::Path;
+/// use vit::onnx::{expected_tensors, write_model, ExportOptions};
+/// use vit::{ModelMetadata, NamedTensors, TensorData, ViTConfig};
+///
+/// let config = ViTConfig { num_classes: 3, ..ViTConfig::default() };
+/// // A checkpoint: every tensor the graph needs, by state-dict name (zeros here).
+/// let weights: NamedTensors = expected_tensors(&config)
+///     .into_iter()
+///     .map(|(name, shape)| {
+///         let data = vec![0.0; shape.iter().product()];
+///         (name, TensorData::new(shape, data).expect("data fills the shape"))
+///     })
+///     .collect();
+/// let labels = vec!["cat".to_owned(), "dog".to_owned(), "fox".to_owned()];
+/// let meta = ModelMetadata { config, labels, val_accuracy: None };
+/// write_model(Path::new("model.onnx"), &meta, &weights, &ExportOptions::default())?;
+/// # Ok::<(), vit::onnx::ExportError>(())
+/// ```
 pub fn write_model(
     path: &Path,
     meta: &ModelMetadata,
@@ -177,7 +197,7 @@ fn build_model(meta: &ModelMetadata, weights: &NamedTensors) -> Result<ModelProt
     if meta.labels.len() != cfg.num_classes {
         return Err(ExportError::LabelCount { expected: cfg.num_classes, found: meta.labels.len() });
     }
-    let specs = vit_graph::tensor_specs(cfg);
+    let specs = graph::tensor_specs(cfg);
     let mut b = GraphBuilder::new();
     for spec in &specs {
         let t = weights.get(&spec.name).ok_or_else(|| ExportError::MissingTensor { name: spec.name.clone() })?;
@@ -205,7 +225,7 @@ fn build_model(meta: &ModelMetadata, weights: &NamedTensors) -> Result<ModelProt
     if let Some(name) = weights.keys().find(|k| !specs.iter().any(|s| &s.name == *k)) {
         return Err(ExportError::UnexpectedTensor { name: name.clone() });
     }
-    let graph = vit_graph::build(cfg, b);
+    let graph = graph::build(cfg, b);
     let entry = |(key, value): (String, String)| StringStringEntryProto { key: Some(key), value: Some(value) };
     Ok(ModelProto {
         ir_version: Some(IR_VERSION),

@@ -1,5 +1,5 @@
-//! The dlstudio variant (DLStudio's ViTHelper, as trained by `vit-train`),
-//! oddities included, as the tch model computes it:
+//! The dlstudio variant's encoders (DLStudio's ViTHelper, as trained by
+//! `vit-train`), oddities included, as `vit_train::model::DlstudioViT` computes it:
 //!
 //! - head `h` takes the slice `x[:, :, h*d:(h+1)*d]`, flattens it to `[B, L*d]`
 //!   and projects it with `WQ`/`WK`/`WV`, each `Linear(L*d, L*d)`, reshaped back
@@ -13,9 +13,9 @@
 //! With `attention = einsum` the two attention products are ONNX `Einsum` nodes
 //! (`bqd,bkd->bqk`, `bqk,bkd->bqd`), otherwise `MatMul` (with a `Transpose` for K^T).
 
-use super::builder::{i64_of, GraphBuilder};
-use super::vit_graph::{head, layer_norm, Specs};
+use super::{head, layer_norm, Specs};
 use crate::config::{Attention, ViTConfig};
+use crate::onnx::builder::{i64_of, GraphBuilder};
 
 /// Prefix of encoder `i`.
 fn encoder_prefix(i: usize) -> String {
@@ -28,7 +28,7 @@ fn head_prefix(enc: &str, h: usize) -> String {
 }
 
 /// The encoders' tensors (patch embedding and head are shared with the standard variant).
-pub fn tensor_specs(cfg: &ViTConfig, s: &mut Specs) {
+pub(super) fn tensor_specs(cfg: &ViTConfig, s: &mut Specs) {
     let (l, e, d) = (cfg.num_tokens(), cfg.embed_dim, cfg.head_dim());
     for i in 0..cfg.depth {
         let enc = encoder_prefix(i);
@@ -46,7 +46,7 @@ pub fn tensor_specs(cfg: &ViTConfig, s: &mut Specs) {
 }
 
 /// Encoders, mean pooling and head: `[B, L, E]` -> `[B, K]`.
-pub fn body(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
+pub(super) fn body(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
     let mut x = x.to_owned();
     for i in 0..cfg.depth {
         x = encoder(b, cfg, &encoder_prefix(i), &x);

@@ -1,15 +1,20 @@
-//! The ViT graphs: the tensors each variant needs, the shared pieces (patch
-//! embedding, class token, head) and the standard (timm) variant. The dlstudio
-//! variant is in [`super::dlstudio_graph`].
+//! The ViT graph, laid out as the tch model in `crates/vit-train/src/model/`:
+//! this module holds what both variants share (the tensor list and its
+//! [`Layout`]s, input and output names, the patch embedding with its optional
+//! conv stem, class token, position embedding, test-time flip, layer norm,
+//! head) and dispatches on [`Variant`]; [`standard`] (timm) and [`dlstudio`]
+//! (ViTHelper) are leaves that import only from here and from the builder.
 //!
 //! Shapes inside the graph are constants computed from the config, with `-1`
 //! for the batch in every `Reshape`; the only shape read at run time is the
 //! batch size, for broadcasting the class token. So one file runs at any batch.
 
+mod dlstudio;
+mod standard;
+
 use super::builder::{i64_of, Dim, GraphBuilder};
-use super::dlstudio_graph;
 use super::proto::GraphProto;
-use crate::config::{Pooling, Stem, Variant, ViTConfig, SELF_ATTENTION_MASK};
+use crate::config::{Stem, Variant, ViTConfig};
 
 /// Name of the graph input: normalised pixels `[batch, C, H, W]`.
 pub const INPUT_NAME: &str = "pixel_values";
@@ -72,44 +77,13 @@ impl Specs {
 
 /// Every checkpoint tensor the config's graph needs, in graph order.
 pub fn tensor_specs(cfg: &ViTConfig) -> Vec<TensorSpec> {
-    let (c, p, e, l) = (cfg.in_channels, cfg.patch_size, cfg.embed_dim, cfg.num_tokens());
     let mut s = Specs::default();
-    let (mut c, mut p) = (c, p);
-    if cfg.stem == Stem::Conv {
-        for (i, (out, _)) in cfg.stem_layers().into_iter().enumerate() {
-            let st = format!("patch_embed.stem.{i}");
-            s.plain(format!("{st}.conv.weight"), &[out, c, 3, 3]);
-            for t in ["weight", "bias", "running_mean", "running_var"] {
-                s.plain(format!("{st}.bn.{t}"), &[out]);
-            }
-            c = out;
-        }
-        p = 1; // the stem already reached the patch grid: 1x1 projection
-    }
-    s.plain("patch_embed.proj.weight", &[e, c, p, p]);
-    s.plain("patch_embed.proj.bias", &[e]);
-    s.plain("cls_token", &[1, 1, e]);
-    s.plain("pos_embed", &[1, l, e]);
+    embed_specs(cfg, &mut s);
     match cfg.variant {
-        Variant::Standard => {
-            let hidden = cfg.mlp_hidden();
-            for i in 0..cfg.depth {
-                let b = format!("blocks.{i}");
-                s.layer_norm(&format!("{b}.norm1"), e);
-                s.linear(&format!("{b}.attn.qkv"), e, 3 * e, cfg.qkv_bias);
-                if cfg.locality_attention {
-                    s.plain(format!("{b}.attn.scale"), &[cfg.num_heads]);
-                }
-                s.linear(&format!("{b}.attn.proj"), e, e, true);
-                s.layer_norm(&format!("{b}.norm2"), e);
-                s.linear(&format!("{b}.mlp.fc1"), e, hidden, true);
-                s.linear(&format!("{b}.mlp.fc2"), hidden, e, true);
-            }
-            s.layer_norm("norm", e);
-        }
-        Variant::Dlstudio => dlstudio_graph::tensor_specs(cfg, &mut s),
+        Variant::Standard => standard::tensor_specs(cfg, &mut s),
+        Variant::Dlstudio => dlstudio::tensor_specs(cfg, &mut s),
     }
-    s.linear("head", e, cfg.num_classes, true);
+    s.linear("head", cfg.embed_dim, cfg.num_classes, true);
     s.0
 }
 
@@ -121,8 +95,8 @@ pub fn build(cfg: &ViTConfig, mut b: GraphBuilder) -> GraphProto {
     let x = if cfg.test_time_flip { with_mirror_images(&mut b, cfg, &x) } else { x };
     let x = embed(&mut b, cfg, &x);
     let logits = match cfg.variant {
-        Variant::Standard => standard_body(&mut b, cfg, &x),
-        Variant::Dlstudio => dlstudio_graph::body(&mut b, cfg, &x),
+        Variant::Standard => standard::body(&mut b, cfg, &x),
+        Variant::Dlstudio => dlstudio::body(&mut b, cfg, &x),
     };
     let logits = if cfg.test_time_flip { mean_over_mirrors(&mut b, cfg, &logits) } else { logits };
     b.output(&logits, OUTPUT_NAME, &[Dim::Symbolic(BATCH_DIM), Dim::Fixed(cfg.num_classes)]);
@@ -143,6 +117,32 @@ fn mean_over_mirrors(b: &mut GraphBuilder, cfg: &ViTConfig, logits: &str) -> Str
     b.reduce_mean("test_time_flip", &pairs, &[0], false)
 }
 
+/// Prefix of conv-stem stage `i`.
+fn stem_prefix(i: usize) -> String {
+    format!("patch_embed.stem.{i}")
+}
+
+/// The patch embedding's tensors: conv stem (if any), projection, class token, position embedding.
+fn embed_specs(cfg: &ViTConfig, s: &mut Specs) {
+    let (mut c, mut p) = (cfg.in_channels, cfg.patch_size);
+    if cfg.stem == Stem::Conv {
+        for (i, (out, _)) in cfg.stem_layers().into_iter().enumerate() {
+            let st = stem_prefix(i);
+            s.plain(format!("{st}.conv.weight"), &[out, c, 3, 3]);
+            for t in ["weight", "bias", "running_mean", "running_var"] {
+                s.plain(format!("{st}.bn.{t}"), &[out]);
+            }
+            c = out;
+        }
+        p = 1; // the stem already reached the patch grid: 1x1 projection
+    }
+    let e = cfg.embed_dim;
+    s.plain("patch_embed.proj.weight", &[e, c, p, p]);
+    s.plain("patch_embed.proj.bias", &[e]);
+    s.plain("cls_token", &[1, 1, e]);
+    s.plain("pos_embed", &[1, cfg.num_tokens(), e]);
+}
+
 /// Patch embedding, class token, position embedding: `[B, C, H, W]` -> `[B, L, E]`.
 fn embed(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
     let (e, n) = (i64_of(cfg.embed_dim), i64_of(cfg.num_patches()));
@@ -150,7 +150,7 @@ fn embed(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
     let mut k = cfg.patch_size;
     if cfg.stem == Stem::Conv {
         for (i, (_, stride)) in cfg.stem_layers().into_iter().enumerate() {
-            let st = format!("patch_embed.stem.{i}");
+            let st = stem_prefix(i);
             let y = b.conv(&format!("{st}.conv"), &x_in, &format!("{st}.conv.weight"), None, 3, stride, 1);
             let bn = |t: &str| format!("{st}.bn.{t}");
             let y = b.batch_norm(
@@ -179,67 +179,12 @@ fn embed(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
 }
 
 /// `LayerNorm` with `{prefix}.weight` / `{prefix}.bias`.
-pub fn layer_norm(b: &mut GraphBuilder, cfg: &ViTConfig, prefix: &str, x: &str) -> String {
+fn layer_norm(b: &mut GraphBuilder, cfg: &ViTConfig, prefix: &str, x: &str) -> String {
     let (w, bias) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
     b.layer_norm(prefix, x, &w, &bias, cfg.layer_norm_eps as f32)
 }
 
 /// The `head` linear layer on pooled `[B, E]` features.
-pub fn head(b: &mut GraphBuilder, pooled: &str) -> String {
+fn head(b: &mut GraphBuilder, pooled: &str) -> String {
     b.linear("head", pooled, true)
-}
-
-/// Blocks, final norm, pooling and head: `[B, L, E]` -> `[B, K]`.
-fn standard_body(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
-    let mut x = x.to_owned();
-    for i in 0..cfg.depth {
-        x = standard_block(b, cfg, &format!("blocks.{i}"), &x);
-    }
-    let x = layer_norm(b, cfg, "norm", &x);
-    let pooled = match cfg.pooling {
-        Pooling::Cls => b.gather_index("pool", &x, 0, 1),
-        Pooling::Mean => b.reduce_mean("pool", &x, &[1], false),
-    };
-    head(b, &pooled)
-}
-
-/// Pre-LN block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
-fn standard_block(b: &mut GraphBuilder, cfg: &ViTConfig, p: &str, x: &str) -> String {
-    let (l, e, h, d) = (i64_of(cfg.num_tokens()), i64_of(cfg.embed_dim), i64_of(cfg.num_heads), i64_of(cfg.head_dim()));
-
-    let y = layer_norm(b, cfg, &format!("{p}.norm1"), x);
-    let s = format!("{p}.attn.qkv");
-    let qkv = b.linear(&s, &y, cfg.qkv_bias); // [B, L, 3E]
-    let qkv = b.reshape(&s, &qkv, &[-1, l, 3, h, d]);
-    let qkv = b.transpose(&s, &qkv, &[2, 0, 3, 1, 4]); // [3, B, H, L, d]
-    let s = format!("{p}.attn");
-    let q = b.gather_index(&format!("{s}.q"), &qkv, 0, 0); // [B, H, L, d]
-    let k = b.gather_index(&format!("{s}.k"), &qkv, 1, 0);
-    let v = b.gather_index(&format!("{s}.v"), &qkv, 2, 0);
-    let kt = b.transpose(&s, &k, &[0, 1, 3, 2]); // [B, H, d, L]
-    let scores = b.matmul(&s, &q, &kt); // [B, H, L, L]
-    let scores = if cfg.locality_attention {
-        // Locality self-attention: learned per-head scale [H] -> [H, 1, 1], masked diagonal.
-        let scale = b.reshape(&s, &format!("{s}.scale"), &[h, 1, 1]);
-        let scores = b.mul(&s, &scores, &scale);
-        let n = cfg.num_tokens();
-        let diag: Vec<f32> = (0..n * n).map(|i| if i % (n + 1) == 0 { SELF_ATTENTION_MASK } else { 0.0 }).collect();
-        let mask = b.const_f32_tensor("self_attention_mask", &[n, n], &diag);
-        b.add(&s, &scores, &mask)
-    } else {
-        let scale = b.const_f32("attn_scale", (cfg.head_dim() as f64).powf(-0.5) as f32);
-        b.mul(&s, &scores, &scale)
-    };
-    let attn = b.softmax(&s, &scores, -1);
-    let out = b.matmul(&s, &attn, &v); // [B, H, L, d]
-    let out = b.transpose(&s, &out, &[0, 2, 1, 3]); // [B, L, H, d]
-    let out = b.reshape(&s, &out, &[-1, l, e]);
-    let out = b.linear(&format!("{p}.attn.proj"), &out, true);
-    let x = b.add(&format!("{p}.residual1"), x, &out);
-
-    let y = layer_norm(b, cfg, &format!("{p}.norm2"), &x);
-    let y = b.linear(&format!("{p}.mlp.fc1"), &y, true);
-    let y = b.gelu(&format!("{p}.mlp.act"), &y);
-    let y = b.linear(&format!("{p}.mlp.fc2"), &y, true);
-    b.add(&format!("{p}.residual2"), &x, &y)
 }
