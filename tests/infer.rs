@@ -13,7 +13,9 @@ use prost::Message;
 use tract_onnx::prelude::*;
 use vit::config::{Pooling, Variant, ViTConfig};
 use vit::data::Dataset;
-use vit::infer::{argmax, softmax, Classifier, ClassifierOptions, InferError, OptLevel, Provider};
+use vit::infer::{
+    argmax, softmax, Classifier, ClassifierOptions, ClassifyOptions, ExecutionProvider, InferError, OptLevel, Provider,
+};
 use vit::onnx::proto::ModelProto;
 use vit::{ModelMetadata, NamedTensors, Preprocessor};
 
@@ -68,6 +70,11 @@ fn images(cfg: &ViTConfig, batch: usize, seed: u64) -> Vec<f32> {
 
 fn cpu() -> ClassifierOptions {
     ClassifierOptions { provider: Provider::Cpu, ..Default::default() }
+}
+
+/// Classify options: the `k` most probable classes, `batch_size` images per batch.
+fn top(k: usize, batch_size: usize) -> ClassifyOptions {
+    ClassifyOptions { top_k: k, batch_size }
 }
 
 fn open(path: &Path) -> Classifier {
@@ -155,7 +162,7 @@ fn ort_logits_match_tract() {
                 ..Default::default()
             };
             let mut clf = Classifier::open(&path, &opts).expect("open");
-            assert_eq!(clf.provider(), "cpu");
+            assert_eq!(clf.provider(), ExecutionProvider::Cpu);
             for batch in [1, 5] {
                 let x = images(cfg, batch, 100 + batch as u64);
                 let ort = clf.logits(&x, batch).expect("ort logits");
@@ -213,7 +220,7 @@ fn classify_files_gives_softmax_of_the_logits() {
         }
         files.push(f);
     }
-    let results = clf.classify_files(&files, 3, 4);
+    let results = clf.classify_files(&files, &top(3, 4));
     assert_eq!(results.len(), files.len());
     for (f, r) in files.iter().zip(results) {
         let pred = r.unwrap_or_else(|e| panic!("{}: {e}", f.display()));
@@ -231,9 +238,9 @@ fn classify_files_gives_softmax_of_the_logits() {
         }
     }
     // top_k is capped at the class count and 1 gives one entry.
-    let r = clf.classify_files(&files[..1], 10, 1);
+    let r = clf.classify_files(&files[..1], &top(10, 1));
     assert_eq!(r[0].as_ref().unwrap().top.len(), 3);
-    let r = clf.classify_files(&files[..1], 1, 1);
+    let r = clf.classify_files(&files[..1], &top(1, 1));
     assert_eq!(r[0].as_ref().unwrap().top.len(), 1);
 }
 
@@ -249,7 +256,7 @@ fn classifying_a_file_is_bit_exact_with_the_preprocessor() {
             write_png(&f, w, h, 50 + i as u64);
             // Same decode + resize + normalise code, same batch size: identical numbers.
             let logits = file_logits(&mut clf, &f);
-            let pred = clf.classify_files(&[&f], 3, 1).remove(0).expect("classify");
+            let pred = clf.classify_files(&[&f], &top(3, 1)).remove(0).expect("classify");
             let probs = softmax(&logits);
             for s in &pred.top {
                 assert_eq!(s.probability, probs[s.index] as f32, "{}: {s:?} vs softmax {probs:?}", f.display());
@@ -295,14 +302,14 @@ fn a_bad_file_among_images_is_reported_alone() {
     std::fs::write(&bad, b"this is not a png").unwrap();
     write_png(&good2, 16, 16, 2);
     let files = [&good1, &bad, &missing, &good2];
-    let r = clf.classify_files(&files, 2, 8);
+    let r = clf.classify_files(&files, &top(2, 8));
     assert!(r[0].is_ok() && r[3].is_ok(), "{r:?}");
     let e1 = r[1].as_ref().unwrap_err().to_string();
     assert!(e1.contains("b.png") && e1.contains("decode"), "{e1}");
     let e2 = r[2].as_ref().unwrap_err().to_string();
     assert!(e2.contains("nope.png"), "{e2}");
     // Same predictions as without the bad files.
-    let alone = clf.classify_files(&[&good1, &good2], 2, 8);
+    let alone = clf.classify_files(&[&good1, &good2], &top(2, 8));
     assert_eq!(r[0].as_ref().unwrap(), alone[0].as_ref().unwrap());
     assert_eq!(r[3].as_ref().unwrap(), alone[1].as_ref().unwrap());
 }
@@ -413,14 +420,15 @@ fn cuda_is_used_or_refused_clearly() {
     let path = write_model(dir.path(), "m.onnx", &small(3), 13);
     let opts = ClassifierOptions { provider: Provider::Cuda, ..Default::default() };
     match Classifier::open(&path, &opts) {
-        Ok(clf) => assert_eq!(clf.provider(), "cuda"),
+        Ok(clf) => assert_eq!(clf.provider(), ExecutionProvider::Cuda),
         Err(e) => {
             assert!(matches!(e, InferError::CudaUnavailable(_)), "{e:?}");
             let msg = e.to_string();
-            assert!(msg.contains("CUDA") && msg.contains("--ep cpu"), "{msg}");
+            // The library names the fix without command-line flags (vit-infer adds those).
+            assert!(msg.contains("CUDA") && msg.contains("CPU provider") && !msg.contains("--"), "{msg}");
             // Auto falls back to the CPU.
             let auto = Classifier::open(&path, &ClassifierOptions::default()).expect("auto");
-            assert_eq!(auto.provider(), "cpu");
+            assert_eq!(auto.provider(), ExecutionProvider::Cpu);
             assert!(auto.cuda_fallback_reason().is_some());
             assert!(open(&path).cuda_fallback_reason().is_none());
         }
@@ -631,6 +639,7 @@ mod cli {
         let (code, _, stderr) = run(&[&"-m", &f.dir.path().join("none.onnx"), &img]);
         assert_eq!(code, 2);
         assert!(stderr.contains("none.onnx") && stderr.contains("does not exist"), "{stderr}");
+        assert!(stderr.contains("hint: pass --model PATH"), "{stderr}");
 
         let corrupt = f.dir.path().join("corrupt.onnx");
         std::fs::write(&corrupt, [7u8; 1000]).unwrap();
@@ -671,6 +680,7 @@ mod cli {
         } else {
             assert_eq!(code, 2, "{stderr}");
             assert!(stderr.contains("CUDA execution provider requested but unavailable"), "{stderr}");
+            assert!(stderr.contains("hint: use --ep auto") && stderr.contains("--ep cpu"), "{stderr}");
         }
     }
 
