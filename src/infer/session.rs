@@ -117,7 +117,7 @@ fn build(path: &Path, opts: &ClassifierOptions, cuda: bool) -> Result<Session, I
             .with_execution_providers([CUDA::default().build().error_on_failure()])
             .map_err(|e| InferError::CudaUnavailable(CudaError::Register(e.into())))?;
     }
-    builder.commit_from_file(path).map_err(|e| InferError::ModelLoad { path: path.to_path_buf(), source: e.into() })
+    builder.commit_from_file(path).map_err(|e| InferError::ModelLoad { path: path.to_path_buf(), source: e })
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t = OptLevelArg::All)]
     pub opt_level: OptLevelArg,
 
+    // The doc comment is clap's help text, printed verbatim: `<class>` is a placeholder, not HTML.
+    #[allow(rustdoc::invalid_html_tags)]
     /// Evaluate instead of classifying: DIR/<class>/* images, or DIR/train + DIR/val (val is used), or a Fashion-MNIST IDX folder (t10k is used); prints accuracy and the confusion matrix.
     #[arg(long, value_name = "DIR", conflicts_with = "inputs")]
     pub eval: Option<PathBuf>,
