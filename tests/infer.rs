@@ -1,77 +1,32 @@
-//! ONNX Runtime inference: `vit::infer::Classifier` and the `vit-infer` binary
+//! ONNX Runtime inference through the library: `vit::infer::Classifier`
 //! against tract and Python onnxruntime on exported random-weight models;
 //! preprocessing parity with `Preprocessor`; per-file and per-model errors;
-//! exit codes; the light crate's dependency tree.
+//! the light crate's dependency tree. The `vit-infer` binary is tested in
+//! `tests/infer_cli.rs`.
 //!
-//! Run with `--features export,cli` (the binary tests need `cli`).
+//! Run with `--features export,infer`.
 
 #![cfg(all(feature = "infer", feature = "export"))]
 
 use std::path::{Path, PathBuf};
 
-use prost::Message;
 use tract_onnx::prelude::*;
-use vit::config::{Pooling, Variant, ViTConfig};
+use vit::config::{Pooling, ViTConfig};
 use vit::data::Dataset;
-use vit::infer::{argmax, softmax, Classifier, ClassifierOptions, InferError, OptLevel, Provider};
-use vit::onnx::proto::ModelProto;
-use vit::{ModelMetadata, NamedTensors, Preprocessor};
+use vit::infer::{argmax, softmax, Classifier, ClassifierOptions, ExecutionProvider, InferError, OptLevel, Provider};
+use vit::Preprocessor;
 
 // ---- helpers ----------------------------------------------------------------
 
 mod common;
-use common::Lcg;
-
-const LABELS: [&str; 3] = ["a_red", "b_green", "c_blue"];
-
-/// The small standard config of the brief: image 16, patch 4, embed 16, depth 1, 2 heads, 3 classes.
-fn small(channels: usize) -> ViTConfig {
-    ViTConfig {
-        variant: Variant::Standard,
-        image_size: 16,
-        patch_size: 4,
-        in_channels: channels,
-        num_classes: 3,
-        embed_dim: 16,
-        depth: 1,
-        num_heads: 2,
-        mlp_ratio: 2.0,
-        pooling: Pooling::Cls,
-        ..Default::default()
-    }
-}
-
-fn random_weights(cfg: &ViTConfig, seed: u64) -> NamedTensors {
-    common::random_weights(cfg, seed, 0.3)
-}
-
-fn metadata(cfg: &ViTConfig) -> ModelMetadata {
-    let labels = (0..cfg.num_classes).map(|i| LABELS.get(i).map_or(format!("class{i}"), |s| s.to_string())).collect();
-    ModelMetadata { config: cfg.clone(), labels, val_accuracy: Some(0.5) }
-}
-
-fn model_bytes(cfg: &ViTConfig, seed: u64) -> Vec<u8> {
-    vit::onnx::export_to_bytes(&metadata(cfg), &random_weights(cfg, seed)).expect("export")
-}
-
-/// Writes a random-weight model into `dir`; returns its path.
-fn write_model(dir: &Path, name: &str, cfg: &ViTConfig, seed: u64) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, model_bytes(cfg, seed)).expect("write model");
-    path
-}
+use common::infer::{cpu, file_logits, open, top};
+use common::{
+    image_folder, metadata, model_bytes, small, strip_metadata, write_gray_png, write_model, write_png, Lcg, LABELS,
+};
 
 fn images(cfg: &ViTConfig, batch: usize, seed: u64) -> Vec<f32> {
     let mut rng = Lcg(seed);
     (0..batch * cfg.in_channels * cfg.image_size * cfg.image_size).map(|_| rng.normal()).collect()
-}
-
-fn cpu() -> ClassifierOptions {
-    ClassifierOptions { provider: Provider::Cpu, ..Default::default() }
-}
-
-fn open(path: &Path) -> Classifier {
-    Classifier::open(path, &cpu()).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
 }
 
 fn tract_logits(path: &Path, cfg: &ViTConfig, batch: usize, pixels: &[f32]) -> Vec<f32> {
@@ -113,28 +68,6 @@ fn assert_allclose(actual: &[f32], expected: &[f32], atol: f32, rtol: f32, what:
     max
 }
 
-/// A deterministic RGB test image of `w` x `h`.
-fn write_png(path: &Path, w: u32, h: u32, seed: u64) {
-    let mut rng = Lcg(seed);
-    let img = image::RgbImage::from_fn(w, h, |_, _| {
-        image::Rgb([(rng.uniform() * 255.0) as u8, (rng.uniform() * 255.0) as u8, (rng.uniform() * 255.0) as u8])
-    });
-    img.save(path).expect("write png");
-}
-
-fn write_gray_png(path: &Path, w: u32, h: u32, seed: u64) {
-    let mut rng = Lcg(seed);
-    let img = image::GrayImage::from_fn(w, h, |_, _| image::Luma([(rng.uniform() * 255.0) as u8]));
-    img.save(path).expect("write png");
-}
-
-/// Logits of one file through the shared preprocessing, batch 1.
-fn file_logits(clf: &mut Classifier, path: &Path) -> Vec<f32> {
-    let prep = clf.preprocessor().clone();
-    let px = prep.load_file(path).expect("decode");
-    clf.logits(&prep.normalize(&px), 1).expect("logits")
-}
-
 // ---- numerics -----------------------------------------------------------------
 
 #[test]
@@ -155,7 +88,7 @@ fn ort_logits_match_tract() {
                 ..Default::default()
             };
             let mut clf = Classifier::open(&path, &opts).expect("open");
-            assert_eq!(clf.provider(), "cpu");
+            assert_eq!(clf.provider(), ExecutionProvider::Cpu);
             for batch in [1, 5] {
                 let x = images(cfg, batch, 100 + batch as u64);
                 let ort = clf.logits(&x, batch).expect("ort logits");
@@ -213,7 +146,7 @@ fn classify_files_gives_softmax_of_the_logits() {
         }
         files.push(f);
     }
-    let results = clf.classify_files(&files, 3, 4);
+    let results = clf.classify_files(&files, &top(3, 4));
     assert_eq!(results.len(), files.len());
     for (f, r) in files.iter().zip(results) {
         let pred = r.unwrap_or_else(|e| panic!("{}: {e}", f.display()));
@@ -231,9 +164,9 @@ fn classify_files_gives_softmax_of_the_logits() {
         }
     }
     // top_k is capped at the class count and 1 gives one entry.
-    let r = clf.classify_files(&files[..1], 10, 1);
+    let r = clf.classify_files(&files[..1], &top(10, 1));
     assert_eq!(r[0].as_ref().unwrap().top.len(), 3);
-    let r = clf.classify_files(&files[..1], 1, 1);
+    let r = clf.classify_files(&files[..1], &top(1, 1));
     assert_eq!(r[0].as_ref().unwrap().top.len(), 1);
 }
 
@@ -249,7 +182,7 @@ fn classifying_a_file_is_bit_exact_with_the_preprocessor() {
             write_png(&f, w, h, 50 + i as u64);
             // Same decode + resize + normalise code, same batch size: identical numbers.
             let logits = file_logits(&mut clf, &f);
-            let pred = clf.classify_files(&[&f], 3, 1).remove(0).expect("classify");
+            let pred = clf.classify_files(&[&f], &top(3, 1)).remove(0).expect("classify");
             let probs = softmax(&logits);
             for s in &pred.top {
                 assert_eq!(s.probability, probs[s.index] as f32, "{}: {s:?} vs softmax {probs:?}", f.display());
@@ -295,29 +228,19 @@ fn a_bad_file_among_images_is_reported_alone() {
     std::fs::write(&bad, b"this is not a png").unwrap();
     write_png(&good2, 16, 16, 2);
     let files = [&good1, &bad, &missing, &good2];
-    let r = clf.classify_files(&files, 2, 8);
+    let r = clf.classify_files(&files, &top(2, 8));
     assert!(r[0].is_ok() && r[3].is_ok(), "{r:?}");
     let e1 = r[1].as_ref().unwrap_err().to_string();
     assert!(e1.contains("b.png") && e1.contains("decode"), "{e1}");
     let e2 = r[2].as_ref().unwrap_err().to_string();
     assert!(e2.contains("nope.png"), "{e2}");
     // Same predictions as without the bad files.
-    let alone = clf.classify_files(&[&good1, &good2], 2, 8);
+    let alone = clf.classify_files(&[&good1, &good2], &top(2, 8));
     assert_eq!(r[0].as_ref().unwrap(), alone[0].as_ref().unwrap());
     assert_eq!(r[3].as_ref().unwrap(), alone[1].as_ref().unwrap());
 }
 
 // ---- evaluation ---------------------------------------------------------------
-
-/// `root/<label>/*.png`, `n` per class.
-fn image_folder(root: &Path, labels: &[&str], n: usize) {
-    for (c, label) in labels.iter().enumerate() {
-        std::fs::create_dir_all(root.join(label)).unwrap();
-        for i in 0..n {
-            write_png(&root.join(label).join(format!("{i}.png")), 16, 16, (c * 100 + i) as u64);
-        }
-    }
-}
 
 #[test]
 fn evaluate_counts_argmax_per_true_class() {
@@ -378,13 +301,6 @@ fn missing_and_corrupt_models_are_clear_errors() {
     assert!(matches!(err, InferError::ModelNotFound(_)), "{err:?}");
 }
 
-fn strip_metadata(bytes: &[u8]) -> Vec<u8> {
-    let mut model = ModelProto::decode(bytes).expect("decode our own model");
-    assert!(!model.metadata_props.is_empty());
-    model.metadata_props.clear();
-    model.encode_to_vec()
-}
-
 #[test]
 fn a_model_without_metadata_names_the_key_or_uses_the_fallback() {
     let dir = tempfile::tempdir().unwrap();
@@ -413,14 +329,15 @@ fn cuda_is_used_or_refused_clearly() {
     let path = write_model(dir.path(), "m.onnx", &small(3), 13);
     let opts = ClassifierOptions { provider: Provider::Cuda, ..Default::default() };
     match Classifier::open(&path, &opts) {
-        Ok(clf) => assert_eq!(clf.provider(), "cuda"),
+        Ok(clf) => assert_eq!(clf.provider(), ExecutionProvider::Cuda),
         Err(e) => {
             assert!(matches!(e, InferError::CudaUnavailable(_)), "{e:?}");
             let msg = e.to_string();
-            assert!(msg.contains("CUDA") && msg.contains("--ep cpu"), "{msg}");
+            // The library names the fix without command-line flags (vit-infer adds those).
+            assert!(msg.contains("CUDA") && msg.contains("CPU provider") && !msg.contains("--"), "{msg}");
             // Auto falls back to the CPU.
             let auto = Classifier::open(&path, &ClassifierOptions::default()).expect("auto");
-            assert_eq!(auto.provider(), "cpu");
+            assert_eq!(auto.provider(), ExecutionProvider::Cpu);
             assert!(auto.cuda_fallback_reason().is_some());
             assert!(open(&path).cuda_fallback_reason().is_none());
         }
@@ -508,275 +425,5 @@ fn inference_path_does_not_pull_torch_protobuf_or_clap() {
     for banned in ["torch-sys", "tch", "prost", "clap"] {
         let hit = text.lines().find(|l| l.split_whitespace().next() == Some(banned));
         assert!(hit.is_none(), "`{banned}` is in the inference dependency tree: {hit:?}");
-    }
-}
-
-// ---- the binary ---------------------------------------------------------------
-
-#[cfg(feature = "cli")]
-mod cli {
-    use std::process::{Command, Output};
-
-    use super::*;
-
-    fn vit_infer(args: &[&std::ffi::OsStr]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vit-infer")).args(args).output().expect("run vit-infer")
-    }
-
-    fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
-        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
-        let out = vit_infer(&args);
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    struct Fixture {
-        dir: tempfile::TempDir,
-        model: PathBuf,
-        images: PathBuf,
-    }
-
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let model = write_model(dir.path(), "m.onnx", &small(3), 17);
-        let images = dir.path().join("imgs");
-        std::fs::create_dir_all(images.join("sub")).unwrap();
-        write_png(&images.join("one.png"), 16, 16, 1);
-        write_png(&images.join("sub/two.PNG"), 20, 20, 2);
-        write_gray_png(&images.join("sub/three.png"), 16, 16, 3);
-        std::fs::write(images.join("notes.txt"), "not an image").unwrap();
-        Fixture { dir, model, images }
-    }
-
-    #[test]
-    fn classifies_a_directory_as_json_lines() {
-        let f = fixture();
-        let (code, stdout, stderr) = run(&[
-            &"--model",
-            &f.model,
-            &"--json",
-            &"--top-k",
-            &"2",
-            &"--batch-size",
-            &"2",
-            &"--ep",
-            &"cpu",
-            &f.images,
-        ]);
-        assert_eq!(code, 0, "{stderr}");
-        assert!(stderr.contains("execution provider: cpu"), "{stderr}");
-        let lines: Vec<serde_json::Value> =
-            stdout.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
-        assert_eq!(lines.len(), 3, "{stdout}");
-        let mut clf = open(&f.model);
-        for v in &lines {
-            let path = PathBuf::from(v["path"].as_str().unwrap());
-            assert!(path.extension().unwrap().eq_ignore_ascii_case("png"));
-            assert_eq!(v["provider"], "cpu");
-            let top = v["top"].as_array().unwrap();
-            assert_eq!(top.len(), 2);
-            let logits = file_logits(&mut clf, &path);
-            assert_eq!(top[0]["index"].as_u64().unwrap() as usize, argmax(&logits), "{v}");
-            assert_eq!(top[0]["label"], LABELS[argmax(&logits)]);
-            let p = top[0]["probability"].as_f64().unwrap();
-            assert!((p - softmax(&logits)[argmax(&logits)]).abs() < 1e-5, "{v}");
-        }
-    }
-
-    #[test]
-    fn text_output_lists_path_then_labels() {
-        let f = fixture();
-        let one = f.images.join("one.png");
-        let (code, stdout, stderr) = run(&[&"-m", &f.model, &"-k", &"3", &one]);
-        assert_eq!(code, 0, "{stderr}");
-        let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(lines.len(), 4, "{stdout}");
-        assert_eq!(lines[0], one.display().to_string());
-        for l in &lines[1..] {
-            let mut parts = l.split_whitespace();
-            let label = parts.next().unwrap();
-            assert!(LABELS.contains(&label), "{l}");
-            let p: f64 = parts.next().unwrap().parse().unwrap();
-            assert!((0.0..=1.0).contains(&p), "{l}");
-        }
-    }
-
-    #[test]
-    fn failed_files_exit_1_and_the_rest_is_classified() {
-        let f = fixture();
-        let bad = f.dir.path().join("bad.png");
-        std::fs::write(&bad, b"garbage").unwrap();
-        let (code, stdout, stderr) = run(&[&"-m", &f.model, &"--json", &f.images, &bad, &f.images.join("notes.txt")]);
-        assert_eq!(code, 1, "{stderr}");
-        let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 5, "{stdout}");
-        assert_eq!(lines.iter().filter(|v| v.get("top").is_some()).count(), 3);
-        let errors: Vec<_> = lines.iter().filter(|v| v.get("error").is_some()).collect();
-        assert_eq!(errors.len(), 2);
-        assert!(errors[0]["path"].as_str().unwrap().ends_with("bad.png"));
-        assert!(errors[1]["error"].as_str().unwrap().contains("notes.txt"));
-        // Text mode reports the failure on stderr.
-        let (code, _, stderr) = run(&[&"-m", &f.model, &bad]);
-        assert_eq!(code, 1);
-        assert!(stderr.contains("bad.png"), "{stderr}");
-    }
-
-    #[test]
-    fn model_and_usage_errors_exit_2() {
-        let f = fixture();
-        let img = f.images.join("one.png");
-        let (code, _, stderr) = run(&[&"-m", &f.dir.path().join("none.onnx"), &img]);
-        assert_eq!(code, 2);
-        assert!(stderr.contains("none.onnx") && stderr.contains("does not exist"), "{stderr}");
-
-        let corrupt = f.dir.path().join("corrupt.onnx");
-        std::fs::write(&corrupt, [7u8; 1000]).unwrap();
-        let (code, _, stderr) = run(&[&"-m", &corrupt, &img]);
-        assert_eq!(code, 2);
-        assert!(stderr.contains("corrupt.onnx"), "{stderr}");
-
-        let bare = f.dir.path().join("bare.onnx");
-        std::fs::write(&bare, strip_metadata(&std::fs::read(&f.model).unwrap())).unwrap();
-        let (code, _, stderr) = run(&[&"-m", &bare, &img]);
-        assert_eq!(code, 2);
-        assert!(stderr.contains("vit.config"), "{stderr}");
-
-        let empty = f.dir.path().join("empty");
-        std::fs::create_dir_all(empty.join("nested")).unwrap();
-        std::fs::write(empty.join("nested/readme.md"), "x").unwrap();
-        let (code, _, stderr) = run(&[&"-m", &f.model, &empty]);
-        assert_eq!(code, 2);
-        assert!(stderr.contains("no image files") && stderr.contains("empty"), "{stderr}");
-
-        // No inputs, unknown flag, bad value, inputs together with --eval: clap usage errors.
-        assert_eq!(run(&[&"-m", &f.model]).0, 2);
-        assert_eq!(run(&[&"--frobnicate", &img]).0, 2);
-        assert_eq!(run(&[&"--top-k", &"0", &img]).0, 2);
-        assert_eq!(run(&[&"--ep", &"tpu", &img]).0, 2);
-        assert_eq!(run(&[&"--eval", &f.images, &img]).0, 2);
-    }
-
-    #[test]
-    fn ep_cuda_errors_when_unavailable() {
-        let f = fixture();
-        let img = f.images.join("one.png");
-        let cuda = Classifier::open(&f.model, &ClassifierOptions { provider: Provider::Cuda, ..Default::default() });
-        let (code, _, stderr) = run(&[&"-m", &f.model, &"--ep", &"cuda", &img]);
-        if cuda.is_ok() {
-            assert_eq!(code, 0, "{stderr}");
-            assert!(stderr.contains("execution provider: cuda"), "{stderr}");
-        } else {
-            assert_eq!(code, 2, "{stderr}");
-            assert!(stderr.contains("CUDA execution provider requested but unavailable"), "{stderr}");
-        }
-    }
-
-    #[test]
-    fn missing_runtime_library_says_how_to_fix_it() {
-        let f = fixture();
-        let out = Command::new(env!("CARGO_BIN_EXE_vit-infer"))
-            .env("ORT_DYLIB_PATH", f.dir.path().join("libonnxruntime.so.0"))
-            .arg("-m")
-            .arg(&f.model)
-            .arg(f.images.join("one.png"))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(
-            stderr.contains("libonnxruntime.so.0")
-                && stderr.contains("scripts/setup.sh")
-                && stderr.contains("ORT_DYLIB_PATH"),
-            "{stderr}"
-        );
-    }
-
-    #[test]
-    fn eval_prints_accuracy_and_confusion_matrix() {
-        let f = fixture();
-        let data = f.dir.path().join("data");
-        image_folder(&data, &LABELS, 5);
-        let (code, stdout, stderr) = run(&[&"-m", &f.model, &"--eval", &data, &"--json", &"--batch-size", &"4"]);
-        assert_eq!(code, 0, "{stderr}");
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one json object");
-        let mut clf = open(&f.model);
-        let set = vit::infer::load_eval_data(&data, clf.preprocessor()).unwrap();
-        let eval = clf.evaluate(&set.data, 7).unwrap();
-        assert_eq!(v["accuracy"].as_f64().unwrap(), eval.accuracy);
-        assert_eq!(v["total"].as_u64().unwrap(), 15);
-        assert_eq!(v["labels"], serde_json::json!(LABELS));
-        assert_eq!(v["confusion_matrix"], serde_json::json!(eval.confusion));
-
-        let (code, stdout, stderr) = run(&[&"-m", &f.model, &"--eval", &data]);
-        assert_eq!(code, 0, "{stderr}");
-        assert!(stdout.starts_with(&format!("accuracy {:.4}", eval.accuracy)), "{stdout}");
-        assert!(stdout.contains("confusion matrix") && stdout.contains("b_green"), "{stdout}");
-
-        // Classes that are not the model's labels.
-        let other = f.dir.path().join("other");
-        image_folder(&other, &["x", "y", "z"], 1);
-        let (code, _, stderr) = run(&[&"-m", &f.model, &"--eval", &other]);
-        assert_eq!(code, 2);
-        assert!(stderr.contains("not the model's labels"), "{stderr}");
-        // Not a data folder.
-        let (code, _, stderr) = run(&[&"-m", &f.model, &"--eval", &f.dir.path().join("nothing")]);
-        assert_eq!(code, 2, "{stderr}");
-    }
-
-    #[test]
-    fn eval_on_fashion_mnist_idx_uses_t10k() {
-        let dir = PathBuf::from(
-            std::env::var_os("FASHION_MNIST_DIR").unwrap_or_else(|| "/usr/share/datasets/fashion-mnist".into()),
-        );
-        if !vit::data::is_idx_dir(&dir) {
-            eprintln!("skipped: no Fashion-MNIST IDX files in {} (set FASHION_MNIST_DIR)", dir.display());
-            return;
-        }
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = ViTConfig { image_size: 28, patch_size: 7, num_classes: 10, ..small(1) };
-        let meta = ModelMetadata {
-            config: cfg.clone(),
-            labels: vit::data::FASHION_MNIST_LABELS.map(String::from).to_vec(),
-            val_accuracy: None,
-        };
-        let model = tmp.path().join("fm.onnx");
-        std::fs::write(&model, vit::onnx::export_to_bytes(&meta, &random_weights(&cfg, 77)).unwrap()).unwrap();
-        let (code, stdout, stderr) = run(&[&"-m", &model, &"--eval", &dir, &"--json", &"--batch-size", &"256"]);
-        assert_eq!(code, 0, "{stderr}");
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-        assert_eq!(v["total"].as_u64(), Some(10_000));
-        assert_eq!(v["labels"], serde_json::json!(vit::data::FASHION_MNIST_LABELS));
-        let mut clf = open(&model);
-        let splits = vit::data::load_splits(&dir, clf.preprocessor(), &vit::data::LoadOptions::default()).unwrap();
-        let eval = clf.evaluate(&splits.val, 1000).unwrap();
-        assert_eq!(v["accuracy"].as_f64().unwrap(), eval.accuracy);
-        assert_eq!(v["confusion_matrix"], serde_json::json!(eval.confusion));
-        // A model whose labels are not Fashion-MNIST's is refused.
-        let other = write_model(tmp.path(), "other.onnx", &ViTConfig { image_size: 28, patch_size: 7, ..small(1) }, 3);
-        let (code, _, stderr) = run(&[&"-m", &other, &"--eval", &dir]);
-        assert_eq!(code, 2);
-        assert!(stderr.contains("T-shirt/top") && stderr.contains("not the model's labels"), "{stderr}");
-    }
-
-    #[test]
-    fn help_documents_every_flag() {
-        let (code, stdout, _) = run(&[&"--help"]);
-        assert_eq!(code, 0);
-        for flag in [
-            "--model",
-            "--top-k",
-            "--json",
-            "--ep",
-            "--threads",
-            "--batch-size",
-            "--opt-level",
-            "--eval",
-            "models/fashion-mnist.onnx",
-        ] {
-            assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
-        }
     }
 }

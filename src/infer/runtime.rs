@@ -73,7 +73,7 @@ pub fn runtime_candidates() -> Vec<RuntimeCandidate> {
     out
 }
 
-/// The library this process loaded, once [`environment`] succeeded.
+/// The library this process loaded, once a [`Classifier`](super::Classifier) has loaded one.
 pub fn runtime_path() -> Option<&'static Path> {
     LOADED_FROM.get().map(PathBuf::as_path)
 }

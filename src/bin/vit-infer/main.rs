@@ -1,0 +1,133 @@
+//! `vit-infer`: classify images, or evaluate a labelled folder, with a model
+//! exported by `vit-train export`, on ONNX Runtime through `vit::infer`. This
+//! file runs the two modes and turns errors into messages and exit statuses;
+//! [`args`] is the command line, [`inputs`] finds the files, [`output`]
+//! prints.
+//!
+//! Exit status: [`EXIT_OK`] when everything worked, [`EXIT_SOME_FAILED`] when
+//! some files could not be classified (each is reported, the others are
+//! classified), [`EXIT_USAGE`] for usage and model errors (bad flags, missing or
+//! corrupt model, model without metadata, no images found, unusable data).
+
+mod args;
+mod inputs;
+mod output;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Parser;
+use vit::infer::{load_eval_data, Classifier, InferError};
+
+use args::Cli;
+use output::Format;
+
+/// Everything went fine.
+const EXIT_OK: u8 = 0;
+/// Some files failed (reported per file); the others were classified.
+const EXIT_SOME_FAILED: u8 = 1;
+/// Usage or model error; nothing (more) was classified.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    vit::cli_log::init();
+    let cli = Cli::parse();
+    let result = match &cli.eval {
+        Some(dir) => evaluate(&cli, dir),
+        None => classify(&cli),
+    };
+    ExitCode::from(result.unwrap_or_else(|e| {
+        eprintln!("vit-infer: error: {e}");
+        if let Some(hint) = e.downcast_ref::<InferError>().and_then(cli_hint) {
+            eprintln!("vit-infer: hint: {hint}");
+        }
+        EXIT_USAGE
+    }))
+}
+
+/// What to change on the command line for a library error, when a flag fixes it.
+fn cli_hint(error: &InferError) -> Option<&'static str> {
+    match error {
+        InferError::ModelNotFound(_) => Some("pass --model PATH"),
+        InferError::CudaUnavailable(_) => Some("use --ep auto (falls back to the CPU) or --ep cpu"),
+        _ => None,
+    }
+}
+
+/// Opens the model and reports it (and why CUDA is not used, if so) on stderr.
+fn open(cli: &Cli) -> Result<Classifier, InferError> {
+    let clf = Classifier::open(&cli.model, &cli.classifier_options())?;
+    let c = &clf.metadata().config;
+    log::info!(
+        "vit-infer: model {} ({} classes, {}x{}x{} input{}), execution provider: {}",
+        cli.model.display(),
+        clf.labels().len(),
+        c.in_channels,
+        c.image_size,
+        c.image_size,
+        if c.test_time_flip { ", averages each image with its mirror" } else { "" },
+        clf.provider()
+    );
+    if let Some(reason) = clf.cuda_fallback_reason() {
+        log::info!("vit-infer: CUDA not used: {reason}");
+    }
+    Ok(clf)
+}
+
+fn classify(cli: &Cli) -> anyhow::Result<u8> {
+    let files = inputs::collect_images(&cli.inputs)?;
+    let mut clf = open(cli)?;
+    let provider = clf.provider();
+    let format =
+        Format { json: cli.json, label_width: clf.labels().iter().map(|l| l.chars().count()).max().unwrap_or(0) };
+    let opts = cli.classify_options();
+    let mut out = std::io::stdout().lock();
+    let mut failed = 0usize;
+    // A chunk at a time, so that results print while later batches run.
+    for chunk in files.chunks(opts.batch_size) {
+        for (path, result) in chunk.iter().zip(clf.classify_files(chunk, &opts)) {
+            let written = match result {
+                Ok(pred) => output::write_prediction(&mut out, path, &pred, provider, format),
+                Err(e) => {
+                    failed += 1;
+                    if cli.json {
+                        output::write_json_error(&mut out, path, &e)
+                    } else {
+                        eprintln!("vit-infer: error: {e}");
+                        Ok(())
+                    }
+                }
+            };
+            if written.is_err() {
+                // stdout closed (e.g. piped into `head`): stop quietly.
+                return Ok(if failed > 0 { EXIT_SOME_FAILED } else { EXIT_OK });
+            }
+        }
+    }
+    let _ = out.flush();
+    if failed > 0 {
+        eprintln!("vit-infer: {failed} of {} file(s) could not be classified", files.len());
+        return Ok(EXIT_SOME_FAILED);
+    }
+    Ok(EXIT_OK)
+}
+
+fn evaluate(cli: &Cli, dir: &Path) -> anyhow::Result<u8> {
+    let mut clf = open(cli)?;
+    let set = load_eval_data(dir, clf.preprocessor())?;
+    clf.check_classes(&set.classes)?;
+    if set.data.is_empty() {
+        bail!("no images to evaluate in {}", set.description);
+    }
+    if !set.data.skipped.is_empty() {
+        log::info!("vit-infer: {} file(s) skipped (could not be decoded)", set.data.skipped.len());
+    }
+    let eval = clf.evaluate(&set.data, cli.batch_size)?;
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (e.g. piped into `head`) is not an evaluation failure.
+    let _ = output::write_evaluation(&mut out, &set, &eval, clf.labels(), clf.provider(), cli.json)
+        .and_then(|()| out.flush());
+    Ok(EXIT_OK)
+}

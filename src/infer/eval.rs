@@ -1,0 +1,106 @@
+//! Evaluating a model on a labelled data set: [`load_eval_data`] finds the
+//! split vit-train validated on (through [`Layout`], the one detection both
+//! share), and [`Classifier::evaluate`] counts a [`Confusion`] matrix of the
+//! argmax of the logits, the same numbers training reported.
+
+use std::path::Path;
+
+use super::{Classifier, InferError};
+use crate::data::{self, Dataset, Layout};
+use crate::metrics::{argmax, Confusion};
+use crate::preprocess::Preprocessor;
+
+/// Accuracy and confusion matrix over a data set.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Evaluation {
+    /// Top-1 accuracy (correct / total; 0 for an empty set).
+    pub accuracy: f64,
+    /// `confusion.matrix[true][predicted]` counts.
+    pub confusion: Confusion,
+    /// Images evaluated.
+    pub total: u64,
+}
+
+/// An evaluation set as [`load_eval_data`] found it.
+#[derive(Debug, Clone)]
+pub struct EvalData {
+    /// Class names of the data, in label order.
+    pub classes: Vec<String>,
+    /// The decoded images.
+    pub data: Dataset,
+    /// Which split was used, in words (`val split DIR`, ...).
+    pub description: String,
+}
+
+/// Loads the images to evaluate a model on, exactly as vit-train validated:
+/// - an IDX folder (Fashion-MNIST): its `t10k` split;
+/// - a folder with `train/` and `val/`: the `val/` image folder;
+/// - otherwise an image folder `DIR/<class>/*`, all of it.
+pub fn load_eval_data(dir: impl AsRef<Path>, prep: &Preprocessor) -> Result<EvalData, InferError> {
+    let dir = dir.as_ref();
+    match Layout::detect(dir)? {
+        Layout::Idx => {
+            // The same t10k decode `load_splits` uses for validation, without the 60k training images.
+            let data = data::load_idx_split(dir, "t10k", prep, None)?;
+            let classes = data::FASHION_MNIST_LABELS.iter().map(|s| s.to_string()).collect();
+            let description = format!("t10k split of IDX folder {}", dir.display());
+            Ok(EvalData { classes, data, description })
+        }
+        Layout::Splits { val, .. } => {
+            // `load_splits` decodes `val/` with `load_folder`'s code path (no cap):
+            // loading it alone gives the same images without decoding train/.
+            let (classes, data) = data::load_folder(&val, prep)?;
+            Ok(EvalData { classes, data, description: format!("val split {}", val.display()) })
+        }
+        Layout::Folder => {
+            let (classes, data) = data::load_folder(dir, prep)?;
+            Ok(EvalData { classes, data, description: format!("image folder {}", dir.display()) })
+        }
+    }
+}
+
+impl Classifier {
+    /// Accuracy and confusion matrix of the model on `data` (labels must index
+    /// the model's classes), in batches of `batch_size` (0 counts as 1).
+    pub fn evaluate(&mut self, data: &Dataset, batch_size: usize) -> Result<Evaluation, InferError> {
+        let k = self.labels().len();
+        let prep = self.preprocessor().clone();
+        if data.image_len != prep.image_len() && !data.is_empty() {
+            return Err(InferError::DataMismatch(format!(
+                "the data set holds {} values per image but the model takes {} ({} x {}x{}): load it with this model's Preprocessor",
+                data.image_len,
+                prep.image_len(),
+                prep.channels,
+                prep.image_size,
+                prep.image_size
+            )));
+        }
+        if let Some(bad) = data.labels.iter().find(|&&l| l < 0 || l as usize >= k) {
+            return Err(InferError::DataMismatch(format!("label {bad} is out of range for a model with {k} classes")));
+        }
+        let mut confusion = Confusion::new(k);
+        let mut normalised = Vec::new();
+        let bs = batch_size.max(1);
+        for start in (0..data.len()).step_by(bs) {
+            let end = (start + bs).min(data.len());
+            let px = &data.pixels[start * data.image_len..end * data.image_len];
+            prep.normalize_into(px, &mut normalised);
+            let logits = self.logits(&normalised, end - start)?;
+            for (row, &label) in logits.chunks(k).zip(&data.labels[start..end]) {
+                confusion.add(label as usize, argmax(row));
+            }
+        }
+        Ok(Evaluation { accuracy: confusion.accuracy(), total: confusion.total(), confusion })
+    }
+
+    /// Checks that the data's class names are the model's labels, in order.
+    pub fn check_classes(&self, classes: &[String]) -> Result<(), InferError> {
+        if classes != self.labels() {
+            return Err(InferError::DataMismatch(format!(
+                "the data's classes {classes:?} are not the model's labels {:?} (same names, same order required)",
+                self.labels()
+            )));
+        }
+        Ok(())
+    }
+}
