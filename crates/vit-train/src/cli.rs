@@ -9,7 +9,7 @@ use tch::Device;
 use vit::config::Optimizer;
 use vit::ViTConfig;
 
-use crate::export::{export_run, ExportRequest, DEFAULT_ATOL, DEFAULT_VERIFY_IMAGES};
+use crate::export::{export_in, ExportRequest, DEFAULT_ATOL, DEFAULT_VERIFY_IMAGES};
 use crate::run_dir::{Checkpoint, RunDir, RunOptions};
 use crate::train::{fit, FitOptions};
 
@@ -257,11 +257,18 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
 /// Config from the preset (or the run folder with --resume) with flag overrides applied.
 pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
     let path = match (&a.config, a.resume) {
-        (_, true) => RunDir::open(&a.out)?.config_path(),
+        (_, true) => RunDir::inspect(&a.out)?.config_path(),
         (Some(p), false) => p.clone(),
         (None, false) => bail!("--config is required (e.g. --config models/fashion-mnist.toml)"),
     };
     let mut cfg = ViTConfig::from_toml_file(&path)?;
+    apply_overrides(&mut cfg, a);
+    cfg.validate_architecture()?;
+    Ok(cfg)
+}
+
+/// Sets every config value a flag of `a` overrides.
+fn apply_overrides(cfg: &mut ViTConfig, a: &FitArgs) {
     let t = &mut cfg.train;
     macro_rules! set {
         ($($flag:ident => $field:expr),*) => { $(if let Some(v) = a.$flag.clone() { $field = v; })* };
@@ -283,46 +290,14 @@ pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
     if let Some(flip) = a.test_time_flip {
         cfg.test_time_flip = flip;
     }
-    cfg.validate_architecture()?;
-    Ok(cfg)
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Fit(a) => {
-            set_threads(a.threads)?;
-            let _ = crate::cpu_memory::keep_freed_memory(); // only speed depends on it
-            let cfg = resolve_config(&a)?;
-            let data = match (&a.data, a.resume) {
-                (Some(d), _) => d.clone(),
-                (None, true) => PathBuf::new(),
-                (None, false) => bail!("--data is required (an image folder or a folder of IDX files)"),
-            };
-            let opts = FitOptions {
-                run: RunOptions { data, val_fraction: a.val_fraction, max_per_class: a.max_per_class },
-                out: a.out.clone(),
-                device: a.device.resolve()?,
-                resume: a.resume,
-                eval_batch: a.eval_batch_size,
-                progress: !a.quiet,
-            };
-            let summary = fit(cfg, &opts)?;
-            println!(
-                "validation accuracy: {:.4} (best {:.4} at epoch {}), {:.1} train images/s, {:.1}s",
-                summary.val_accuracy,
-                summary.best_val_accuracy,
-                summary.best_epoch,
-                summary.train_images_per_sec,
-                summary.wall_seconds
-            );
-            if !a.no_export {
-                export_and_print(&ExportRequest::new(&a.out))?;
-            }
-            Ok(())
-        }
+        Command::Fit(a) => run_fit(&a),
         Command::Samples(a) => {
-            let dir = RunDir::open(&a.run)?;
+            let dir = RunDir::inspect(&a.run)?;
             let (cfg, _) =
                 dir.read_trained().with_context(|| format!("{} is not a vit-train run folder", a.run.display()))?;
             let data = match a.data {
@@ -334,20 +309,65 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Export(a) => export_and_print(&ExportRequest {
-            run: a.run,
-            out: a.out,
-            checkpoint: a.checkpoint,
-            external_data: a.external_data,
-            atol: a.atol,
-            verify_images: a.verify_images,
-            test_time_flip: a.test_time_flip,
-        }),
+        Command::Export(a) => {
+            let req = ExportRequest {
+                run: a.run,
+                out: a.out,
+                checkpoint: a.checkpoint,
+                external_data: a.external_data,
+                atol: a.atol,
+                verify_images: a.verify_images,
+                test_time_flip: a.test_time_flip,
+            };
+            export_and_print(&RunDir::open(&req.run)?, &req)
+        }
     }
 }
 
-fn export_and_print(req: &ExportRequest) -> Result<()> {
-    let report = export_run(req).context("export failed")?;
+/// `vit-train fit`: everything is checked before the run folder is touched, and
+/// the folder stays locked from the first write to the end of the export.
+fn run_fit(a: &FitArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let _ = crate::cpu_memory::keep_freed_memory(); // only speed depends on it
+    let device = a.device.resolve()?;
+    let (dir, cfg, run) = if a.resume {
+        let dir = RunDir::open(&a.out)?;
+        let cfg = resolve_config(a)?;
+        (dir, cfg, None)
+    } else {
+        let cfg = resolve_config(a)?;
+        let Some(data) = a.data.clone() else { bail!("--data is required (an image folder or a folder of IDX files)") };
+        let run = RunOptions { data, val_fraction: a.val_fraction, max_per_class: a.max_per_class };
+        (RunDir::create(&a.out)?, cfg, Some(run))
+    };
+    let opts = FitOptions {
+        run: run.unwrap_or_else(|| RunOptions {
+            data: PathBuf::new(),
+            val_fraction: a.val_fraction,
+            max_per_class: None,
+        }),
+        device,
+        resume: a.resume,
+        eval_batch: a.eval_batch_size,
+        progress: !a.quiet,
+    };
+    let summary = fit(&dir, cfg, &opts)?;
+    println!(
+        "validation accuracy: {:.4} (best {:.4} at epoch {}), {:.1} train images/s, {:.1}s",
+        summary.val_accuracy,
+        summary.best_val_accuracy,
+        summary.best_epoch,
+        summary.train_images_per_sec,
+        summary.wall_seconds
+    );
+    if !a.no_export {
+        export_and_print(&dir, &ExportRequest::new(&a.out))?;
+    }
+    Ok(())
+}
+
+fn export_and_print(dir: &RunDir, req: &ExportRequest) -> Result<()> {
+    let report = export_in(dir, req).context("export failed")?;
     println!(
         "exported {} ({:.1} KiB); tract vs tch on {} {} images: max |diff| {:.2e}",
         report.path.display(),

@@ -128,10 +128,15 @@ pub fn verify_export(
 }
 
 /// Exports a run's checkpoint and verifies it; errors if verification fails.
+/// Locks the run folder for the time of the export.
 pub fn export_run(req: &ExportRequest) -> Result<ExportReport> {
-    let dir = RunDir::open(&req.run)?;
+    export_in(&RunDir::open(&req.run)?, req)
+}
+
+/// [`export_run`] in a run folder this process has open already (`req.run` is not used).
+pub fn export_in(dir: &RunDir, req: &ExportRequest) -> Result<ExportReport> {
     let (mut cfg, labels) =
-        dir.read_trained().with_context(|| format!("{} is not a vit-train run folder", req.run.display()))?;
+        dir.read_trained().with_context(|| format!("{} is not a vit-train run folder", dir.path().display()))?;
     let flip = req.test_time_flip.unwrap_or(cfg.test_time_flip);
     let accuracy_applies = flip == cfg.test_time_flip;
     cfg.test_time_flip = flip;
@@ -151,7 +156,7 @@ pub fn export_run(req: &ExportRequest) -> Result<ExportReport> {
     let meta = ModelMetadata { config: cfg.clone(), labels, val_accuracy };
     write_model(&path, &meta, &named_tensors(&vs)?, &ExportOptions { external_data: req.external_data })
         .with_context(|| format!("cannot export {}", ckpt.display()))?;
-    let (pixels, n, real) = verification_inputs(&dir, &cfg, req.verify_images.max(1));
+    let (pixels, n, real) = verification_inputs(dir, &cfg, req.verify_images.max(1));
     let comparison = verify_export(&model, &cfg, &path, &pixels, n, req.atol)?;
     if !comparison.ok() {
         bail!(

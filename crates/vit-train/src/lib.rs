@@ -18,6 +18,7 @@ pub mod model;
 pub mod optim;
 pub mod plots;
 pub mod run_dir;
+pub mod run_lock;
 pub mod samples;
 pub mod train;
 pub mod trainer;

@@ -4,7 +4,6 @@
 //! with weights, Adam moments (and the weight average, when the recipe keeps
 //! one) and the data order of the next epoch, so it reaches the same result.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -21,13 +20,11 @@ use crate::trainer::{EpochStats, StepReport, Trainer};
 /// Everything `fit` needs.
 #[derive(Debug, Clone)]
 pub struct FitOptions {
-    /// Data options.
+    /// Data options of a new run (a resumed run reads its own from `run.json`).
     pub run: RunOptions,
-    /// Run folder.
-    pub out: PathBuf,
     /// Device to train on.
     pub device: Device,
-    /// Continue the run in `out`.
+    /// Continue the run in the folder.
     pub resume: bool,
     /// Batch size for evaluation.
     pub eval_batch: usize,
@@ -66,14 +63,14 @@ pub fn load_data(cfg: &mut ViTConfig, run: &RunOptions) -> Result<Splits> {
     Ok(splits)
 }
 
-/// Trains `cfg` on the options' data, filling the run folder; returns the summary.
-pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
+/// Trains `cfg` on the options' data, filling the run folder `dir` (made by
+/// [`RunDir::create`], or [`RunDir::open`] to resume); returns the summary.
+pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
     let started = Instant::now();
-    let dir = if opts.resume { RunDir::open(&opts.out)? } else { RunDir::create(&opts.out)? };
     let run = if opts.resume {
         dir.read_run_options().context("--resume needs the run's run.json")?
     } else if dir.holds_run() {
-        bail!("{} already holds a run; pass --resume to continue it or choose another --out", opts.out.display());
+        bail!("{} already holds a run; pass --resume to continue it or choose another --out", dir.path().display());
     } else {
         opts.run.clone()
     };
@@ -87,8 +84,9 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
         splits.skipped(),
         run.data.display()
     );
-    dir.write_config(&cfg)?;
+    // run.json first: with it, the folder is recognisably a run however early a kill comes.
     dir.write_run_options(&run)?;
+    dir.write_config(&cfg)?;
     dir.write_labels(&splits.classes)?;
 
     let mut trainer = Trainer::new(&cfg, opts.device, splits.train.len(), opts.eval_batch);

@@ -121,7 +121,7 @@ fn evaluation_accuracy_equals_the_trained_runs_with_test_time_flip() {
         ..standard(32, 8, 3, 1, 2, Pooling::Mean)
     };
     let (_tmp, run) = trained_run_evaluates_the_same_in_ort(&cfg);
-    let evaluated: Vec<usize> = RunDir::open(&run)
+    let evaluated: Vec<usize> = RunDir::inspect(&run)
         .unwrap()
         .read_records()
         .into_iter()
@@ -142,13 +142,12 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
     let run = tmp.path().join("run");
     let opts = FitOptions {
         run: RunOptions { data: data.clone(), val_fraction: 0.2, max_per_class: Some(30) },
-        out: run.clone(),
         device: tch::Device::Cpu,
         resume: false,
         eval_batch: 64,
         progress: false,
     };
-    let summary = fit(cfg.clone(), &opts).expect("fit");
+    let summary = fit(&RunDir::create(&run).unwrap(), cfg.clone(), &opts).expect("fit");
     let onnx = tmp.path().join("model.onnx");
     let request = ExportRequest { out: Some(onnx.clone()), verify_images: 8, ..ExportRequest::new(&run) };
     let report = export_run(&request).expect("export");

@@ -1,0 +1,102 @@
+//! `vit-train` under misuse: every refusal is a clean error that says what to
+//! do, and no file that existed before is lost or changed.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cli::*;
+
+/// Starts `cmd` and waits until it holds the run folder's lock (its PID is in `RUN/.lock`).
+fn spawn_holding(cmd: &mut Command, run: &Path) -> Child {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let pid = child.id().to_string();
+    let started = Instant::now();
+    while std::fs::read_to_string(run.join(".lock")).map_or(true, |s| s.trim() != pid) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the first process ended ({status}) before it was seen holding the folder");
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no lock after a minute");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+#[test]
+fn a_second_process_on_a_locked_run_folder_is_refused_with_the_holders_pid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let run = tmp.path().join("run");
+    run_ok(&mut quick(&cfg, &run, "1"));
+    let before = snapshot(&run);
+
+    // A resumed run extended by many epochs holds the folder long enough.
+    let mut first =
+        spawn_holding(bin().arg("--out").arg(&run).args(["--resume", "--epochs", "50", "--no-export"]), &run);
+    let holder = format!("PID {}", first.id());
+    let attempts = [
+        quick(&cfg, &run, "1"),
+        {
+            let mut c = bin();
+            c.arg("--out").arg(&run).args(["--resume", "--no-export"]);
+            c
+        },
+        export(&run),
+    ];
+    for mut cmd in attempts {
+        let err = run_err(&mut cmd);
+        assert!(err.contains(&holder) && err.contains("in use"), "{err}");
+        assert!(err.contains(&run.display().to_string()), "{err}");
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The lock died with the process: the folder opens again at once.
+    run_ok(&mut export(&run));
+    for (name, bytes) in &before {
+        if name.to_str().is_some_and(|n| n.ends_with(".safetensors") || n.ends_with(".jsonl")) {
+            continue; // the killed process may have completed epochs
+        }
+        assert!(run.join(name).exists(), "{} lost", name.display());
+        if name.to_str() == Some("run.json") {
+            assert_eq!(&std::fs::read(run.join(name)).unwrap(), bytes, "run.json changed");
+        }
+    }
+}
+
+#[test]
+fn fit_refuses_a_folder_that_holds_something_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir_all(photos.join("2024")).unwrap();
+    std::fs::write(photos.join("holiday.jpg"), b"not really a photo").unwrap();
+    std::fs::write(photos.join("2024/notes.txt"), b"keep me").unwrap();
+    let before = snapshot(&photos);
+    let err = run_err(&mut quick(&cfg, &photos, "1"));
+    assert!(err.contains(&photos.display().to_string()) && err.contains("neither empty nor a vit-train run"), "{err}");
+    assert_eq!(snapshot(&photos), before);
+
+    // An empty folder is fine.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    run_ok(&mut quick(&cfg, &empty, "1"));
+}
+
+#[test]
+fn leftover_temporary_files_of_killed_writes_are_removed_when_the_folder_is_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let run = tmp.path().join("run");
+    run_ok(&mut quick(&cfg, &run, "1"));
+    // What a kill between write and rename leaves (PIDs of processes long gone).
+    let leftovers = [".last.safetensors.tmp-999999", ".model.onnx.tmp-999998-0"];
+    for name in leftovers {
+        std::fs::write(run.join(name), b"torn").unwrap();
+    }
+    run_ok(&mut export(&run));
+    for name in leftovers {
+        assert!(!run.join(name).exists(), "{name} left behind");
+    }
+}
