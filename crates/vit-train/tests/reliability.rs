@@ -100,3 +100,35 @@ fn leftover_temporary_files_of_killed_writes_are_removed_when_the_folder_is_open
         assert!(!run.join(name).exists(), "{name} left behind");
     }
 }
+
+/// Rewrites a checkpoint with every value of `tensor` set to NaN.
+fn poison(checkpoint: &Path, tensor: &str) {
+    let mut tensors = tch::Tensor::read_safetensors(checkpoint).unwrap();
+    let t = &mut tensors.iter_mut().find(|(n, _)| n == tensor).unwrap().1;
+    *t = t.full_like(f64::NAN);
+    tch::Tensor::write_safetensors(&tensors, checkpoint).unwrap();
+}
+
+#[test]
+fn a_failed_export_keeps_the_good_model_and_the_failing_file_beside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let run = tmp.path().join("run");
+    run_ok(&mut quick(&cfg, &run, "1"));
+    run_ok(&mut export(&run));
+    let good = std::fs::read(run.join("model.onnx")).unwrap();
+
+    // NaN weights: tract and tch both give NaN, which no tolerance accepts.
+    poison(&run.join("last.safetensors"), "head.weight");
+    let err = run_err(&mut export(&run));
+    assert!(err.contains("verification failed") && err.contains("model.failed.onnx"), "{err}");
+    assert!(err.contains("model.onnx is unchanged"), "{err}");
+    assert_eq!(std::fs::read(run.join("model.onnx")).unwrap(), good, "the verified model.onnx was replaced");
+    assert!(std::fs::metadata(run.join("model.failed.onnx")).unwrap().len() > 0);
+    let stray: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(stray.is_empty(), "staging left behind: {stray:?}");
+}
