@@ -119,11 +119,22 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
             bar.inc(1);
         });
         bar.finish_and_clear();
-        if !stats.loss_sum.is_finite() {
+        if let Some(d) = stats.diverged {
             bail!(
-                "training diverged in epoch {} (loss is {}); lower --lr or add --grad-clip",
+                "training diverged: the loss is {} at epoch {}, step {} of {} (iteration {}); {}; lower --lr or set --grad-clip",
+                d.loss,
                 epoch + 1,
-                stats.loss_sum
+                d.step_in_epoch + 1,
+                trainer.steps_per_epoch(),
+                d.step + 1,
+                kept_checkpoint(dir, epoch)
+            );
+        }
+        if !trainer.weights_finite() {
+            bail!(
+                "training diverged: the weights are no longer finite after epoch {}; {}; lower --lr or set --grad-clip",
+                epoch + 1,
+                kept_checkpoint(dir, epoch)
             );
         }
         let due = (epoch + 1) % t.eval_every == 0 || epoch + 1 == t.epochs;
@@ -162,6 +173,15 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
     dir.write_confusion_csv(&eval.confusion, &splits.classes)?;
     crate::plots::write_run_plots(&dir, &records, &eval.confusion, &splits.classes)?;
     Ok(summary)
+}
+
+/// What a run stopped in `epoch` (0-based) keeps: nothing of the broken epoch is saved.
+fn kept_checkpoint(dir: &RunDir, epoch: usize) -> String {
+    if epoch == 0 {
+        "no epoch completed, so no checkpoint was written".into()
+    } else {
+        format!("{} still holds epoch {}, the last good one", dir.checkpoint_path(Checkpoint::Last).display(), epoch)
+    }
 }
 
 /// Mean loss over the steps since the last logged one.

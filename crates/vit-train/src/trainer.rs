@@ -40,12 +40,25 @@ pub struct StepReport {
 /// What one epoch of training measured.
 #[derive(Debug, Clone, Copy)]
 pub struct EpochStats {
-    /// Sum over batches of batch loss times batch size (not finite when training diverged).
+    /// Sum over batches of batch loss times batch size.
     pub loss_sum: f64,
     /// Images trained on.
     pub images: usize,
     /// Seconds spent in training steps (forward, backward, update).
     pub train_seconds: f64,
+    /// The step whose loss was not finite; the epoch stopped there.
+    pub diverged: Option<Divergence>,
+}
+
+/// Where training stopped because the loss was NaN or infinite.
+#[derive(Debug, Clone, Copy)]
+pub struct Divergence {
+    /// Step within the epoch, 0-based.
+    pub step_in_epoch: usize,
+    /// Global step, 0-based, over all epochs.
+    pub step: usize,
+    /// The loss of that step.
+    pub loss: f64,
 }
 
 impl EpochStats {
@@ -103,6 +116,12 @@ impl Trainer {
         }
     }
 
+    /// True when every trained weight is finite (one reduction per tensor: cheap
+    /// once per epoch), so a checkpoint of them is worth keeping.
+    pub fn weights_finite(&self) -> bool {
+        tch::no_grad(|| self.vs.trainable_variables().iter().all(|v| v.isfinite().all().int64_value(&[]) != 0))
+    }
+
     /// Trainable parameters.
     pub fn parameters(&self) -> i64 {
         parameter_count(&self.vs)
@@ -119,7 +138,8 @@ impl Trainer {
     }
 
     /// Trains one epoch (0-based) on `data` in the seeded order of that epoch;
-    /// `on_step` sees every step after its update.
+    /// `on_step` sees every step after its update. A step whose loss is not
+    /// finite ends the epoch at once ([`EpochStats::diverged`]; `on_step` does not see it).
     pub fn train_epoch(&mut self, data: &Dataset, epoch: usize, mut on_step: impl FnMut(&StepReport)) -> EpochStats {
         let t = &self.cfg.train;
         // Dropout, drop-path and augmentation draws of an epoch depend only on the seed and the epoch,
@@ -127,7 +147,7 @@ impl Trainer {
         tch::manual_seed(t.seed as i64 + 1 + epoch as i64);
         let aug = Augment::from_train(t);
         let (batch_size, seed) = (t.batch_size, t.seed);
-        let mut stats = EpochStats { loss_sum: 0.0, images: 0, train_seconds: 0.0 };
+        let mut stats = EpochStats { loss_sum: 0.0, images: 0, train_seconds: 0.0, diverged: None };
         let prep = self.prep.clone();
         for_each_train_batch(data, &prep, aug, batch_size, seed, epoch, |i, batch| {
             let started = Instant::now();
@@ -135,6 +155,10 @@ impl Trainer {
             let lr = learning_rate(&self.cfg.train, step, self.warmup_steps, self.total_steps);
             let loss = self.step(&batch, lr);
             stats.train_seconds += started.elapsed().as_secs_f64();
+            if !loss.is_finite() {
+                stats.diverged = Some(Divergence { step_in_epoch: i, step, loss });
+                return false;
+            }
             let n = batch.labels.len();
             (stats.loss_sum, stats.images) = (stats.loss_sum + loss * n as f64, stats.images + n);
             on_step(&StepReport { step, loss, lr, images: stats.images, train_seconds: stats.train_seconds });

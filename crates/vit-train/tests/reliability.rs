@@ -132,3 +132,30 @@ fn a_failed_export_keeps_the_good_model_and_the_failing_file_beside_it() {
         .collect();
     assert!(stray.is_empty(), "staging left behind: {stray:?}");
 }
+
+#[test]
+fn a_diverging_run_stops_at_the_step_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let huge = SMALL.replace("lr = 1e-3", "lr = 1e6");
+    let cfg = write_config(tmp.path(), &huge);
+    let fresh = tmp.path().join("fresh");
+    let err = run_err(&mut quick(&cfg, &fresh, "2"));
+    assert!(err.contains("diverged") && err.contains("at epoch 1, step "), "{err}");
+    assert!(err.contains("no checkpoint was written") && err.contains("--lr"), "{err}");
+    for f in ["last.safetensors", "best.safetensors", "resume.safetensors", "summary.json"] {
+        assert!(!fresh.join(f).exists(), "{f} written for broken weights");
+    }
+
+    // One good epoch, then the same run continued with the huge rate.
+    let good_cfg = write_config(tmp.path(), SMALL);
+    let run = tmp.path().join("run");
+    run_ok(&mut quick(&good_cfg, &run, "1"));
+    let checkpoints = snapshot(&run);
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    std::fs::write(run.join("config.toml"), saved.replace("lr = 0.001", "lr = 1000000.0")).unwrap();
+    let err = run_err(bin().arg("--out").arg(&run).args(["--resume", "--epochs", "3", "--no-export"]));
+    assert!(err.contains("at epoch 2, step ") && err.contains("still holds epoch 1"), "{err}");
+    for (name, bytes) in checkpoints.iter().filter(|(n, _)| n.extension().is_some_and(|e| e == "safetensors")) {
+        assert_eq!(&std::fs::read(run.join(name)).unwrap(), bytes, "{} changed", name.display());
+    }
+}
