@@ -352,13 +352,14 @@ fn run_fit(a: &FitArgs) -> Result<()> {
         progress: !a.quiet,
     };
     let summary = fit(&dir, cfg, &opts)?;
+    let accuracy = match (summary.val_accuracy, summary.best_val_accuracy, summary.best_epoch) {
+        (Some(acc), Some(best), Some(epoch)) => format!("{acc:.4} (best {best:.4} at epoch {epoch})"),
+        (Some(acc), ..) => format!("{acc:.4}"),
+        _ => "not measured (no validation images)".into(),
+    };
     println!(
-        "validation accuracy: {:.4} (best {:.4} at epoch {}), {:.1} train images/s, {:.1}s",
-        summary.val_accuracy,
-        summary.best_val_accuracy,
-        summary.best_epoch,
-        summary.train_images_per_sec,
-        summary.wall_seconds
+        "validation accuracy: {accuracy}, {:.1} train images/s, {:.1}s",
+        summary.train_images_per_sec, summary.wall_seconds
     );
     if !a.no_export {
         export_and_print(&dir, &ExportRequest::new(&a.out))?;

@@ -143,13 +143,20 @@ pub fn export_in(dir: &RunDir, req: &ExportRequest) -> Result<ExportReport> {
     let accuracy_applies = flip == cfg.test_time_flip;
     cfg.test_time_flip = flip;
     let ckpt = dir.checkpoint_path(req.checkpoint);
+    let summary = dir.read_summary().ok();
+    if req.checkpoint == Checkpoint::Best && !ckpt.exists() && summary.as_ref().is_some_and(|s| s.best_epoch.is_none())
+    {
+        bail!(
+            "{} has no best.safetensors: the run had no validation images, so no epoch was chosen by accuracy; \
+             export the final weights with --checkpoint last",
+            dir.path().display()
+        );
+    }
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = ViT::new(&vs.root(), &cfg);
     checkpoint::load_weights(&mut vs, &ckpt)?;
-    let val_accuracy = dir
-        .read_summary()
-        .ok()
-        .map(|s| match req.checkpoint {
+    let val_accuracy = summary
+        .and_then(|s| match req.checkpoint {
             Checkpoint::Best => s.best_val_accuracy,
             Checkpoint::Last => s.val_accuracy,
         })

@@ -76,6 +76,10 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
     };
 
     let splits = load_data(&mut cfg, &run)?;
+    let measured = !splits.val.is_empty();
+    if !measured {
+        log::warn!("no validation images: accuracy will not be measured (and no best.safetensors chosen by it)");
+    }
     log::info!(
         "data: {} classes, {} train / {} val images, {} files skipped ({})",
         splits.classes.len(),
@@ -137,7 +141,7 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
                 kept_checkpoint(dir, epoch)
             );
         }
-        let due = (epoch + 1) % t.eval_every == 0 || epoch + 1 == t.epochs;
+        let due = measured && ((epoch + 1) % t.eval_every == 0 || epoch + 1 == t.epochs);
         let best_so_far = records.iter().filter_map(Record::val_accuracy).fold(f64::NEG_INFINITY, f64::max);
         let eval = trainer.with_eval_weights(|tr| -> Result<Option<Evaluation>> {
             let eval = due.then(|| tr.evaluate(&splits.val));
@@ -157,12 +161,13 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
 
     // Only a resumed run that had already finished has no evaluation of its final weights yet.
     let eval = match last_eval {
-        Some(eval) => eval,
-        None => trainer.with_eval_weights(|tr| tr.evaluate(&splits.val)),
+        Some(eval) => Some(eval),
+        None if measured => Some(trainer.with_eval_weights(|tr| tr.evaluate(&splits.val))),
+        None => None,
     };
     let summary = summarize(&SummaryInputs {
         records: &records,
-        eval: &eval,
+        eval: eval.as_ref(),
         splits: &splits,
         parameters,
         device: opts.device,
@@ -170,8 +175,10 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
         epochs: t.epochs,
     });
     dir.write_summary(&summary)?;
-    dir.write_confusion_csv(&eval.confusion, &splits.classes)?;
-    crate::plots::write_run_plots(&dir, &records, &eval.confusion, &splits.classes)?;
+    if let Some(eval) = &eval {
+        dir.write_confusion_csv(&eval.confusion, &splits.classes)?;
+    }
+    crate::plots::write_run_plots(dir, &records, eval.as_ref().map(|e| &e.confusion), &splits.classes)?;
     Ok(summary)
 }
 
@@ -251,8 +258,8 @@ fn progress_bar(enabled: bool, len: usize, epoch: usize, epochs: usize) -> Progr
 pub struct SummaryInputs<'a> {
     /// Every record of the run, resumed epochs included.
     pub records: &'a [Record],
-    /// Evaluation of the final weights.
-    pub eval: &'a Evaluation,
+    /// Evaluation of the final weights (`None`: no validation images).
+    pub eval: Option<&'a Evaluation>,
     /// The data the run used.
     pub splits: &'a Splits,
     /// Trainable parameters.
@@ -267,11 +274,11 @@ pub struct SummaryInputs<'a> {
 
 /// The run's `summary.json`: final and best accuracy, mean throughput and the data's size.
 pub fn summarize(inputs: &SummaryInputs) -> Summary {
-    let (mut best, mut best_epoch, mut ips, mut n) = (0.0, 0, 0.0, 0);
+    let (mut best, mut ips, mut n) = (None::<(f64, usize)>, 0.0, 0);
     for r in inputs.records {
         if let Record::Epoch { epoch, val_accuracy, train_images_per_sec, .. } = r {
-            if let Some(acc) = val_accuracy.filter(|&a| a > best) {
-                (best, best_epoch) = (acc, epoch + 1);
+            if let Some(acc) = val_accuracy.filter(|&a| best.map_or(true, |(b, _)| a > b)) {
+                best = Some((acc, epoch + 1));
             }
             ips += train_images_per_sec;
             n += 1;
@@ -279,10 +286,10 @@ pub fn summarize(inputs: &SummaryInputs) -> Summary {
     }
     let splits = inputs.splits;
     Summary {
-        val_accuracy: inputs.eval.accuracy,
-        best_val_accuracy: best,
-        best_epoch,
-        confusion_matrix: inputs.eval.confusion.matrix.clone(),
+        val_accuracy: inputs.eval.map(|e| e.accuracy),
+        best_val_accuracy: best.map(|(acc, _)| acc),
+        best_epoch: best.map(|(_, epoch)| epoch),
+        confusion_matrix: inputs.eval.map(|e| e.confusion.matrix.clone()),
         labels: splits.classes.clone(),
         epochs: inputs.epochs,
         train_images_per_sec: if n > 0 { ips / n as f64 } else { 0.0 },

@@ -159,3 +159,50 @@ fn a_diverging_run_stops_at_the_step_and_keeps_the_last_good_checkpoint() {
         assert_eq!(&std::fs::read(run.join(name)).unwrap(), bytes, "{} changed", name.display());
     }
 }
+
+/// `n` COCO-5 training images per class in one flat folder (no train/ or val/).
+fn flat_folder(dir: &Path, n: usize) -> std::path::PathBuf {
+    let out = dir.join("flat");
+    for class in std::fs::read_dir(common::coco5().join("train")).unwrap() {
+        let class = class.unwrap().path();
+        let target = out.join(class.file_name().unwrap());
+        std::fs::create_dir_all(&target).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for f in files.iter().take(n) {
+            std::fs::copy(f, target.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    out
+}
+
+#[test]
+fn without_validation_images_accuracy_is_not_measured_rather_than_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let data = flat_folder(tmp.path(), 12);
+    let run = tmp.path().join("run");
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).arg("--data").arg(&data).arg("--out").arg(&run);
+    let out = run_ok(cmd.args(["--val-fraction", "0", "--epochs", "2"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: no validation images: accuracy will not be measured"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("validation accuracy: not measured"));
+
+    let s = summary(&run);
+    for key in ["val_accuracy", "best_val_accuracy", "best_epoch", "confusion_matrix"] {
+        assert!(s[key].is_null(), "{key} = {}", s[key]);
+    }
+    assert_eq!(s["val_images"], 0);
+    assert!(!run.join("best.safetensors").exists() && !run.join("confusion.csv").exists());
+
+    let mut clf = vit::infer::Classifier::open(&run.join("model.onnx"), &Default::default()).unwrap();
+    assert_eq!(clf.metadata().val_accuracy, None, "the ONNX file claims an accuracy");
+    assert!(
+        clf.classify_files(&[data.join("cat").read_dir().unwrap().next().unwrap().unwrap().path()], 1, 1)[0].is_ok()
+    );
+
+    let err = run_err(export(&run).args(["--checkpoint", "best"]));
+    assert!(err.contains("no best.safetensors") && err.contains("no validation images"), "{err}");
+    assert!(err.contains("--checkpoint last"), "{err}");
+}
