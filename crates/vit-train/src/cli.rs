@@ -10,6 +10,7 @@ use vit::config::Optimizer;
 use vit::ViTConfig;
 
 use crate::export::{export_in, ExportRequest, DEFAULT_ATOL, DEFAULT_VERIFY_IMAGES};
+use crate::resume::{reconcile, ResumeRequest};
 use crate::run_dir::{Checkpoint, RunDir, RunOptions};
 use crate::train::{fit, FitOptions};
 
@@ -138,9 +139,9 @@ pub struct FitArgs {
     /// Use at most this many images per class in each split (quick runs).
     #[arg(long)]
     pub max_per_class: Option<usize>,
-    /// Validation fraction for a folder without train/ and val/.
-    #[arg(long, default_value_t = 0.2)]
-    pub val_fraction: f64,
+    /// Validation fraction for a folder without train/ and val/ (default 0.2).
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
     /// Batch size for evaluation.
     #[arg(long, default_value_t = 256)]
     pub eval_batch_size: usize,
@@ -254,17 +255,38 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Config from the preset (or the run folder with --resume) with flag overrides applied.
+/// Validation fraction when `--val-fraction` is not given.
+pub const DEFAULT_VAL_FRACTION: f64 = 0.2;
+
+/// Config of a new run: the preset with flag overrides applied.
 pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
-    let path = match (&a.config, a.resume) {
-        (_, true) => RunDir::inspect(&a.out)?.config_path(),
-        (Some(p), false) => p.clone(),
-        (None, false) => bail!("--config is required (e.g. --config models/fashion-mnist.toml)"),
-    };
-    let mut cfg = ViTConfig::from_toml_file(&path)?;
+    let Some(path) = &a.config else { bail!("--config is required (e.g. --config models/fashion-mnist.toml)") };
+    let mut cfg = ViTConfig::from_toml_file(path)?;
     apply_overrides(&mut cfg, a);
     cfg.validate_architecture()?;
     Ok(cfg)
+}
+
+/// Config of a resumed run: the saved one, unless the flags contradict it (see [`crate::resume`]).
+fn resume_config(dir: &RunDir, a: &FitArgs) -> Result<ViTConfig> {
+    let saved = dir.read_config()?;
+    let run = dir.read_run_options().context("--resume needs the run's run.json")?;
+    let preset = match &a.config {
+        Some(p) => Some((p.clone(), ViTConfig::from_toml_file(p)?)),
+        None => None,
+    };
+    let mut overridden = saved.clone();
+    apply_overrides(&mut overridden, a);
+    overridden.train.epochs = saved.train.epochs;
+    let req = ResumeRequest {
+        preset,
+        overridden,
+        epochs: a.epochs,
+        data: a.data.clone(),
+        val_fraction: a.val_fraction,
+        max_per_class: a.max_per_class,
+    };
+    Ok(reconcile(dir.path(), &saved, &run, &req)?)
 }
 
 /// Sets every config value a flag of `a` overrides.
@@ -332,25 +354,17 @@ fn run_fit(a: &FitArgs) -> Result<()> {
     let device = a.device.resolve()?;
     let (dir, cfg, run) = if a.resume {
         let dir = RunDir::open(&a.out)?;
-        let cfg = resolve_config(a)?;
-        (dir, cfg, None)
+        let cfg = resume_config(&dir, a)?;
+        let run = dir.read_run_options()?;
+        (dir, cfg, run)
     } else {
         let cfg = resolve_config(a)?;
         let Some(data) = a.data.clone() else { bail!("--data is required (an image folder or a folder of IDX files)") };
-        let run = RunOptions { data, val_fraction: a.val_fraction, max_per_class: a.max_per_class };
-        (RunDir::create(&a.out)?, cfg, Some(run))
+        let val_fraction = a.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION);
+        let run = RunOptions { data, val_fraction, max_per_class: a.max_per_class };
+        (RunDir::create(&a.out)?, cfg, run)
     };
-    let opts = FitOptions {
-        run: run.unwrap_or_else(|| RunOptions {
-            data: PathBuf::new(),
-            val_fraction: a.val_fraction,
-            max_per_class: None,
-        }),
-        device,
-        resume: a.resume,
-        eval_batch: a.eval_batch_size,
-        progress: !a.quiet,
-    };
+    let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet };
     let summary = fit(&dir, cfg, &opts)?;
     let accuracy = match (summary.val_accuracy, summary.best_val_accuracy, summary.best_epoch) {
         (Some(acc), Some(best), Some(epoch)) => format!("{acc:.4} (best {best:.4} at epoch {epoch})"),

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plots;
+pub mod resume;
 pub mod run_dir;
 pub mod run_lock;
 pub mod samples;

@@ -206,3 +206,40 @@ fn without_validation_images_accuracy_is_not_measured_rather_than_zero() {
     assert!(err.contains("no best.safetensors") && err.contains("no validation images"), "{err}");
     assert!(err.contains("--checkpoint last"), "{err}");
 }
+
+#[test]
+fn resume_refuses_flags_that_contradict_the_run_and_extends_only_with_more_epochs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let run = tmp.path().join("run");
+    run_ok(&mut quick(&cfg, &run, "2"));
+    let finished = snapshot(&run);
+    let resume = |extra: &[&str]| {
+        let mut c = bin();
+        c.arg("--out").arg(&run).args(["--resume", "--no-export"]).args(extra);
+        c
+    };
+
+    let err = run_err(&mut resume(&["--epochs", "1"]));
+    assert!(err.contains("--epochs 1: the run has 2 epochs"), "{err}");
+    assert_eq!(snapshot(&run), finished, "a refused resume changed the run");
+
+    let other = tmp.path().join("other.toml");
+    std::fs::write(&other, SMALL.replace("depth = 2", "depth = 3")).unwrap();
+    let mut cmd = resume(&["--lr", "0.01", "--max-per-class", "10", "--val-fraction", "0.3"]);
+    let err = run_err(cmd.arg("--config").arg(&other).arg("--data").arg(tmp.path()));
+    for needle in
+        ["--lr (train.lr): 0.01 given, the run has 0.001", "depth = 3", "--max-per-class 10", "--val-fraction 0.3"]
+    {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(err.contains(&format!("--data {}", tmp.path().display())), "{err}");
+    assert_eq!(snapshot(&run), finished, "a refused resume changed the run");
+
+    // The run's own values are no conflict; more epochs extend it.
+    let mut cmd = resume(&["--epochs", "3", "--lr", "0.001", "--max-per-class", "40"]);
+    let out = run_ok(cmd.arg("--config").arg(&cfg).arg("--data").arg(common::coco5()));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("extending the run from 2 to 3 epochs"));
+    assert_eq!(summary(&run)["epochs"], 3);
+    assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().contains("epochs = 3"));
+}
