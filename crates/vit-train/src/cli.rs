@@ -359,6 +359,7 @@ fn run_fit(a: &FitArgs) -> Result<()> {
         (dir, cfg, run)
     } else {
         let cfg = resolve_config(a)?;
+        crate::memory::check(&cfg, device)?;
         let Some(data) = a.data.clone() else { bail!("--data is required (an image folder or a folder of IDX files)") };
         let val_fraction = a.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION);
         let run = RunOptions { data, val_fraction, max_per_class: a.max_per_class };

@@ -16,6 +16,7 @@ use vit::{ModelMetadata, NamedTensors, Preprocessor, TensorData, ViTConfig};
 
 use crate::batches::{make_batch, Augment};
 use crate::checkpoint;
+use crate::memory::catch_allocation;
 use crate::model::ViT;
 use crate::run_dir::{Checkpoint, RunDir};
 use crate::verify::{compare, tract_logits, Comparison};
@@ -153,7 +154,7 @@ pub fn export_in(dir: &RunDir, req: &ExportRequest) -> Result<ExportReport> {
         );
     }
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = ViT::new(&vs.root(), &cfg);
+    let model = catch_allocation("model", || ViT::new(&vs.root(), &cfg))?;
     checkpoint::load_weights(&mut vs, &ckpt)?;
     let val_accuracy = summary
         .and_then(|s| match req.checkpoint {

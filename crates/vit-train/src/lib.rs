@@ -13,6 +13,7 @@ pub mod cpu_memory;
 pub mod ema;
 pub mod evaluate;
 pub mod export;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod optim;

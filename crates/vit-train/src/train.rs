@@ -75,6 +75,8 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
         opts.run.clone()
     };
 
+    let estimate = crate::memory::check(&cfg, opts.device)?;
+    log::debug!("memory estimate: {:.0} MiB", estimate.total() / (1u64 << 20) as f64);
     let splits = load_data(&mut cfg, &run)?;
     let measured = !splits.val.is_empty();
     if !measured {
@@ -93,7 +95,7 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
     dir.write_config(&cfg)?;
     dir.write_labels(&splits.classes)?;
 
-    let mut trainer = Trainer::new(&cfg, opts.device, splits.train.len(), opts.eval_batch);
+    let mut trainer = Trainer::new(&cfg, opts.device, splits.train.len(), opts.eval_batch)?;
     let parameters = trainer.parameters();
     log::info!("model: {:?} variant, {parameters} parameters, device {}", cfg.variant, device_name(opts.device));
 

@@ -16,6 +16,7 @@ use crate::batches::{for_each_train_batch, Augment, HostBatch};
 use crate::checkpoint::{self, CheckpointError};
 use crate::ema::Ema;
 use crate::evaluate::{evaluate, to_device, Evaluation};
+use crate::memory::{catch_allocation, MemoryError};
 use crate::model::{parameter_count, ViT};
 use crate::optim::{learning_rate, Adam};
 
@@ -92,16 +93,20 @@ pub struct Trainer {
 impl Trainer {
     /// Seeds libtorch with `train.seed` and builds fresh weights on `device`,
     /// with a schedule for `train_images` training images per epoch;
-    /// evaluation runs in batches of `eval_batch`.
-    pub fn new(cfg: &ViTConfig, device: Device, train_images: usize, eval_batch: usize) -> Self {
+    /// evaluation runs in batches of `eval_batch`. A failed allocation is an
+    /// error (check the size first with [`memory::check`](crate::memory::check)).
+    pub fn new(cfg: &ViTConfig, device: Device, train_images: usize, eval_batch: usize) -> Result<Self, MemoryError> {
         let t = &cfg.train;
         tch::manual_seed(t.seed as i64);
-        let vs = nn::VarStore::new(device);
-        let model = ViT::new(&vs.root(), cfg);
-        let opt = Adam::new(&vs, t);
-        let ema = (t.ema_decay > 0.0).then(|| Ema::new(&vs, t.ema_decay));
+        let (vs, model, opt, ema) = catch_allocation("model and optimiser state", || {
+            let vs = nn::VarStore::new(device);
+            let model = ViT::new(&vs.root(), cfg);
+            let opt = Adam::new(&vs, t);
+            let ema = (t.ema_decay > 0.0).then(|| Ema::new(&vs, t.ema_decay));
+            (vs, model, opt, ema)
+        })?;
         let steps_per_epoch = train_images.div_ceil(t.batch_size);
-        Self {
+        Ok(Self {
             cfg: cfg.clone(),
             vs,
             model,
@@ -113,7 +118,7 @@ impl Trainer {
             steps_per_epoch,
             warmup_steps: (t.warmup_epochs * steps_per_epoch as f64).round() as usize,
             total_steps: steps_per_epoch * t.epochs,
-        }
+        })
     }
 
     /// True when every trained weight is finite (one reduction per tensor: cheap

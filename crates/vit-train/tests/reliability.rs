@@ -243,3 +243,24 @@ fn resume_refuses_flags_that_contradict_the_run_and_extends_only_with_more_epoch
     assert_eq!(summary(&run)["epochs"], 3);
     assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().contains("epochs = 3"));
 }
+
+#[test]
+fn absurd_sizes_are_refused_before_anything_is_allocated() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (key, from, to) in [
+        ("embed_dim", "embed_dim = 32", "embed_dim = 100000"),
+        ("depth", "depth = 2", "depth = 100000"),
+        ("image_size", "image_size = 32", "image_size = 70000\npatch_size = 7"),
+    ] {
+        let text = SMALL.replace(from, to);
+        let text = if key == "image_size" { text.replace("patch_size = 8\n", "") } else { text };
+        let cfg = write_config(tmp.path(), &text);
+        let run = tmp.path().join(key);
+        let started = Instant::now();
+        let err = run_err(&mut quick(&cfg, &run, "1"));
+        assert!(err.contains("training this config needs about") && err.contains("GiB"), "{key}: {err}");
+        assert!(err.contains("available") && err.contains(key), "{key}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{key}: took {:?}", started.elapsed());
+        assert!(!run.exists(), "{key}: the run folder was created");
+    }
+}
