@@ -73,49 +73,49 @@ pub struct FitArgs {
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Override train.lr (peak learning rate).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub lr: Option<f64>,
     /// Override train.optimizer.
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerArg>,
     /// Override train.betas.0.
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub beta1: Option<f64>,
     /// Override train.betas.1.
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub beta2: Option<f64>,
     /// Override train.weight_decay.
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub weight_decay: Option<f64>,
     /// Override train.warmup_epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub warmup_epochs: Option<f64>,
     /// Override train.label_smoothing.
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub label_smoothing: Option<f64>,
     /// Override train.grad_clip (0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub grad_clip: Option<f64>,
     /// Override train.crop_scale with [MIN, 1] (random resized crop; 1 disables).
-    #[arg(long, value_name = "MIN")]
+    #[arg(long, value_name = "MIN", value_parser = finite_f64)]
     pub crop_scale: Option<f64>,
     /// Override train.color_jitter (brightness/contrast/saturation strength; 0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub color_jitter: Option<f64>,
     /// Override train.mixup_alpha (0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub mixup_alpha: Option<f64>,
     /// Override train.cutmix_alpha (0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub cutmix_alpha: Option<f64>,
     /// Override train.random_erasing (probability per image).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub random_erasing: Option<f64>,
     /// Override train.ema_decay (weight average for evaluation and export; 0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub ema_decay: Option<f64>,
     /// Override drop_path (stochastic depth rate of the last block; standard variant).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub drop_path: Option<f64>,
     /// Override train.eval_every (epochs between validation passes; the last epoch is always evaluated).
     #[arg(long)]
@@ -140,7 +140,7 @@ pub struct FitArgs {
     #[arg(long)]
     pub max_per_class: Option<usize>,
     /// Validation fraction for a folder without train/ and val/ (default 0.2).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub val_fraction: Option<f64>,
     /// Batch size for evaluation.
     #[arg(long, default_value_t = 256)]
@@ -169,7 +169,7 @@ pub struct ExportArgs {
     #[arg(long)]
     pub external_data: bool,
     /// Absolute tolerance of the verification: |tch - tract| <= atol + 1e-4 * |tch| per logit.
-    #[arg(long, default_value_t = DEFAULT_ATOL)]
+    #[arg(long, default_value_t = DEFAULT_ATOL, value_parser = tolerance)]
     pub atol: f32,
     /// Validation images used for the verification.
     #[arg(long, default_value_t = DEFAULT_VERIFY_IMAGES)]
@@ -243,10 +243,37 @@ impl DeviceArg {
     }
 }
 
+/// `--threads` above this many times the available cores is refused: libtorch's
+/// spinning OpenMP threads make an oversubscribed run crawl, or hang at 100000.
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
+/// Parses a float flag, refusing NaN and infinities (clap names the flag).
+fn finite_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a finite number".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses `--atol`: a finite number, at least 0.
+fn tolerance(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(_) => Err("must be a finite number, at least 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn set_threads(threads: Option<usize>) -> Result<()> {
-    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = threads.unwrap_or(cores);
     if n == 0 {
         bail!("--threads 0: need at least 1");
+    }
+    let limit = MAX_THREADS_PER_CORE * cores;
+    if n > limit {
+        bail!("--threads {n}: at most {limit} ({MAX_THREADS_PER_CORE} x the {cores} available cores)");
     }
     tch::set_num_threads(n as i32);
     tch::set_num_interop_threads(1);
@@ -263,6 +290,10 @@ pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
     let Some(path) = &a.config else { bail!("--config is required (e.g. --config models/fashion-mnist.toml)") };
     let mut cfg = ViTConfig::from_toml_file(path)?;
     apply_overrides(&mut cfg, a);
+    if cfg.train.epochs == 0 {
+        let source = if a.epochs.is_some() { "--epochs 0" } else { "train.epochs = 0" };
+        bail!("{source}: train for at least 1 epoch");
+    }
     cfg.validate_architecture()?;
     Ok(cfg)
 }

@@ -67,6 +67,9 @@ pub fn load_data(cfg: &mut ViTConfig, run: &RunOptions) -> Result<Splits> {
 /// [`RunDir::create`], or [`RunDir::open`] to resume); returns the summary.
 pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
     let started = Instant::now();
+    if cfg.train.epochs == 0 {
+        bail!("train.epochs = 0: train for at least 1 epoch");
+    }
     let run = if opts.resume {
         dir.read_run_options().context("--resume needs the run's run.json")?
     } else if dir.holds_run() {

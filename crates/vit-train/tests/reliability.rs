@@ -264,3 +264,50 @@ fn absurd_sizes_are_refused_before_anything_is_allocated() {
         assert!(!run.exists(), "{key}: the run folder was created");
     }
 }
+
+#[test]
+fn threads_beyond_four_per_core_are_refused_naming_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let run = tmp.path().join("run");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vit-train"));
+    cmd.arg("fit").arg("--config").arg(&cfg).arg("--data").arg(common::coco5()).arg("--out").arg(&run);
+    let err = run_err(cmd.args(["--threads", "100000"]));
+    assert!(err.contains("--threads 100000") && err.contains(&format!("at most {}", 4 * cores)), "{err}");
+    assert!(!run.exists());
+}
+
+#[test]
+fn zero_epochs_and_non_finite_flags_are_refused_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let run = tmp.path().join("run");
+    let err = run_err(&mut quick(&cfg, &run, "0"));
+    assert!(err.contains("--epochs 0") && err.contains("at least 1"), "{err}");
+    let zero = tmp.path().join("zero.toml");
+    std::fs::write(&zero, SMALL.replace("epochs = 6", "epochs = 0")).unwrap();
+    let mut cmd = bin();
+    let err = run_err(cmd.arg("--config").arg(&zero).arg("--data").arg(common::coco5()).arg("--out").arg(&run));
+    assert!(err.contains("train.epochs = 0") && err.contains("at least 1"), "{err}");
+
+    for (flag, value) in [
+        ("--lr", "nan"),
+        ("--weight-decay", "inf"),
+        ("--grad-clip", "NaN"),
+        ("--val-fraction", "-inf"),
+        ("--crop-scale", "nan"),
+    ] {
+        let err = run_err(quick(&cfg, &run, "1").arg(format!("{flag}={value}")));
+        assert!(err.contains(&format!("'{value}' for '{flag}")) && err.contains("finite"), "{flag}: {err}");
+    }
+    assert!(!run.exists(), "a refused fit created its run folder");
+
+    run_ok(&mut quick(&cfg, &run, "1"));
+    let before = snapshot(&run);
+    for value in ["nan", "-1"] {
+        let err = run_err(export(&run).arg(format!("--atol={value}")));
+        assert!(err.contains(&format!("'{value}' for '--atol")), "{err}");
+    }
+    assert_eq!(snapshot(&run), before);
+}
