@@ -109,6 +109,8 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
         start_epoch = trainer.load_resume(&resume_path)?;
         records = dir.read_records().into_iter().filter(|r| r.epoch() < start_epoch).collect();
         log::info!("resuming after epoch {start_epoch} from {}", resume_path.display());
+    } else if opts.resume {
+        log::warn!("no complete epoch checkpoint yet ({} is missing): starting from epoch 1", resume_path.display());
     }
     dir.write_records(&records)?;
 

@@ -311,3 +311,28 @@ fn zero_epochs_and_non_finite_flags_are_refused_naming_the_flag() {
     }
     assert_eq!(snapshot(&run), before);
 }
+
+#[test]
+fn resume_before_the_first_checkpoint_says_it_starts_over_and_removes_torn_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let run = tmp.path().join("run");
+    run_ok(&mut quick(&cfg, &run, "1"));
+    // What a kill during the very first checkpoint write leaves: the run's
+    // records but no checkpoint, and a torn temporary file of a dead process.
+    for f in ["last.safetensors", "best.safetensors", "resume.safetensors", "summary.json"] {
+        std::fs::remove_file(run.join(f)).unwrap();
+    }
+    let torn = run.join(".resume.safetensors.tmp-999999");
+    std::fs::write(&torn, b"half a checkpoint").unwrap();
+
+    let out = run_ok(bin().arg("--out").arg(&run).args(["--resume", "--no-export"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: no complete epoch checkpoint yet") && stderr.contains("starting from epoch 1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(".resume.safetensors.tmp-999999"), "the removal is not reported: {stderr}");
+    assert!(!torn.exists(), "torn file left behind");
+    assert!(run.join("resume.safetensors").is_file() && summary(&run)["epochs"] == 1);
+}
