@@ -9,7 +9,8 @@ use tch::Device;
 use vit::config::Optimizer;
 use vit::ViTConfig;
 
-use crate::export::{export_run, ExportRequest, DEFAULT_ATOL, DEFAULT_VERIFY_IMAGES};
+use crate::export::{export_in, ExportRequest, DEFAULT_ATOL, DEFAULT_VERIFY_IMAGES};
+use crate::resume::{reconcile, ResumeRequest};
 use crate::run_dir::{Checkpoint, RunDir, RunOptions};
 use crate::train::{fit, FitOptions};
 
@@ -72,49 +73,49 @@ pub struct FitArgs {
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Override train.lr (peak learning rate).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub lr: Option<f64>,
     /// Override train.optimizer.
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerArg>,
     /// Override train.betas.0.
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub beta1: Option<f64>,
     /// Override train.betas.1.
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub beta2: Option<f64>,
     /// Override train.weight_decay.
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub weight_decay: Option<f64>,
     /// Override train.warmup_epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub warmup_epochs: Option<f64>,
     /// Override train.label_smoothing.
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub label_smoothing: Option<f64>,
     /// Override train.grad_clip (0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub grad_clip: Option<f64>,
     /// Override train.crop_scale with [MIN, 1] (random resized crop; 1 disables).
-    #[arg(long, value_name = "MIN")]
+    #[arg(long, value_name = "MIN", value_parser = finite_f64)]
     pub crop_scale: Option<f64>,
     /// Override train.color_jitter (brightness/contrast/saturation strength; 0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub color_jitter: Option<f64>,
     /// Override train.mixup_alpha (0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub mixup_alpha: Option<f64>,
     /// Override train.cutmix_alpha (0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub cutmix_alpha: Option<f64>,
     /// Override train.random_erasing (probability per image).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub random_erasing: Option<f64>,
     /// Override train.ema_decay (weight average for evaluation and export; 0 disables).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub ema_decay: Option<f64>,
     /// Override drop_path (stochastic depth rate of the last block; standard variant).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_f64)]
     pub drop_path: Option<f64>,
     /// Override train.eval_every (epochs between validation passes; the last epoch is always evaluated).
     #[arg(long)]
@@ -138,9 +139,9 @@ pub struct FitArgs {
     /// Use at most this many images per class in each split (quick runs).
     #[arg(long)]
     pub max_per_class: Option<usize>,
-    /// Validation fraction for a folder without train/ and val/.
-    #[arg(long, default_value_t = 0.2)]
-    pub val_fraction: f64,
+    /// Validation fraction for a folder without train/ and val/ (default 0.2).
+    #[arg(long, value_parser = finite_f64)]
+    pub val_fraction: Option<f64>,
     /// Batch size for evaluation.
     #[arg(long, default_value_t = 256)]
     pub eval_batch_size: usize,
@@ -168,7 +169,7 @@ pub struct ExportArgs {
     #[arg(long)]
     pub external_data: bool,
     /// Absolute tolerance of the verification: |tch - tract| <= atol + 1e-4 * |tch| per logit.
-    #[arg(long, default_value_t = DEFAULT_ATOL)]
+    #[arg(long, default_value_t = DEFAULT_ATOL, value_parser = tolerance)]
     pub atol: f32,
     /// Validation images used for the verification.
     #[arg(long, default_value_t = DEFAULT_VERIFY_IMAGES)]
@@ -242,10 +243,37 @@ impl DeviceArg {
     }
 }
 
+/// `--threads` above this many times the available cores is refused: libtorch's
+/// spinning OpenMP threads make an oversubscribed run crawl, or hang at 100000.
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
+/// Parses a float flag, refusing NaN and infinities (clap names the flag).
+fn finite_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a finite number".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses `--atol`: a finite number, at least 0.
+fn tolerance(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(_) => Err("must be a finite number, at least 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn set_threads(threads: Option<usize>) -> Result<()> {
-    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = threads.unwrap_or(cores);
     if n == 0 {
         bail!("--threads 0: need at least 1");
+    }
+    let limit = MAX_THREADS_PER_CORE * cores;
+    if n > limit {
+        bail!("--threads {n}: at most {limit} ({MAX_THREADS_PER_CORE} x the {cores} available cores)");
     }
     tch::set_num_threads(n as i32);
     tch::set_num_interop_threads(1);
@@ -254,14 +282,46 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Config from the preset (or the run folder with --resume) with flag overrides applied.
+/// Validation fraction when `--val-fraction` is not given.
+pub const DEFAULT_VAL_FRACTION: f64 = 0.2;
+
+/// Config of a new run: the preset with flag overrides applied.
 pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
-    let path = match (&a.config, a.resume) {
-        (_, true) => RunDir::open(&a.out)?.config_path(),
-        (Some(p), false) => p.clone(),
-        (None, false) => bail!("--config is required (e.g. --config models/fashion-mnist.toml)"),
+    let Some(path) = &a.config else { bail!("--config is required (e.g. --config models/fashion-mnist.toml)") };
+    let mut cfg = ViTConfig::from_toml_file(path)?;
+    apply_overrides(&mut cfg, a);
+    if cfg.train.epochs == 0 {
+        let source = if a.epochs.is_some() { "--epochs 0" } else { "train.epochs = 0" };
+        bail!("{source}: train for at least 1 epoch");
+    }
+    cfg.validate_architecture()?;
+    Ok(cfg)
+}
+
+/// Config of a resumed run: the saved one, unless the flags contradict it (see [`crate::resume`]).
+fn resume_config(dir: &RunDir, a: &FitArgs) -> Result<ViTConfig> {
+    let saved = dir.read_config()?;
+    let run = dir.read_run_options().context("--resume needs the run's run.json")?;
+    let preset = match &a.config {
+        Some(p) => Some((p.clone(), ViTConfig::from_toml_file(p)?)),
+        None => None,
     };
-    let mut cfg = ViTConfig::from_toml_file(&path)?;
+    let mut overridden = saved.clone();
+    apply_overrides(&mut overridden, a);
+    overridden.train.epochs = saved.train.epochs;
+    let req = ResumeRequest {
+        preset,
+        overridden,
+        epochs: a.epochs,
+        data: a.data.clone(),
+        val_fraction: a.val_fraction,
+        max_per_class: a.max_per_class,
+    };
+    Ok(reconcile(dir.path(), &saved, &run, &req)?)
+}
+
+/// Sets every config value a flag of `a` overrides.
+fn apply_overrides(cfg: &mut ViTConfig, a: &FitArgs) {
     let t = &mut cfg.train;
     macro_rules! set {
         ($($flag:ident => $field:expr),*) => { $(if let Some(v) = a.$flag.clone() { $field = v; })* };
@@ -283,46 +343,14 @@ pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
     if let Some(flip) = a.test_time_flip {
         cfg.test_time_flip = flip;
     }
-    cfg.validate_architecture()?;
-    Ok(cfg)
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Fit(a) => {
-            set_threads(a.threads)?;
-            let _ = crate::cpu_memory::keep_freed_memory(); // only speed depends on it
-            let cfg = resolve_config(&a)?;
-            let data = match (&a.data, a.resume) {
-                (Some(d), _) => d.clone(),
-                (None, true) => PathBuf::new(),
-                (None, false) => bail!("--data is required (an image folder or a folder of IDX files)"),
-            };
-            let opts = FitOptions {
-                run: RunOptions { data, val_fraction: a.val_fraction, max_per_class: a.max_per_class },
-                out: a.out.clone(),
-                device: a.device.resolve()?,
-                resume: a.resume,
-                eval_batch: a.eval_batch_size,
-                progress: !a.quiet,
-            };
-            let summary = fit(cfg, &opts)?;
-            println!(
-                "validation accuracy: {:.4} (best {:.4} at epoch {}), {:.1} train images/s, {:.1}s",
-                summary.val_accuracy,
-                summary.best_val_accuracy,
-                summary.best_epoch,
-                summary.train_images_per_sec,
-                summary.wall_seconds
-            );
-            if !a.no_export {
-                export_and_print(&ExportRequest::new(&a.out))?;
-            }
-            Ok(())
-        }
+        Command::Fit(a) => run_fit(&a),
         Command::Samples(a) => {
-            let dir = RunDir::open(&a.run)?;
+            let dir = RunDir::inspect(&a.run)?;
             let (cfg, _) =
                 dir.read_trained().with_context(|| format!("{} is not a vit-train run folder", a.run.display()))?;
             let data = match a.data {
@@ -334,20 +362,59 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Export(a) => export_and_print(&ExportRequest {
-            run: a.run,
-            out: a.out,
-            checkpoint: a.checkpoint,
-            external_data: a.external_data,
-            atol: a.atol,
-            verify_images: a.verify_images,
-            test_time_flip: a.test_time_flip,
-        }),
+        Command::Export(a) => {
+            let req = ExportRequest {
+                run: a.run,
+                out: a.out,
+                checkpoint: a.checkpoint,
+                external_data: a.external_data,
+                atol: a.atol,
+                verify_images: a.verify_images,
+                test_time_flip: a.test_time_flip,
+            };
+            export_and_print(&RunDir::open(&req.run)?, &req)
+        }
     }
 }
 
-fn export_and_print(req: &ExportRequest) -> Result<()> {
-    let report = export_run(req).context("export failed")?;
+/// `vit-train fit`: everything is checked before the run folder is touched, and
+/// the folder stays locked from the first write to the end of the export.
+fn run_fit(a: &FitArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let _ = crate::cpu_memory::keep_freed_memory(); // only speed depends on it
+    let device = a.device.resolve()?;
+    let (dir, cfg, run) = if a.resume {
+        let dir = RunDir::open(&a.out)?;
+        let cfg = resume_config(&dir, a)?;
+        let run = dir.read_run_options()?;
+        (dir, cfg, run)
+    } else {
+        let cfg = resolve_config(a)?;
+        crate::memory::check(&cfg, device)?;
+        let Some(data) = a.data.clone() else { bail!("--data is required (an image folder or a folder of IDX files)") };
+        let val_fraction = a.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION);
+        let run = RunOptions { data, val_fraction, max_per_class: a.max_per_class };
+        (RunDir::create(&a.out)?, cfg, run)
+    };
+    let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet };
+    let summary = fit(&dir, cfg, &opts)?;
+    let accuracy = match (summary.val_accuracy, summary.best_val_accuracy, summary.best_epoch) {
+        (Some(acc), Some(best), Some(epoch)) => format!("{acc:.4} (best {best:.4} at epoch {epoch})"),
+        (Some(acc), ..) => format!("{acc:.4}"),
+        _ => "not measured (no validation images)".into(),
+    };
+    println!(
+        "validation accuracy: {accuracy}, {:.1} train images/s, {:.1}s",
+        summary.train_images_per_sec, summary.wall_seconds
+    );
+    if !a.no_export {
+        export_and_print(&dir, &ExportRequest::new(&a.out))?;
+    }
+    Ok(())
+}
+
+fn export_and_print(dir: &RunDir, req: &ExportRequest) -> Result<()> {
+    let report = export_in(dir, req).context("export failed")?;
     println!(
         "exported {} ({:.1} KiB); tract vs tch on {} {} images: max |diff| {:.2e}",
         report.path.display(),

@@ -1,7 +1,9 @@
 //! `vit-train export`: checkpoint -> ONNX via the light crate's writer, then
 //! self-verification with tract against tch on real validation images (random
 //! inputs when the data is gone). An export that does not reproduce the
-//! trained logits within `atol` fails.
+//! trained logits within `atol` fails, and never replaces the file it was
+//! meant to: it is verified under a side name first and moved into place
+//! only when it passes; a failing one is kept as `NAME.failed.onnx`.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,7 @@ use vit::{ModelMetadata, NamedTensors, Preprocessor, TensorData, ViTConfig};
 
 use crate::batches::{make_batch, Augment};
 use crate::checkpoint;
+use crate::memory::catch_allocation;
 use crate::model::ViT;
 use crate::run_dir::{Checkpoint, RunDir};
 use crate::verify::{compare, tract_logits, Comparison};
@@ -128,41 +131,125 @@ pub fn verify_export(
 }
 
 /// Exports a run's checkpoint and verifies it; errors if verification fails.
+/// Locks the run folder for the time of the export.
 pub fn export_run(req: &ExportRequest) -> Result<ExportReport> {
-    let dir = RunDir::open(&req.run)?;
+    export_in(&RunDir::open(&req.run)?, req)
+}
+
+/// [`export_run`] in a run folder this process has open already (`req.run` is not used).
+pub fn export_in(dir: &RunDir, req: &ExportRequest) -> Result<ExportReport> {
     let (mut cfg, labels) =
-        dir.read_trained().with_context(|| format!("{} is not a vit-train run folder", req.run.display()))?;
+        dir.read_trained().with_context(|| format!("{} is not a vit-train run folder", dir.path().display()))?;
     let flip = req.test_time_flip.unwrap_or(cfg.test_time_flip);
     let accuracy_applies = flip == cfg.test_time_flip;
     cfg.test_time_flip = flip;
     let ckpt = dir.checkpoint_path(req.checkpoint);
+    let summary = dir.read_summary().ok();
+    if req.checkpoint == Checkpoint::Best && !ckpt.exists() && summary.as_ref().is_some_and(|s| s.best_epoch.is_none())
+    {
+        bail!(
+            "{} has no best.safetensors: the run had no validation images, so no epoch was chosen by accuracy; \
+             export the final weights with --checkpoint last",
+            dir.path().display()
+        );
+    }
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = ViT::new(&vs.root(), &cfg);
+    let model = catch_allocation("model", || ViT::new(&vs.root(), &cfg))?;
     checkpoint::load_weights(&mut vs, &ckpt)?;
-    let val_accuracy = dir
-        .read_summary()
-        .ok()
-        .map(|s| match req.checkpoint {
+    let val_accuracy = summary
+        .and_then(|s| match req.checkpoint {
             Checkpoint::Best => s.best_val_accuracy,
             Checkpoint::Last => s.val_accuracy,
         })
         .filter(|_| accuracy_applies);
     let path = req.out.clone().unwrap_or_else(|| dir.onnx_path());
     let meta = ModelMetadata { config: cfg.clone(), labels, val_accuracy };
-    write_model(&path, &meta, &named_tensors(&vs)?, &ExportOptions { external_data: req.external_data })
-        .with_context(|| format!("cannot export {}", ckpt.display()))?;
-    let (pixels, n, real) = verification_inputs(&dir, &cfg, req.verify_images.max(1));
-    let comparison = verify_export(&model, &cfg, &path, &pixels, n, req.atol)?;
-    if !comparison.ok() {
-        bail!(
-            "export verification failed for {}: tract and tch logits differ beyond atol {:e} ({comparison}); the file is kept for inspection",
-            path.display(),
-            req.atol
-        );
+    let weights = named_tensors(&vs)?;
+    let write = |to: &Path| {
+        write_model(to, &meta, &weights, &ExportOptions { external_data: req.external_data })
+            .with_context(|| format!("cannot export {}", ckpt.display()))
+    };
+    // Verify first, replace after: the file at `path` changes only to a verified one.
+    let staged = Staged::new(&path)?;
+    write(&staged.file)?;
+    let (pixels, n, real) = verification_inputs(dir, &cfg, req.verify_images.max(1));
+    let why = match verify_export(&model, &cfg, &staged.file, &pixels, n, req.atol) {
+        Ok(comparison) if comparison.ok() => {
+            staged.commit(&path)?;
+            let bytes = [path.clone(), with_data_suffix(&path)]
+                .iter()
+                .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+                .sum();
+            return Ok(ExportReport { path, bytes, comparison, images: n, real_images: real });
+        }
+        Ok(comparison) => format!("tract and tch logits differ beyond atol {:e} ({comparison})", req.atol),
+        Err(e) => format!("{e:#}"),
+    };
+    drop(staged);
+    let failed = failed_path(&path);
+    let kept = match write(&failed) {
+        Ok(()) => format!("the failing file is {} for inspection", failed.display()),
+        Err(e) => format!("the failing file could not be kept either ({e:#})"),
+    };
+    let previous = if path.exists() { "is unchanged" } else { "was not written" };
+    bail!("export verification failed: {why}; {} {previous}, {kept}", path.display())
+}
+
+/// An export written under its final file name inside a hidden folder beside
+/// the target (`.NAME.tmp-PID/NAME`), so the external data reference, which
+/// names the file, stays valid when the verified file moves into place. The
+/// folder is removed on drop; a kill leaves it to the run folder's cleanup.
+#[derive(Debug)]
+struct Staged {
+    folder: PathBuf,
+    file: PathBuf,
+}
+
+impl Staged {
+    fn new(target: &Path) -> Result<Self> {
+        let name = target
+            .file_name()
+            .with_context(|| format!("cannot export to {}: it has no file name", target.display()))?;
+        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let folder = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir(&folder).with_context(|| {
+            format!("cannot write {}: cannot create the folder {} to verify it in", target.display(), folder.display())
+        })?;
+        Ok(Self { file: folder.join(name), folder })
     }
-    let mut bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let mut data_file = path.clone().into_os_string();
-    data_file.push(vit::onnx::EXTERNAL_DATA_SUFFIX);
-    bytes += std::fs::metadata(&data_file).map(|m| m.len()).unwrap_or(0);
-    Ok(ExportReport { path, bytes, comparison, images: n, real_images: real })
+
+    /// Moves the file (and its external data, if any) over `target`.
+    fn commit(&self, target: &Path) -> Result<()> {
+        let moves =
+            [(with_data_suffix(&self.file), with_data_suffix(target)), (self.file.clone(), target.to_path_buf())];
+        for (from, to) in moves.iter().filter(|(from, _)| from.exists()) {
+            std::fs::rename(from, to)
+                .with_context(|| format!("cannot move the verified export {} to {}", from.display(), to.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.folder);
+    }
+}
+
+/// `<file>.data`: where the writer puts external weights.
+fn with_data_suffix(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(vit::onnx::EXTERNAL_DATA_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// `model.onnx` -> `model.failed.onnx`: where an export that failed verification is kept.
+pub fn failed_path(path: &Path) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.failed.{}", ext.to_string_lossy()),
+        None => format!("{stem}.failed"),
+    };
+    path.with_file_name(name)
 }

@@ -76,14 +76,15 @@ pub fn write_records(path: &Path, records: &[Record]) -> std::io::Result<()> {
 /// `summary.json`: what a run achieved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
-    /// Validation accuracy of the final weights (`last.safetensors`).
-    pub val_accuracy: f64,
-    /// Best per-epoch validation accuracy (`best.safetensors`).
-    pub best_val_accuracy: f64,
-    /// Epoch (1-based) of the best accuracy.
-    pub best_epoch: usize,
-    /// Confusion matrix of the final weights, `[true][predicted]`.
-    pub confusion_matrix: Vec<Vec<u64>>,
+    /// Validation accuracy of the final weights (`last.safetensors`); `None`
+    /// (null) when the run had no validation images: not measured.
+    pub val_accuracy: Option<f64>,
+    /// Best per-epoch validation accuracy (`best.safetensors`); `None` when not measured.
+    pub best_val_accuracy: Option<f64>,
+    /// Epoch (1-based) of the best accuracy; `None` when not measured.
+    pub best_epoch: Option<usize>,
+    /// Confusion matrix of the final weights, `[true][predicted]`; `None` when not measured.
+    pub confusion_matrix: Option<Vec<Vec<u64>>>,
     /// Class names in label order.
     pub labels: Vec<String>,
     /// Epochs trained.

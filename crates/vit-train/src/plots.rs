@@ -30,8 +30,13 @@ fn register_font() {
     });
 }
 
-/// Writes both plots into the run folder.
-pub fn write_run_plots(dir: &RunDir, records: &[Record], confusion: &Confusion, labels: &[String]) -> Result<()> {
+/// Writes the loss plot into the run folder, and the confusion plot when there is a matrix.
+pub fn write_run_plots(
+    dir: &RunDir,
+    records: &[Record],
+    confusion: Option<&Confusion>,
+    labels: &[String],
+) -> Result<()> {
     let steps: Vec<(f64, f64)> = records
         .iter()
         .filter_map(|r| match r {
@@ -40,7 +45,10 @@ pub fn write_run_plots(dir: &RunDir, records: &[Record], confusion: &Confusion, 
         })
         .collect();
     plot_loss(&dir.loss_plot_path(), &steps)?;
-    plot_confusion(&dir.confusion_plot_path(), confusion, labels)
+    match confusion {
+        Some(confusion) => plot_confusion(&dir.confusion_plot_path(), confusion, labels),
+        None => Ok(()),
+    }
 }
 
 /// Training loss against iteration.

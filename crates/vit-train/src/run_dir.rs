@@ -2,7 +2,10 @@
 //! the typed reading and writing of each file. `fit`, `export`, `samples` and
 //! the tests reach the folder only through [`RunDir`], so the layout is
 //! written down once, and [`RunDir::create`] / [`RunDir::open`] are the only
-//! ways in (the natural place for anything that must guard the whole folder).
+//! ways in for a writer: both take the folder's exclusive lock
+//! ([`RunLock`], `.lock`), so one process at a time trains or exports a run,
+//! and both remove what interrupted atomic writes left behind.
+//! [`RunDir::inspect`] reads a run without the lock (e.g. while it trains).
 //!
 //! Layout: `config.toml` (resolved config, with `num_classes`), `labels.json`,
 //! `run.json` ([`RunOptions`], for `--resume`), `metrics.jsonl`, `summary.json`,
@@ -16,6 +19,7 @@ use vit::config::ConfigError;
 use vit::ViTConfig;
 
 use crate::metrics::{read_records, write_records, Confusion, Record, Summary};
+use crate::run_lock::{remove_leftovers, temp_owner, LockError, RunLock, LOCK_FILE};
 
 /// Data and run options of `fit` (saved as `run.json` for `--resume`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +60,20 @@ pub enum RunDirError {
         /// The folder.
         path: PathBuf,
     },
+    /// `fit` was pointed at a folder that holds something else.
+    #[error(
+        "{path} is neither empty nor a vit-train run folder (it holds {example}, and no run.json); \
+         choose a new or empty --out folder so nothing in it is overwritten"
+    )]
+    Foreign {
+        /// The folder.
+        path: PathBuf,
+        /// One of the entries found.
+        example: String,
+    },
+    /// Another process holds the folder, or it cannot be locked.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// A file could not be read or written.
     #[error("cannot {action} {path}")]
     Io {
@@ -91,27 +109,66 @@ pub enum RunDirError {
     },
 }
 
-/// A run folder and the paths of everything in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A run folder and the paths of everything in it; while a value made by
+/// [`create`](Self::create) or [`open`](Self::open) lives, this process holds the folder's lock.
+#[derive(Debug)]
 pub struct RunDir {
     root: PathBuf,
+    _lock: Option<RunLock>,
 }
 
 impl RunDir {
-    /// Creates the folder (and its parents) if needed, for a new or resumed run.
+    /// Creates the folder (and its parents) if needed and locks it, for a new run:
+    /// refuses a folder that holds files but no run (see [`RunDirError::Foreign`]).
     pub fn create(path: impl AsRef<Path>) -> Result<Self, RunDirError> {
         let root = path.as_ref().to_path_buf();
         std::fs::create_dir_all(&root).map_err(|source| RunDirError::Create { path: root.clone(), source })?;
-        Ok(Self { root })
+        let dir = Self::locked(root)?;
+        if !dir.run_options_path().exists() {
+            if let Some(example) = dir.foreign_entry()? {
+                return Err(RunDirError::Foreign { path: dir.root, example });
+            }
+        }
+        Ok(dir)
     }
 
-    /// Opens an existing run folder.
+    /// Opens and locks an existing run folder (to resume, export or otherwise write it).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, RunDirError> {
         let root = path.as_ref().to_path_buf();
         if !root.is_dir() {
             return Err(RunDirError::Missing { path: root });
         }
-        Ok(Self { root })
+        Self::locked(root)
+    }
+
+    /// An existing run folder for reading only, without the lock: its files may
+    /// change underneath while another process trains it.
+    pub fn inspect(path: impl AsRef<Path>) -> Result<Self, RunDirError> {
+        let root = path.as_ref().to_path_buf();
+        if !root.is_dir() {
+            return Err(RunDirError::Missing { path: root });
+        }
+        Ok(Self { root, _lock: None })
+    }
+
+    fn locked(root: PathBuf) -> Result<Self, RunDirError> {
+        let lock = RunLock::acquire(&root)?;
+        for path in remove_leftovers(&root) {
+            log::info!("removed {}, left by an interrupted write", path.display());
+        }
+        Ok(Self { root, _lock: Some(lock) })
+    }
+
+    /// The first entry that is neither the lock nor a temporary file, if any.
+    fn foreign_entry(&self) -> Result<Option<String>, RunDirError> {
+        let io = |source| RunDirError::Io { action: "read", path: self.root.clone(), source };
+        for entry in std::fs::read_dir(&self.root).map_err(io)? {
+            let name = entry.map_err(io)?.file_name().to_string_lossy().into_owned();
+            if name != LOCK_FILE && temp_owner(&name).is_none() {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
     }
 
     /// The folder itself.
@@ -283,12 +340,30 @@ mod tests {
         let run = RunDir::create(tmp.path().join("a/b")).unwrap();
         let opts = RunOptions { data: "data".into(), val_fraction: 0.25, max_per_class: Some(3) };
         run.write_run_options(&opts).unwrap();
-        let back = RunDir::open(run.path()).unwrap().read_run_options().unwrap();
+        let back = RunDir::inspect(run.path()).unwrap().read_run_options().unwrap();
         assert_eq!((back.data, back.val_fraction, back.max_per_class), (opts.data, 0.25, Some(3)));
         assert_eq!(run.checkpoint_path(Checkpoint::Best), run.path().join("best.safetensors"));
         let err = RunDir::open(tmp.path().join("nowhere")).unwrap_err().to_string();
         assert!(err.contains("nowhere"), "{err}");
         let err = run.read_summary().unwrap_err().to_string();
         assert!(err.contains("summary.json"), "{err}");
+        // Held by `run`: a second writer is turned away, a reader is not.
+        let err = RunDir::open(run.path()).unwrap_err().to_string();
+        assert!(err.contains("in use"), "{err}");
+        drop(run);
+        RunDir::create(tmp.path().join("a/b")).unwrap();
+    }
+
+    #[test]
+    fn create_refuses_a_folder_with_other_files_but_not_an_empty_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("notes.txt"), "mine").unwrap();
+        let err = RunDir::create(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("notes.txt") && err.contains("neither empty nor"), "{err}");
+        assert_eq!(std::fs::read_to_string(tmp.path().join("notes.txt")).unwrap(), "mine");
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        drop(RunDir::create(&empty).unwrap());
+        RunDir::create(&empty).expect("only the lock file in it");
     }
 }

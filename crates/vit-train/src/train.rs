@@ -4,7 +4,6 @@
 //! with weights, Adam moments (and the weight average, when the recipe keeps
 //! one) and the data order of the next epoch, so it reaches the same result.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -21,13 +20,11 @@ use crate::trainer::{EpochStats, StepReport, Trainer};
 /// Everything `fit` needs.
 #[derive(Debug, Clone)]
 pub struct FitOptions {
-    /// Data options.
+    /// Data options of a new run (a resumed run reads its own from `run.json`).
     pub run: RunOptions,
-    /// Run folder.
-    pub out: PathBuf,
     /// Device to train on.
     pub device: Device,
-    /// Continue the run in `out`.
+    /// Continue the run in the folder.
     pub resume: bool,
     /// Batch size for evaluation.
     pub eval_batch: usize,
@@ -66,19 +63,28 @@ pub fn load_data(cfg: &mut ViTConfig, run: &RunOptions) -> Result<Splits> {
     Ok(splits)
 }
 
-/// Trains `cfg` on the options' data, filling the run folder; returns the summary.
-pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
+/// Trains `cfg` on the options' data, filling the run folder `dir` (made by
+/// [`RunDir::create`], or [`RunDir::open`] to resume); returns the summary.
+pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
     let started = Instant::now();
-    let dir = if opts.resume { RunDir::open(&opts.out)? } else { RunDir::create(&opts.out)? };
+    if cfg.train.epochs == 0 {
+        bail!("train.epochs = 0: train for at least 1 epoch");
+    }
     let run = if opts.resume {
         dir.read_run_options().context("--resume needs the run's run.json")?
     } else if dir.holds_run() {
-        bail!("{} already holds a run; pass --resume to continue it or choose another --out", opts.out.display());
+        bail!("{} already holds a run; pass --resume to continue it or choose another --out", dir.path().display());
     } else {
         opts.run.clone()
     };
 
+    let estimate = crate::memory::check(&cfg, opts.device)?;
+    log::debug!("memory estimate: {:.0} MiB", estimate.total() / (1u64 << 20) as f64);
     let splits = load_data(&mut cfg, &run)?;
+    let measured = !splits.val.is_empty();
+    if !measured {
+        log::warn!("no validation images: accuracy will not be measured (and no best.safetensors chosen by it)");
+    }
     log::info!(
         "data: {} classes, {} train / {} val images, {} files skipped ({})",
         splits.classes.len(),
@@ -87,11 +93,12 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
         splits.skipped(),
         run.data.display()
     );
-    dir.write_config(&cfg)?;
+    // run.json first: with it, the folder is recognisably a run however early a kill comes.
     dir.write_run_options(&run)?;
+    dir.write_config(&cfg)?;
     dir.write_labels(&splits.classes)?;
 
-    let mut trainer = Trainer::new(&cfg, opts.device, splits.train.len(), opts.eval_batch);
+    let mut trainer = Trainer::new(&cfg, opts.device, splits.train.len(), opts.eval_batch)?;
     let parameters = trainer.parameters();
     log::info!("model: {:?} variant, {parameters} parameters, device {}", cfg.variant, device_name(opts.device));
 
@@ -102,6 +109,8 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
         start_epoch = trainer.load_resume(&resume_path)?;
         records = dir.read_records().into_iter().filter(|r| r.epoch() < start_epoch).collect();
         log::info!("resuming after epoch {start_epoch} from {}", resume_path.display());
+    } else if opts.resume {
+        log::warn!("no complete epoch checkpoint yet ({} is missing): starting from epoch 1", resume_path.display());
     }
     dir.write_records(&records)?;
 
@@ -121,14 +130,25 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
             bar.inc(1);
         });
         bar.finish_and_clear();
-        if !stats.loss_sum.is_finite() {
+        if let Some(d) = stats.diverged {
             bail!(
-                "training diverged in epoch {} (loss is {}); lower --lr or add --grad-clip",
+                "training diverged: the loss is {} at epoch {}, step {} of {} (iteration {}); {}; lower --lr or set --grad-clip",
+                d.loss,
                 epoch + 1,
-                stats.loss_sum
+                d.step_in_epoch + 1,
+                trainer.steps_per_epoch(),
+                d.step + 1,
+                kept_checkpoint(dir, epoch)
             );
         }
-        let due = (epoch + 1) % t.eval_every == 0 || epoch + 1 == t.epochs;
+        if !trainer.weights_finite() {
+            bail!(
+                "training diverged: the weights are no longer finite after epoch {}; {}; lower --lr or set --grad-clip",
+                epoch + 1,
+                kept_checkpoint(dir, epoch)
+            );
+        }
+        let due = measured && ((epoch + 1) % t.eval_every == 0 || epoch + 1 == t.epochs);
         let best_so_far = records.iter().filter_map(Record::val_accuracy).fold(f64::NEG_INFINITY, f64::max);
         let eval = trainer.with_eval_weights(|tr| -> Result<Option<Evaluation>> {
             let eval = due.then(|| tr.evaluate(&splits.val));
@@ -148,12 +168,13 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
 
     // Only a resumed run that had already finished has no evaluation of its final weights yet.
     let eval = match last_eval {
-        Some(eval) => eval,
-        None => trainer.with_eval_weights(|tr| tr.evaluate(&splits.val)),
+        Some(eval) => Some(eval),
+        None if measured => Some(trainer.with_eval_weights(|tr| tr.evaluate(&splits.val))),
+        None => None,
     };
     let summary = summarize(&SummaryInputs {
         records: &records,
-        eval: &eval,
+        eval: eval.as_ref(),
         splits: &splits,
         parameters,
         device: opts.device,
@@ -161,9 +182,20 @@ pub fn fit(mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
         epochs: t.epochs,
     });
     dir.write_summary(&summary)?;
-    dir.write_confusion_csv(&eval.confusion, &splits.classes)?;
-    crate::plots::write_run_plots(&dir, &records, &eval.confusion, &splits.classes)?;
+    if let Some(eval) = &eval {
+        dir.write_confusion_csv(&eval.confusion, &splits.classes)?;
+    }
+    crate::plots::write_run_plots(dir, &records, eval.as_ref().map(|e| &e.confusion), &splits.classes)?;
     Ok(summary)
+}
+
+/// What a run stopped in `epoch` (0-based) keeps: nothing of the broken epoch is saved.
+fn kept_checkpoint(dir: &RunDir, epoch: usize) -> String {
+    if epoch == 0 {
+        "no epoch completed, so no checkpoint was written".into()
+    } else {
+        format!("{} still holds epoch {}, the last good one", dir.checkpoint_path(Checkpoint::Last).display(), epoch)
+    }
 }
 
 /// Mean loss over the steps since the last logged one.
@@ -233,8 +265,8 @@ fn progress_bar(enabled: bool, len: usize, epoch: usize, epochs: usize) -> Progr
 pub struct SummaryInputs<'a> {
     /// Every record of the run, resumed epochs included.
     pub records: &'a [Record],
-    /// Evaluation of the final weights.
-    pub eval: &'a Evaluation,
+    /// Evaluation of the final weights (`None`: no validation images).
+    pub eval: Option<&'a Evaluation>,
     /// The data the run used.
     pub splits: &'a Splits,
     /// Trainable parameters.
@@ -249,11 +281,11 @@ pub struct SummaryInputs<'a> {
 
 /// The run's `summary.json`: final and best accuracy, mean throughput and the data's size.
 pub fn summarize(inputs: &SummaryInputs) -> Summary {
-    let (mut best, mut best_epoch, mut ips, mut n) = (0.0, 0, 0.0, 0);
+    let (mut best, mut ips, mut n) = (None::<(f64, usize)>, 0.0, 0);
     for r in inputs.records {
         if let Record::Epoch { epoch, val_accuracy, train_images_per_sec, .. } = r {
-            if let Some(acc) = val_accuracy.filter(|&a| a > best) {
-                (best, best_epoch) = (acc, epoch + 1);
+            if let Some(acc) = val_accuracy.filter(|&a| best.map_or(true, |(b, _)| a > b)) {
+                best = Some((acc, epoch + 1));
             }
             ips += train_images_per_sec;
             n += 1;
@@ -261,10 +293,10 @@ pub fn summarize(inputs: &SummaryInputs) -> Summary {
     }
     let splits = inputs.splits;
     Summary {
-        val_accuracy: inputs.eval.accuracy,
-        best_val_accuracy: best,
-        best_epoch,
-        confusion_matrix: inputs.eval.confusion.matrix.clone(),
+        val_accuracy: inputs.eval.map(|e| e.accuracy),
+        best_val_accuracy: best.map(|(acc, _)| acc),
+        best_epoch: best.map(|(_, epoch)| epoch),
+        confusion_matrix: inputs.eval.map(|e| e.confusion.matrix.clone()),
         labels: splits.classes.clone(),
         epochs: inputs.epochs,
         train_images_per_sec: if n > 0 { ips / n as f64 } else { 0.0 },

@@ -16,6 +16,7 @@ use crate::batches::{for_each_train_batch, Augment, HostBatch};
 use crate::checkpoint::{self, CheckpointError};
 use crate::ema::Ema;
 use crate::evaluate::{evaluate, to_device, Evaluation};
+use crate::memory::{catch_allocation, MemoryError};
 use crate::model::{parameter_count, ViT};
 use crate::optim::{learning_rate, Adam};
 
@@ -40,12 +41,25 @@ pub struct StepReport {
 /// What one epoch of training measured.
 #[derive(Debug, Clone, Copy)]
 pub struct EpochStats {
-    /// Sum over batches of batch loss times batch size (not finite when training diverged).
+    /// Sum over batches of batch loss times batch size.
     pub loss_sum: f64,
     /// Images trained on.
     pub images: usize,
     /// Seconds spent in training steps (forward, backward, update).
     pub train_seconds: f64,
+    /// The step whose loss was not finite; the epoch stopped there.
+    pub diverged: Option<Divergence>,
+}
+
+/// Where training stopped because the loss was NaN or infinite.
+#[derive(Debug, Clone, Copy)]
+pub struct Divergence {
+    /// Step within the epoch, 0-based.
+    pub step_in_epoch: usize,
+    /// Global step, 0-based, over all epochs.
+    pub step: usize,
+    /// The loss of that step.
+    pub loss: f64,
 }
 
 impl EpochStats {
@@ -79,16 +93,20 @@ pub struct Trainer {
 impl Trainer {
     /// Seeds libtorch with `train.seed` and builds fresh weights on `device`,
     /// with a schedule for `train_images` training images per epoch;
-    /// evaluation runs in batches of `eval_batch`.
-    pub fn new(cfg: &ViTConfig, device: Device, train_images: usize, eval_batch: usize) -> Self {
+    /// evaluation runs in batches of `eval_batch`. A failed allocation is an
+    /// error (check the size first with [`memory::check`](crate::memory::check)).
+    pub fn new(cfg: &ViTConfig, device: Device, train_images: usize, eval_batch: usize) -> Result<Self, MemoryError> {
         let t = &cfg.train;
         tch::manual_seed(t.seed as i64);
-        let vs = nn::VarStore::new(device);
-        let model = ViT::new(&vs.root(), cfg);
-        let opt = Adam::new(&vs, t);
-        let ema = (t.ema_decay > 0.0).then(|| Ema::new(&vs, t.ema_decay));
+        let (vs, model, opt, ema) = catch_allocation("model and optimiser state", || {
+            let vs = nn::VarStore::new(device);
+            let model = ViT::new(&vs.root(), cfg);
+            let opt = Adam::new(&vs, t);
+            let ema = (t.ema_decay > 0.0).then(|| Ema::new(&vs, t.ema_decay));
+            (vs, model, opt, ema)
+        })?;
         let steps_per_epoch = train_images.div_ceil(t.batch_size);
-        Self {
+        Ok(Self {
             cfg: cfg.clone(),
             vs,
             model,
@@ -100,7 +118,13 @@ impl Trainer {
             steps_per_epoch,
             warmup_steps: (t.warmup_epochs * steps_per_epoch as f64).round() as usize,
             total_steps: steps_per_epoch * t.epochs,
-        }
+        })
+    }
+
+    /// True when every trained weight is finite (one reduction per tensor: cheap
+    /// once per epoch), so a checkpoint of them is worth keeping.
+    pub fn weights_finite(&self) -> bool {
+        tch::no_grad(|| self.vs.trainable_variables().iter().all(|v| v.isfinite().all().int64_value(&[]) != 0))
     }
 
     /// Trainable parameters.
@@ -119,7 +143,8 @@ impl Trainer {
     }
 
     /// Trains one epoch (0-based) on `data` in the seeded order of that epoch;
-    /// `on_step` sees every step after its update.
+    /// `on_step` sees every step after its update. A step whose loss is not
+    /// finite ends the epoch at once ([`EpochStats::diverged`]; `on_step` does not see it).
     pub fn train_epoch(&mut self, data: &Dataset, epoch: usize, mut on_step: impl FnMut(&StepReport)) -> EpochStats {
         let t = &self.cfg.train;
         // Dropout, drop-path and augmentation draws of an epoch depend only on the seed and the epoch,
@@ -127,7 +152,7 @@ impl Trainer {
         tch::manual_seed(t.seed as i64 + 1 + epoch as i64);
         let aug = Augment::from_train(t);
         let (batch_size, seed) = (t.batch_size, t.seed);
-        let mut stats = EpochStats { loss_sum: 0.0, images: 0, train_seconds: 0.0 };
+        let mut stats = EpochStats { loss_sum: 0.0, images: 0, train_seconds: 0.0, diverged: None };
         let prep = self.prep.clone();
         for_each_train_batch(data, &prep, aug, batch_size, seed, epoch, |i, batch| {
             let started = Instant::now();
@@ -135,6 +160,10 @@ impl Trainer {
             let lr = learning_rate(&self.cfg.train, step, self.warmup_steps, self.total_steps);
             let loss = self.step(&batch, lr);
             stats.train_seconds += started.elapsed().as_secs_f64();
+            if !loss.is_finite() {
+                stats.diverged = Some(Divergence { step_in_epoch: i, step, loss });
+                return false;
+            }
             let n = batch.labels.len();
             (stats.loss_sum, stats.images) = (stats.loss_sum + loss * n as f64, stats.images + n);
             on_step(&StepReport { step, loss, lr, images: stats.images, train_seconds: stats.train_seconds });

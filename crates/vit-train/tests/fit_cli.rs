@@ -3,66 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
+use common::cli::*;
 use common::*;
 use serde_json::Value;
-
-const SMALL: &str = r#"
-variant = "standard"
-image_size = 32
-patch_size = 8
-in_channels = 3
-embed_dim = 32
-depth = 2
-num_heads = 2
-mlp_ratio = 2.0
-pooling = "mean"
-[train]
-epochs = 6
-batch_size = 32
-lr = 1e-3
-optimizer = "adamw"
-weight_decay = 0.05
-warmup_epochs = 0.5
-cosine = true
-log_every = 5
-seed = 3
-"#;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vit-train"));
-    c.arg("fit").arg("--quiet").arg("--threads").arg("2").arg("--device").arg("cpu");
-    c
-}
-
-fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let p = dir.join("small.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(!out.status.success(), "should have failed: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn summary(run: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
-}
 
 #[test]
 fn short_fit_learns_and_fills_the_run_folder() {
@@ -122,14 +67,6 @@ fn short_fit_learns_and_fills_the_run_folder() {
     assert_eq!((cm_png.width(), cm_png.height()), vit_train::plots::CONFUSION_SIZE);
     let csv = std::fs::read_to_string(run.join("confusion.csv")).unwrap();
     assert!(csv.starts_with("true\\predicted,airplane,bus,cat,dog,pizza\n"), "{csv}");
-}
-
-/// `fit` on 40 images per class, no export.
-fn quick(cfg: &Path, run: &Path, epochs: &str) -> Command {
-    let mut cmd = bin();
-    cmd.arg("--config").arg(cfg).arg("--data").arg(coco5()).arg("--out").arg(run);
-    cmd.args(["--max-per-class", "40", "--epochs", epochs, "--no-export"]);
-    cmd
 }
 
 fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
@@ -253,8 +190,8 @@ fn export_rejects_broken_checkpoints_and_unwritable_paths() {
     let run = tmp.path().join("run");
     run_ok(&mut quick(&cfg, &run, "1"));
     let export = |extra: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_vit-train"));
-        c.arg("export").arg("--run").arg(&run).args(extra);
+        let mut c = export(&run);
+        c.args(extra);
         c
     };
     // Works as is.

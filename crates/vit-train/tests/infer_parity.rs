@@ -121,7 +121,7 @@ fn evaluation_accuracy_equals_the_trained_runs_with_test_time_flip() {
         ..standard(32, 8, 3, 1, 2, Pooling::Mean)
     };
     let (_tmp, run) = trained_run_evaluates_the_same_in_ort(&cfg);
-    let evaluated: Vec<usize> = RunDir::open(&run)
+    let evaluated: Vec<usize> = RunDir::inspect(&run)
         .unwrap()
         .read_records()
         .into_iter()
@@ -142,20 +142,20 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
     let run = tmp.path().join("run");
     let opts = FitOptions {
         run: RunOptions { data: data.clone(), val_fraction: 0.2, max_per_class: Some(30) },
-        out: run.clone(),
         device: tch::Device::Cpu,
         resume: false,
         eval_batch: 64,
         progress: false,
     };
-    let summary = fit(cfg.clone(), &opts).expect("fit");
+    let summary = fit(&RunDir::create(&run).unwrap(), cfg.clone(), &opts).expect("fit");
     let onnx = tmp.path().join("model.onnx");
     let request = ExportRequest { out: Some(onnx.clone()), verify_images: 8, ..ExportRequest::new(&run) };
     let report = export_run(&request).expect("export");
     assert_eq!(report.path, onnx);
 
     let mut clf = Classifier::open(&onnx, &cpu()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(clf.metadata().val_accuracy, Some(summary.val_accuracy));
+    assert_eq!(clf.metadata().val_accuracy, summary.val_accuracy);
+    assert!(summary.val_accuracy.is_some());
     assert_eq!(clf.metadata().config.test_time_flip, cfg.test_time_flip);
     assert_eq!(clf.labels(), summary.labels.as_slice());
     let prep = Preprocessor::from_config(&clf.metadata().config);
@@ -169,11 +169,13 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
         let eval = clf.evaluate(&splits.val, batch).unwrap_or_else(|e| panic!("{e}"));
         eprintln!(
             "batch {batch}: ONNX Runtime accuracy {} vs trained {} on {} images",
-            eval.accuracy, summary.val_accuracy, eval.total
+            eval.accuracy,
+            summary.val_accuracy.unwrap(),
+            eval.total
         );
         assert_eq!(eval.total as usize, summary.val_images);
-        assert_eq!(eval.accuracy, summary.val_accuracy, "ONNX Runtime evaluation differs from the trainer's");
-        assert_eq!(eval.confusion.matrix, summary.confusion_matrix);
+        assert_eq!(Some(eval.accuracy), summary.val_accuracy, "ONNX Runtime evaluation differs from the trainer's");
+        assert_eq!(Some(&eval.confusion.matrix), summary.confusion_matrix.as_ref());
     }
     // Switching test-time flip at export changes what the file computes: it still
     // verifies against tch, but claims no accuracy; the run's own setting keeps it.
@@ -183,7 +185,7 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
             .expect("export with flip set");
         let clf = Classifier::open(&other, &cpu()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(clf.metadata().config.test_time_flip, flip);
-        let expected = if flip == cfg.test_time_flip { Some(summary.val_accuracy) } else { None };
+        let expected = if flip == cfg.test_time_flip { summary.val_accuracy } else { None };
         assert_eq!(clf.metadata().val_accuracy, expected, "val_accuracy of an export with test_time_flip {flip}");
     }
     (tmp, run)

@@ -1,6 +1,8 @@
 //! Helpers shared by the vit-train integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod cli;
+
 use std::path::PathBuf;
 
 use tch::{nn, Device, Kind, Tensor};
