@@ -57,7 +57,7 @@ pub struct FitArgs {
     /// Model preset (TOML), e.g. models/fashion-mnist.toml (not needed with --resume).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Data: DIR/<class>/*.jpg, DIR/{train,val}/<class>/*.jpg, or a folder of IDX files (not needed with --resume).
+    /// Data: DIR/CLASS/*.jpg, DIR/{train,val}/CLASS/*.jpg, or a folder of IDX files (not needed with --resume).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Run folder for config, metrics, checkpoints, plots and model.onnx.
