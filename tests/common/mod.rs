@@ -48,7 +48,7 @@ impl Lcg {
 /// Class names of the small test models.
 pub const LABELS: [&str; 3] = ["a_red", "b_green", "c_blue"];
 
-/// The small standard config of the brief: image 16, patch 4, embed 16, depth 1, 2 heads, 3 classes.
+/// A small standard config: image 16, patch 4, embed 16, depth 1, 2 heads, 3 classes.
 pub fn small(channels: usize) -> ViTConfig {
     ViTConfig {
         variant: Variant::Standard,

@@ -1,4 +1,4 @@
-//! tch vs tract on exported graphs: the table of configs the issue asks for,
+//! tch vs tract on exported graphs: a table of configs covering every architecture option,
 //! random and briefly trained weights, batch 1 and 7, atol 1e-5 / rtol 1e-4.
 
 mod common;
