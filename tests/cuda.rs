@@ -272,3 +272,57 @@ fn past_the_libraries_onnx_runtime_says_why_registration_failed() {
     assert!(stderr.contains("CUDA not used: registering it failed"), "{stderr}");
     assert!(stdout.contains("\"provider\":\"cpu\""), "{stdout}");
 }
+
+/// `scripts/gpu-check.sh --dry` on this machine: everything but CUDA, ending
+/// with a complete JSON. It uses the binaries this build made (vit-train and
+/// the infer_latency example come from the workspace build).
+#[test]
+fn gpu_check_dry_run_writes_every_field() {
+    gpu_runtime();
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vit-infer"));
+    let dir = bin.parent().unwrap();
+    let (train, latency) = (dir.join("vit-train"), dir.join("examples/infer_latency"));
+    for p in [&train, &latency] {
+        assert!(
+            p.is_file(),
+            "{} missing: build it with `cargo build -p vit-train --bin vit-train --example infer_latency`",
+            p.display()
+        );
+    }
+    let out = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(root.join("scripts/gpu-check.sh"))
+        .arg(out.path())
+        .arg("--dry")
+        .env("VIT_TRAIN", &train)
+        .env("VIT_INFER", &bin)
+        .env("INFER_LATENCY", &latency)
+        .status()
+        .expect("run scripts/gpu-check.sh");
+    assert!(status.success(), "gpu-check.sh --dry failed: {status}");
+    let text = std::fs::read_to_string(out.path().join("gpu-check.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let fields = [
+        "/check_gpu/ready",
+        "/check_gpu/problem",
+        "/train/device",
+        "/train/val_accuracy",
+        "/train/train_images_per_sec",
+        "/eval/cuda_provider/accuracy",
+        "/eval/cpu_provider/accuracy",
+        "/eval/accuracy_difference",
+        "/eval/images_compared",
+        "/eval/max_abs_probability_difference",
+    ];
+    for f in fields {
+        assert!(v.pointer(f).is_some_and(|x| !x.is_null()), "{f} missing in {text}");
+    }
+    for engine in ["ort_cuda", "ort_cpu", "torch_eager"] {
+        for f in ["p50_ms", "p99_ms", "images_per_sec"] {
+            let x = v.pointer(&format!("/latency/{engine}/{f}")).and_then(|x| x.as_f64());
+            assert!(x.is_some_and(|x| x > 0.0), "/latency/{engine}/{f} in {text}");
+        }
+    }
+    assert_eq!(v["check_gpu"]["ready"], false, "no GPU here: {text}");
+    assert_eq!(v["eval"]["accuracy_difference"], 0.0, "the CPU provider twice: {text}");
+}
