@@ -13,5 +13,10 @@ if [ -n "$VIT_SITE" ] && [ -z "${ORT_DYLIB_PATH:-}" ]; then
     [ -e "$f" ] && export ORT_DYLIB_PATH="$f"
   done
 fi
+# The GPU build of ONNX Runtime, kept apart from the venv's CPU build for the
+# CUDA start-up tests (scripts/setup.sh installs it).
+for f in "$VIT_CACHE"/ort-gpu/onnxruntime/capi/libonnxruntime.so.*; do
+  [ -e "$f" ] && export VIT_ORT_GPU_DYLIB="$f"
+done
 FASHION_MNIST_DIR="${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
 export FASHION_MNIST_DIR

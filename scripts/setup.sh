@@ -28,6 +28,11 @@ if [ ! -x "$VIT_VENV/bin/python" ]; then
 fi
 ORT_PKG=onnxruntime; [ "$GPU" = 1 ] && ORT_PKG=onnxruntime-gpu
 want=("torch==2.11.0" "$ORT_PKG==1.31.1" "onnx" "numpy")
+# onnxruntime-gpu 1.31.1 is built for CUDA 13: its provider needs libcudart.so.13,
+# libcublas(Lt).so.13, libcurand.so.10, libcufft.so.12 and libcudnn.so.9. The
+# [cuda,cudnn] extras bring all but cuBLAS, which torch 2.11 already brings
+# (nvidia-cublas 13.x); vit-infer finds them in site-packages/nvidia/*/lib.
+[ "$GPU" = 1 ] && want=("torch==2.11.0" "onnxruntime-gpu[cuda,cudnn]==1.31.1" "nvidia-cublas>=13,<14" "onnx" "numpy")
 have() { "$VIT_VENV/bin/python" -m pip show "$1" 2>/dev/null | awk '/^Version:/{print $2}'; }
 if [ "$(have torch)" != "2.11.0" ] || [ "$(have "$ORT_PKG")" != "1.31.1" ] || [ -z "$(have onnx)" ]; then
   if [ "$GPU" = 1 ] && [ -n "$(have onnxruntime)" ]; then
@@ -41,6 +46,18 @@ else
 fi
 source scripts/env.sh   # picks up ORT_DYLIB_PATH now that it exists
 [ -n "${ORT_DYLIB_PATH:-}" ] || die "libonnxruntime.so not found in $VIT_VENV"
+
+# The GPU build of ONNX Runtime, apart from the venv (which keeps its own), for
+# the tests of the CUDA start-up on machines without a GPU (tests/cuda.rs).
+ORT_GPU_DIR="$VIT_CACHE/ort-gpu"
+if [ ! -d "$ORT_GPU_DIR/onnxruntime_gpu-1.31.1.dist-info" ]; then
+  say "installing onnxruntime-gpu 1.31.1 (library only) into $ORT_GPU_DIR"
+  rm -rf "$ORT_GPU_DIR"
+  "$VIT_VENV/bin/python" -m pip install -q --no-deps --target "$ORT_GPU_DIR" "onnxruntime-gpu==1.31.1" \
+    || die "pip install onnxruntime-gpu --target $ORT_GPU_DIR failed: check access to PyPI"
+fi
+source scripts/env.sh   # picks up VIT_ORT_GPU_DYLIB
+[ -n "${VIT_ORT_GPU_DYLIB:-}" ] || die "libonnxruntime.so not found in $ORT_GPU_DIR"
 
 if [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte" ]; then
   if command -v apt-get >/dev/null; then
@@ -64,6 +81,15 @@ if [ "$BUILD" = 1 ]; then
     # same feature set as the test suite, so demo and tests share one build.
     say "cargo test --workspace --all-features --no-run (target dir $CARGO_TARGET_DIR)"
     cargo test --workspace --all-features --no-run || die "cargo build failed"
+  fi
+fi
+if [ "$GPU" = 1 ]; then
+  [ -x "$CARGO_TARGET_DIR/debug/vit-infer" ] || cargo build -q -p vit --features cli --bin vit-infer || die "cargo build failed"
+  say "vit-infer --check-gpu (ONNX Runtime $ORT_DYLIB_PATH):"
+  if "$CARGO_TARGET_DIR/debug/vit-infer" --check-gpu; then
+    say "the CUDA execution provider starts: use vit-infer --ep cuda (or auto)"
+  else
+    say "warning: the CUDA execution provider would not start (see the last line above); vit-infer --ep auto uses the CPU"
   fi
 fi
 say "done"

@@ -40,6 +40,7 @@
 //! ```
 
 mod classifier;
+mod cuda;
 mod error;
 mod eval;
 mod options;
@@ -49,11 +50,15 @@ mod session;
 mod signature;
 
 pub use classifier::Classifier;
+pub use cuda::{
+    check_cuda, resolve, CudaCheck, CudaError, CudaLibrary, CudaSearch, DirSource, FoundLibrary, LibraryStatus,
+    SearchDir, CUDA_DRIVER, CUDA_LIBRARIES, CUDA_LIB_DIR_ENV, CUDA_PROVIDER_LIBRARY,
+};
 pub use error::InferError;
 pub use eval::{load_eval_data, EvalData, Evaluation};
 pub use options::{ClassifierOptions, ClassifyOptions, OptLevel, Provider};
 pub use prediction::{softmax, Prediction, Scored};
 pub use runtime::{runtime_candidates, runtime_path, RuntimeCandidate};
-pub use session::{CudaError, ExecutionProvider};
+pub use session::ExecutionProvider;
 
 pub use crate::metrics::{argmax, Confusion};

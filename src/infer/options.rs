@@ -98,6 +98,10 @@ pub struct ClassifierOptions {
     /// Metadata to use when the model has none of ours (for models not written
     /// by vit-train). A model that has our metadata always uses its own.
     pub fallback_metadata: Option<ModelMetadata>,
+    /// Folders searched first for the CUDA libraries (before `VIT_CUDA_LIB_DIR`,
+    /// the venv, `CUDA_HOME`/`CUDA_PATH` and the system; see
+    /// [`CudaSearch::dirs`](super::CudaSearch::dirs)).
+    pub cuda_library_dirs: Vec<std::path::PathBuf>,
 }
 
 /// How to classify image files.

@@ -1,15 +1,17 @@
 //! Creating the ONNX Runtime session of a model, and the choice between CUDA
 //! and the CPU: [`Provider::Auto`] tries CUDA and falls back to the CPU,
 //! keeping the reason ([`CudaError`]) so that a caller can say why the GPU
-//! sits idle; [`Provider::Cuda`] turns the same reason into an error.
+//! sits idle; [`Provider::Cuda`] turns the same reason into an error. The
+//! CUDA libraries are found and loaded by [`cuda`](super::cuda) first.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use ort::ep::{ExecutionProvider as _, CUDA};
+use ort::ep::CUDA;
 use ort::session::Session;
 
-use super::runtime::{environment, runtime_path};
+use super::cuda::{self, CudaError};
+use super::runtime::environment;
 use super::{ClassifierOptions, InferError, Provider};
 
 /// The execution provider a [`Classifier`](super::Classifier) really runs on.
@@ -36,24 +38,6 @@ impl fmt::Display for ExecutionProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Why the CUDA execution provider could not be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CudaError {
-    /// The loaded ONNX Runtime library has no CUDA provider (a CPU build).
-    #[error("the ONNX Runtime library {} was built without the CUDA execution provider", library.display())]
-    NotCompiledIn {
-        /// The library loaded.
-        library: PathBuf,
-    },
-    /// Registering the provider failed (no driver, no device, missing CUDA libraries).
-    #[error("registering it failed: {0}")]
-    Register(#[source] ort::Error),
-    /// A session with CUDA could not be created although the CPU loads the model.
-    #[error("creating a CUDA session failed: {0}")]
-    Session(#[source] ort::Error),
 }
 
 /// A session and the provider it runs on.
@@ -90,10 +74,8 @@ pub(super) fn open(path: &Path, opts: &ClassifierOptions) -> Result<Opened, Infe
 /// A CUDA session, or why CUDA cannot be used; the outer error is one that
 /// the CPU would hit as well (a rejected option).
 fn cuda_session(path: &Path, opts: &ClassifierOptions) -> Result<Result<Session, CudaError>, InferError> {
-    let compiled_in = CUDA::is_available().map_err(InferError::ort("listing the execution providers"))?;
-    if !compiled_in {
-        let library = runtime_path().map(Path::to_path_buf).unwrap_or_default();
-        return Ok(Err(CudaError::NotCompiledIn { library }));
+    if let Err(missing) = cuda::prepare(&opts.cuda_library_dirs)? {
+        return Ok(Err(missing));
     }
     match build(path, opts, true) {
         Ok(session) => Ok(Ok(session)),

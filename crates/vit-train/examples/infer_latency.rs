@@ -32,6 +32,15 @@ struct Args {
     /// ONNX Runtime intra-op threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// ONNX Runtime execution provider: cpu, cuda or auto.
+    #[arg(long, default_value = "cpu")]
+    ep: Provider,
+    /// Time ONNX Runtime only (tract runs on the CPU, which says nothing about a GPU).
+    #[arg(long)]
+    no_tract: bool,
+    /// Also print one JSON line per engine (`engine`, `provider`, `p50_ms`, `p99_ms`, `mean_ms`, `batch`, `images_per_sec`).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Something that maps `batch` normalised images to logits.
@@ -73,7 +82,7 @@ fn tract_runner(model: &std::path::Path, shape: [usize; 4]) -> Result<Runner<'st
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let opts = ClassifierOptions { provider: Provider::Cpu, intra_threads: args.threads, ..Default::default() };
+    let opts = ClassifierOptions { provider: args.ep, intra_threads: args.threads, ..Default::default() };
     let clf = Classifier::open(&args.model, &opts).with_context(|| format!("cannot open {}", args.model.display()))?;
     let prep = clf.preprocessor().clone();
     let (c, s) = (prep.channels, prep.image_size);
@@ -98,10 +107,15 @@ fn main() -> Result<()> {
     let clf = std::cell::RefCell::new(clf);
     let ort_single: Runner<'_> = Box::new(|p: &[f32], b: usize| Ok(clf.borrow_mut().logits(p, b)?));
     let ort_batched: Runner<'_> = Box::new(|p: &[f32], b: usize| Ok(clf.borrow_mut().logits(p, b)?));
-    let backends: Vec<(&str, Runner<'_>, Runner<'_>)> = vec![
-        ("ort", ort_single, ort_batched),
-        ("tract", tract_runner(&args.model, [1, c, s, s])?, tract_runner(&args.model, [args.batch, c, s, s])?),
-    ];
+    let provider = clf.borrow().provider();
+    let mut backends: Vec<(&str, Runner<'_>, Runner<'_>)> = vec![("ort", ort_single, ort_batched)];
+    if !args.no_tract {
+        backends.push((
+            "tract",
+            tract_runner(&args.model, [1, c, s, s])?,
+            tract_runner(&args.model, [args.batch, c, s, s])?,
+        ));
+    }
     let mut reference: Option<Vec<f32>> = None;
     println!(
         "{:<6} {:>12} {:>12} {:>12} {:>16}",
@@ -120,7 +134,14 @@ fn main() -> Result<()> {
         let mean = ms.iter().sum::<f64>() / ms.len() as f64;
         let batch_ms = time_calls(&mut batched, &big, args.batch, 3, args.batch_iters)?;
         let ips = (args.batch * batch_ms.len()) as f64 / (batch_ms.iter().sum::<f64>() / 1e3);
-        println!("{name:<6} {:>12.3} {:>12.3} {mean:>12.3} {ips:>16.0}", quantile(&ms, 0.5), quantile(&ms, 0.99));
+        let (p50, p99) = (quantile(&ms, 0.5), quantile(&ms, 0.99));
+        println!("{name:<6} {p50:>12.3} {p99:>12.3} {mean:>12.3} {ips:>16.0}");
+        if args.json {
+            let provider = if name == "ort" { provider.to_string() } else { "cpu".into() };
+            let line = serde_json::json!({ "engine": name, "provider": provider, "p50_ms": p50, "p99_ms": p99,
+                "mean_ms": mean, "batch": args.batch, "images_per_sec": ips });
+            println!("{line}");
+        }
         if let Some(d) = diff {
             println!("       max |ort - {name}| over the batch-{} logits: {d:.2e}", args.batch);
         }

@@ -54,8 +54,12 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", conflicts_with = "inputs")]
     pub eval: Option<PathBuf>,
 
+    /// Report whether the CUDA provider would start (ONNX Runtime build, driver, CUDA libraries found or missing) and exit: 0 when it would, 2 otherwise.
+    #[arg(long, conflicts_with_all = ["eval", "inputs"])]
+    pub check_gpu: bool,
+
     /// Image files, or directories searched recursively for .jpg .jpeg .png .bmp .webp files.
-    #[arg(value_name = "IMAGE_OR_DIR", required_unless_present = "eval")]
+    #[arg(value_name = "IMAGE_OR_DIR", required_unless_present_any = ["eval", "check_gpu"])]
     pub inputs: Vec<PathBuf>,
 }
 
@@ -67,6 +71,7 @@ impl Cli {
             intra_threads: self.threads,
             optimization: self.opt_level.into(),
             fallback_metadata: None,
+            cuda_library_dirs: Vec::new(),
         }
     }
 

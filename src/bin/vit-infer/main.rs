@@ -10,6 +10,7 @@
 //! corrupt model, model without metadata, no images found, unusable data).
 
 mod args;
+mod check_gpu;
 mod inputs;
 mod output;
 
@@ -34,6 +35,9 @@ const EXIT_USAGE: u8 = 2;
 fn main() -> ExitCode {
     vit::cli_log::init();
     let cli = Cli::parse();
+    if cli.check_gpu {
+        return ExitCode::from(if check_gpu::run(cli.json) { EXIT_OK } else { EXIT_USAGE });
+    }
     let result = match &cli.eval {
         Some(dir) => evaluate(&cli, dir),
         None => classify(&cli),
