@@ -172,8 +172,10 @@ impl Trainer {
         stats
     }
 
-    /// One optimiser step on `batch` at learning rate `lr`; returns the loss.
-    fn step(&mut self, batch: &HostBatch, lr: f64) -> f64 {
+    /// One optimiser step on `batch` at learning rate `lr` (forward, loss,
+    /// backward, clipping, update, weight average); returns the loss. The epoch
+    /// loop calls it; benchmarks time it alone.
+    pub fn step(&mut self, batch: &HostBatch, lr: f64) -> f64 {
         let (label_smoothing, grad_clip) = (self.cfg.train.label_smoothing, self.cfg.train.grad_clip);
         let (x, y) = to_device(&batch.pixels, &batch.labels, &self.prep, self.device);
         let logits = self.model.forward_t(&x, true);
