@@ -10,6 +10,7 @@
 #   scripts/bench-train.sh [CONFIG...]      (default: models/seed-hw9.toml models/coco5-vit.toml)
 #   ROUNDS=5 STEPS=30 THREADS=2 DEVICE=cpu scripts/bench-train.sh models/coco5-vit.toml
 #   REF_IMPL=foreach scripts/bench-train.sh ...   # torch.optim implementation of the reference
+#   OURS="--fused-attention" scripts/bench-train.sh ...   # extra flags of examples/train_steps.rs
 #
 # Both sides run with the same environment (set OMP_WAIT_POLICY etc. outside to
 # compare policies). Run it on an otherwise idle machine: timings on a busy one
@@ -47,7 +48,7 @@ for config in "${CONFIGS[@]}"; do
   python bench/pytorch_reference.py "$run" --check-only --threads "$THREADS"
   ours=(); ref=()
   for round in $(seq "$ROUNDS"); do
-    o=$("$BIN/examples/train_steps" --run "$run" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --device cpu)
+    o=$("$BIN/examples/train_steps" --run "$run" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --device cpu ${OURS:-})
     r=$(python bench/pytorch_reference.py "$run" --skip-check --steps "$STEPS" --warmup "$WARMUP" \
       --threads "$THREADS" --optimizer-impl "$REF_IMPL")
     ours+=("$(field images_per_sec <<<"$o")"); ref+=("$(field images_per_sec <<<"$r")")
@@ -58,6 +59,6 @@ for config in "${CONFIGS[@]}"; do
 done
 
 echo
-echo "threads $THREADS, $ROUNDS alternating rounds of $STEPS steps, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
+echo "threads $THREADS, $ROUNDS alternating rounds of $STEPS steps, ours: ${OURS:-defaults}, reference optimizer: $REF_IMPL, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
 printf '%-20s %12s %12s %8s\n' config "ours img/s" "torch img/s" ratio
 printf '%s\n' "${summary[@]}"

@@ -33,6 +33,9 @@ struct Args {
     /// libtorch intra-op threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Attend with the fused `scaled_dot_product_attention` kernel (standard variant).
+    #[arg(long)]
+    fused_attention: bool,
     /// `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
         "cuda" => Device::Cuda(0),
         other => anyhow::bail!("--device {other}: expected cpu or cuda"),
     };
+    vit_train::model::set_fused_attention(a.fused_attention);
     let config = a.run.join("config.toml");
     let cfg = ViTConfig::from_toml_file(&config).with_context(|| format!("reading {}", config.display()))?;
     let batch_size = cfg.train.batch_size;
@@ -84,6 +88,7 @@ fn main() -> Result<()> {
         "threads": threads,
         "batch_size": batch_size,
         "steps": a.steps,
+        "fused_attention": a.fused_attention,
         "step_ms_median": median * 1e3,
         "images_per_sec": (a.steps * batch_size) as f64 / total,
     });
