@@ -193,7 +193,12 @@ impl Trainer {
         if grad_clip > 0.0 {
             self.opt.clip_grad_norm(grad_clip);
         }
-        self.opt.step(lr);
+        if let Err(e) = self.opt.step(lr) {
+            // The fused kernel failed before changing anything: the written-out step does the same maths.
+            log::warn!("{e}; using the per-tensor optimiser step from now on");
+            self.opt.unfuse();
+            let _ = self.opt.step(lr);
+        }
         if let Some(ema) = &mut self.ema {
             ema.update();
         }
