@@ -1,15 +1,78 @@
-//! Links libtorch_cuda even though no symbol of it is referenced directly
-//! (the linker would drop it with --as-needed, and CUDA would then be
-//! "unavailable"), and records an rpath to libtorch so `vit-train` runs
-//! without LD_LIBRARY_PATH. Same fix as tch-rs's own build.rs.
+//! Two jobs, both about linking libtorch:
+//!
+//! - builds the C++ shim of `csrc/` (ATen operations tch does not bind) against
+//!   the same libtorch headers and C++ ABI as torch-sys: `$LIBTORCH/include`, or
+//!   with `LIBTORCH_USE_PYTORCH` the venv's torch as python reports it;
+//! - links libtorch_cuda even though no symbol of it is referenced directly
+//!   (the linker would drop it with --as-needed, and CUDA would then be
+//!   "unavailable"), and records an rpath to libtorch so `vit-train` runs
+//!   without LD_LIBRARY_PATH. Same fix as tch-rs's own build.rs.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The shim's translation units (csrc/README.md lists what each owns).
+const SHIM_SOURCES: &[&str] = &["csrc/optim.cpp"];
+
+/// Include dirs and `_GLIBCXX_USE_CXX11_ABI` value of the libtorch torch-sys uses.
+fn libtorch_headers() -> (Vec<PathBuf>, String) {
+    for var in ["LIBTORCH", "LIBTORCH_USE_PYTORCH", "LIBTORCH_INCLUDE", "LIBTORCH_CXX11_ABI", "VIRTUAL_ENV"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        // torch-sys's own choice of interpreter.
+        let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+        let script = "import torch\nfrom torch.utils import cpp_extension\n\
+                      print('ABI', int(torch._C._GLIBCXX_USE_CXX11_ABI))\n\
+                      for p in cpp_extension.include_paths(): print('INCLUDE', p)";
+        let out = Command::new(python).args(["-c", script]).output().expect("running python for torch's headers");
+        assert!(
+            out.status.success(),
+            "python could not report torch's headers: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (mut dirs, mut abi) = (Vec::new(), "1".to_string());
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(p) = line.strip_prefix("INCLUDE ") {
+                dirs.push(PathBuf::from(p));
+            } else if let Some(a) = line.strip_prefix("ABI ") {
+                abi = a.to_string();
+            }
+        }
+        return (dirs, abi);
+    }
+    let root = std::env::var_os("LIBTORCH_INCLUDE")
+        .or_else(|| std::env::var_os("LIBTORCH"))
+        .map(PathBuf::from)
+        .expect("set LIBTORCH (or LIBTORCH_USE_PYTORCH=1), as for torch-sys");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    (vec![root.join("include"), root.join("include/torch/csrc/api/include")], abi)
+}
+
+fn build_shim() {
+    println!("cargo:rerun-if-changed=csrc");
+    let (includes, abi) = libtorch_headers();
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .includes(&includes)
+        .include("csrc")
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .files(SHIM_SOURCES)
+        .compile("vit_shim");
+}
 
 fn main() {
+    build_shim();
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if os != "linux" {
         return;
     }
     let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB") else { return };
-    let lib = std::path::PathBuf::from(lib);
+    let lib = PathBuf::from(lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

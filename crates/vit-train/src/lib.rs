@@ -13,6 +13,7 @@ pub mod cpu_memory;
 pub mod ema;
 pub mod evaluate;
 pub mod export;
+pub mod fused;
 pub mod memory;
 pub mod metrics;
 pub mod model;

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use tch::{nn, Tensor};
 use vit::config::{Optimizer, TrainConfig};
 
+use crate::fused::{self, ShimError};
+
 /// One parameter and its Adam state.
 #[derive(Debug)]
 struct Slot {
@@ -30,6 +32,9 @@ pub struct Adam {
     weight_decay: f64,
     /// Steps taken so far (bias correction uses it).
     pub step: i64,
+    /// `train.fused_optimizer`: one fused kernel per parameter group; the step
+    /// count as a float tensor on the parameters' device, as the kernel reads it.
+    fused: Option<Tensor>,
 }
 
 /// True for tensors that must not be decayed: 1-D (norms, biases) and tokens.
@@ -50,7 +55,27 @@ impl Adam {
                 (name, Slot { param, m, v, buf, decay })
             })
             .collect();
-        Self { slots, kind: cfg.optimizer, betas: cfg.betas, eps: cfg.eps, weight_decay: cfg.weight_decay, step: 0 }
+        let device = vs.device();
+        let fused = cfg.fused_optimizer.then(|| Tensor::zeros([], (tch::Kind::Float, device)));
+        Self {
+            slots,
+            kind: cfg.optimizer,
+            betas: cfg.betas,
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+            step: 0,
+            fused,
+        }
+    }
+
+    /// True when updates run as fused kernels (`train.fused_optimizer`).
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// Switches to the per-tensor update (after a fused step failed).
+    pub fn unfuse(&mut self) {
+        self.fused = None;
     }
 
     /// Clears gradients.
@@ -87,7 +112,14 @@ impl Adam {
     /// One update with learning rate `lr`, in place, as PyTorch's single-tensor Adam:
     /// `m = lerp(m, g, 1 - b1)`, `v = b2 v + (1 - b2) g^2`,
     /// `p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)`.
-    pub fn step(&mut self, lr: f64) {
+    ///
+    /// With `train.fused_optimizer` the same update runs as one `_fused_adam[w]_`
+    /// kernel per parameter group (decayed, not decayed); an error of that kernel is
+    /// returned with nothing updated and the step not counted.
+    pub fn step(&mut self, lr: f64) -> Result<(), ShimError> {
+        if self.fused.is_some() {
+            return self.fused_step(lr);
+        }
         self.step += 1;
         let (b1, b2) = self.betas;
         let bc1 = 1.0 - b1.powi(self.step as i32);
@@ -124,6 +156,33 @@ impl Adam {
                 let _ = s.param.addcdiv_(&s.m, &s.buf);
             }
         });
+        Ok(())
+    }
+
+    /// [`Adam::step`] as fused kernels.
+    fn fused_step(&mut self, lr: f64) -> Result<(), ShimError> {
+        let Some(step) = &mut self.fused else { return Ok(()) };
+        let _ = step.fill_(self.step as f64 + 1.0);
+        let grads: Vec<(&Slot, Tensor)> =
+            self.slots.values().map(|s| (s, s.param.grad())).filter(|(_, g)| g.defined()).collect();
+        for decay in [true, false] {
+            let group: Vec<&(&Slot, Tensor)> = grads.iter().filter(|(s, _)| s.decay == decay).collect();
+            if group.is_empty() {
+                continue;
+            }
+            let list = |f: fn(&Slot) -> &Tensor| group.iter().map(|(s, _)| f(s)).collect::<Vec<_>>();
+            let g: Vec<&Tensor> = group.iter().map(|(_, g)| g).collect();
+            let hp = fused::AdamStep {
+                lr,
+                betas: self.betas,
+                weight_decay: if decay { self.weight_decay } else { 0.0 },
+                eps: self.eps,
+                decoupled: self.kind == Optimizer::Adamw,
+            };
+            fused::adam_step(&list(|s| &s.param), &g, &list(|s| &s.m), &list(|s| &s.v), step, hp)?;
+        }
+        self.step += 1;
+        Ok(())
     }
 
     /// Moments as named tensors (`optim.m.<name>`, `optim.v.<name>`) plus `optim.step`.
@@ -194,7 +253,7 @@ mod tests {
         let mut opt = Adam::new(&vs, &cfg);
         let loss = (&w * Tensor::from_slice(&[3.0f32, -2.0])).sum(tch::Kind::Float);
         loss.backward();
-        opt.step(0.1);
+        opt.step(0.1).unwrap();
         let got = Vec::<f32>::try_from(&w).unwrap();
         assert!((got[0] - 0.9).abs() < 1e-6 && (got[1] - 1.1).abs() < 1e-6, "{got:?}");
     }

@@ -172,8 +172,10 @@ impl Trainer {
         stats
     }
 
-    /// One optimiser step on `batch` at learning rate `lr`; returns the loss.
-    fn step(&mut self, batch: &HostBatch, lr: f64) -> f64 {
+    /// One optimiser step on `batch` at learning rate `lr` (forward, loss,
+    /// backward, clipping, update, weight average); returns the loss. The epoch
+    /// loop calls it; benchmarks time it alone.
+    pub fn step(&mut self, batch: &HostBatch, lr: f64) -> f64 {
         let (label_smoothing, grad_clip) = (self.cfg.train.label_smoothing, self.cfg.train.grad_clip);
         let (x, y) = to_device(&batch.pixels, &batch.labels, &self.prep, self.device);
         let logits = self.model.forward_t(&x, true);
@@ -191,7 +193,12 @@ impl Trainer {
         if grad_clip > 0.0 {
             self.opt.clip_grad_norm(grad_clip);
         }
-        self.opt.step(lr);
+        if let Err(e) = self.opt.step(lr) {
+            // The fused kernel failed before changing anything: the written-out step does the same maths.
+            log::warn!("{e}; using the per-tensor optimiser step from now on");
+            self.opt.unfuse();
+            let _ = self.opt.step(lr);
+        }
         if let Some(ema) = &mut self.ema {
             ema.update();
         }

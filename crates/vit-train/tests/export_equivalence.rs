@@ -147,7 +147,7 @@ fn briefly_trained_weights_still_match() {
             let loss = model.forward_t(&x, true).cross_entropy_for_logits(&y);
             opt.zero_grad();
             loss.backward();
-            opt.step(1e-3);
+            opt.step(1e-3).unwrap();
         }
         // Every variable moved: Adam moves each trained weight by about lr per step,
         // and BatchNorm's running statistics (momentum 0.1) follow the batches.

@@ -9,7 +9,7 @@ use tch::{nn, nn::ModuleT, Tensor};
 use vit::{Variant, ViTConfig};
 
 pub use dlstudio::{attention as dlstudio_attention, DlstudioViT};
-pub use standard::{drop_path, StandardViT};
+pub use standard::{drop_path, explicit_attention, fused_attention, set_fused_attention, StandardViT, FUSED_ATTENTION};
 
 /// Either network family, chosen by `cfg.variant`.
 #[derive(Debug)]

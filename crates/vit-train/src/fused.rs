@@ -1,0 +1,130 @@
+//! Safe Rust over the C++ shim of `csrc/` (ATen operations tch does not bind):
+//! every call hands over `at::Tensor` pointers of live tch tensors and turns a
+//! C++ exception into a [`ShimError`]. The raw `extern "C"` declarations mirror
+//! `csrc/vit_shim.h` and stay private to this module.
+
+use std::ffi::{c_char, c_int, CStr};
+
+use tch::Tensor;
+
+/// An error raised by libtorch inside the shim (the C++ exception's message).
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {message}")]
+pub struct ShimError {
+    /// The shim operation that failed.
+    pub op: &'static str,
+    /// libtorch's message.
+    pub message: String,
+}
+
+mod ffi {
+    use std::ffi::{c_char, c_int};
+
+    /// `at::Tensor`, only ever behind a pointer.
+    #[repr(C)]
+    pub struct AtTensor {
+        _private: [u8; 0],
+    }
+
+    extern "C" {
+        pub fn vit_shim_free_error(message: *mut c_char);
+        #[allow(clippy::too_many_arguments)] // mirrors the C API one to one
+        pub fn vit_fused_adam_step(
+            params: *const *mut AtTensor,
+            grads: *const *mut AtTensor,
+            exp_avgs: *const *mut AtTensor,
+            exp_avg_sqs: *const *mut AtTensor,
+            n: usize,
+            step: *mut AtTensor,
+            lr: f64,
+            beta1: f64,
+            beta2: f64,
+            weight_decay: f64,
+            eps: f64,
+            decoupled: c_int,
+        ) -> *mut c_char;
+    }
+}
+
+/// Takes ownership of a shim error string (NULL: success).
+fn check(op: &'static str, err: *mut c_char) -> Result<(), ShimError> {
+    if err.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-NULL result is a NUL-terminated string the shim allocated; it is freed once, here.
+    let message = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    unsafe { ffi::vit_shim_free_error(err) };
+    Err(ShimError { op, message })
+}
+
+fn ptrs(tensors: &[&Tensor]) -> Vec<*mut ffi::AtTensor> {
+    tensors.iter().map(|t| t.as_ptr() as *mut ffi::AtTensor).collect()
+}
+
+/// Hyper-parameters of one fused Adam step.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// Adam betas.
+    pub betas: (f64, f64),
+    /// Weight decay of this parameter group.
+    pub weight_decay: f64,
+    /// Adam epsilon.
+    pub eps: f64,
+    /// AdamW (decay applied to the weights) rather than Adam (L2 decay added to the gradient).
+    pub decoupled: bool,
+}
+
+/// One Adam/AdamW update of `params` in place (`at::_fused_adam[w]_`), with their
+/// `grads` and moments `exp_avgs` / `exp_avg_sqs`; `step` is a float tensor on the
+/// parameters' device holding the 1-based step count. All slices have one entry per parameter.
+pub fn adam_step(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    exp_avgs: &[&Tensor],
+    exp_avg_sqs: &[&Tensor],
+    step: &Tensor,
+    hp: AdamStep,
+) -> Result<(), ShimError> {
+    let n = params.len();
+    if grads.len() != n || exp_avgs.len() != n || exp_avg_sqs.len() != n {
+        return Err(ShimError { op: "fused adam", message: "lists of different lengths".into() });
+    }
+    let (p, g, m, v) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs));
+    // SAFETY: every pointer is a live at::Tensor owned by the caller's tch tensors for the whole call.
+    let err = unsafe {
+        ffi::vit_fused_adam_step(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            n,
+            step.as_ptr() as *mut ffi::AtTensor,
+            hp.lr,
+            hp.betas.0,
+            hp.betas.1,
+            hp.weight_decay,
+            hp.eps,
+            c_int::from(hp.decoupled),
+        )
+    };
+    check("fused adam", err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtorch_errors_come_back_as_rust_errors() {
+        // Moments of the wrong shape: ATen throws, the shim must not abort.
+        let p = Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu));
+        let g = p.ones_like();
+        let bad = Tensor::zeros([5], (tch::Kind::Float, tch::Device::Cpu));
+        let step = Tensor::from_slice(&[1.0f32]).reshape([] as [i64; 0]);
+        let hp = AdamStep { lr: 0.1, betas: (0.9, 0.999), weight_decay: 0.0, eps: 1e-8, decoupled: true };
+        let err = adam_step(&[&p], &[&g], &[&bad], &[&bad], &step, hp).expect_err("shapes differ");
+        assert!(err.to_string().starts_with("fused adam: "), "{err}");
+    }
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Training speed of vit-train against PyTorch eager on the same network, same
+# threads, same batch, measured in one run. For each CONFIG: a tiny seeded run
+# (1 epoch, 4 images per class) gives weights, config.toml and model.onnx;
+# bench/pytorch_reference.py proves its network equals that ONNX (exit 1 if
+# not); then ROUNDS alternations of ours (examples/train_steps.rs: Trainer::step)
+# and the reference, STEPS timed steps each, and the median images/s of each
+# side and their ratio.
+#
+#   scripts/bench-train.sh [CONFIG...]      (default: models/seed-hw9.toml models/coco5-vit.toml)
+#   ROUNDS=5 STEPS=30 THREADS=2 DEVICE=cpu scripts/bench-train.sh models/coco5-vit.toml
+#   REF_IMPL=foreach scripts/bench-train.sh ...   # torch.optim implementation of the reference
+#   OURS="--fused-attention" scripts/bench-train.sh ...   # extra flags of examples/train_steps.rs
+#
+# Both sides run with the same environment (set OMP_WAIT_POLICY etc. outside to
+# compare policies). Run it on an otherwise idle machine: timings on a busy one
+# are noise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+BIN="$CARGO_TARGET_DIR/debug"
+THREADS="${THREADS:-$(nproc)}"
+ROUNDS="${ROUNDS:-3}"
+STEPS="${STEPS:-20}"
+WARMUP="${WARMUP:-3}"
+DEVICE="${DEVICE:-cpu}"
+REF_IMPL="${REF_IMPL:-default}"
+RUNS="${RUNS:-runs/bench-train}"
+COCO5="${COCO5:-../shared/data/coco5}"
+CONFIGS=("$@")
+[ ${#CONFIGS[@]} -gt 0 ] || CONFIGS=(models/seed-hw9.toml models/coco5-vit.toml)
+[ "$DEVICE" = cpu ] || { echo "bench-train: the PyTorch reference times the CPU only (DEVICE=cpu)" >&2; exit 1; }
+
+cargo build -q -p vit-train --bin vit-train --example train_steps
+python -c 'import torch, onnxruntime' || { echo "bench-train: the venv lacks torch/onnxruntime (scripts/setup.sh)" >&2; exit 1; }
+
+field() { python -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+
+summary=()
+for config in "${CONFIGS[@]}"; do
+  name="$(basename "$config" .toml)"
+  data="$COCO5"; [ "$name" = fashion-mnist ] && data="$FASHION_MNIST_DIR"
+  run="$RUNS/$name"
+  rm -rf "$run"; mkdir -p "$RUNS"
+  "$BIN/vit-train" fit --config "$config" --data "$data" --out "$run" --epochs 1 --max-per-class 4 \
+    --threads "$THREADS" --device cpu --quiet >"$run.log" 2>&1 || { cat "$run.log" >&2; exit 1; }
+  python bench/pytorch_reference.py "$run" --check-only --threads "$THREADS"
+  ours=(); ref=()
+  for round in $(seq "$ROUNDS"); do
+    o=$("$BIN/examples/train_steps" --run "$run" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --device cpu ${OURS:-})
+    r=$(python bench/pytorch_reference.py "$run" --skip-check --steps "$STEPS" --warmup "$WARMUP" \
+      --threads "$THREADS" --optimizer-impl "$REF_IMPL")
+    ours+=("$(field images_per_sec <<<"$o")"); ref+=("$(field images_per_sec <<<"$r")")
+    printf '[bench-train] %s round %d: ours %.1f img/s, pytorch %.1f img/s\n' "$name" "$round" "${ours[-1]}" "${ref[-1]}"
+  done
+  mo=$(median "${ours[@]}"); mr=$(median "${ref[@]}")
+  summary+=("$(printf '%-20s %12.1f %12.1f %8.3f' "$name" "$mo" "$mr" "$(awk "BEGIN {print $mo / $mr}")")")
+done
+
+echo
+echo "threads $THREADS, $ROUNDS alternating rounds of $STEPS steps, ours: ${OURS:-defaults}, reference optimizer: $REF_IMPL, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
+printf '%-20s %12s %12s %8s\n' config "ours img/s" "torch img/s" ratio
+printf '%s\n' "${summary[@]}"
