@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use common::{random_input, random_model, seeded_rng, standard};
 use tch::{nn, nn::ModuleT, Kind, Tensor};
-use vit::config::{Optimizer, Pooling, TrainConfig};
+use vit::config::{Optimizer, Pooling, TrainConfig, ViTConfig};
 use vit_train::model::ViT;
 use vit_train::optim::Adam;
 
@@ -51,9 +51,14 @@ fn max_diff(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) -> (f64,
 }
 
 #[test]
-#[ignore = "WIP: two plain runs of this harness already differ (nondeterminism not yet found), so it cannot judge the fused kernel"]
 fn fused_adam_and_adamw_match_the_plain_update_over_100_steps() {
-    let cfg = standard(16, 4, 3, 2, 2, Pooling::Mean);
+    // No qkv bias: the key bias's true gradient is exactly zero (softmax ignores a
+    // constant per query), so what backward returns for it is rounding noise, and
+    // Adam divides that noise by eps. Two correct implementations that differ in
+    // the last bit after step 1 then drift apart on those entries by ~1e-4 per
+    // step, which says nothing about the update's maths. Every other tensor stays
+    // within 1.2e-7 over the 100 steps.
+    let cfg = ViTConfig { qkv_bias: false, ..standard(16, 4, 3, 2, 2, Pooling::Mean) };
     for optimizer in [Optimizer::Adamw, Optimizer::Adam] {
         let run = |fused: bool| {
             let (vs, model) = random_model(&cfg, 9);
@@ -70,7 +75,6 @@ fn fused_adam_and_adamw_match_the_plain_update_over_100_steps() {
 }
 
 #[test]
-#[ignore = "WIP: two plain runs of this harness already differ (nondeterminism not yet found), so it cannot judge the fused kernel"]
 fn a_fused_run_resumed_mid_way_continues_exactly() {
     let cfg = standard(16, 4, 3, 2, 2, Pooling::Mean);
     let (vs, model) = random_model(&cfg, 9);

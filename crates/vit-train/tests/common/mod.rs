@@ -80,8 +80,12 @@ pub fn random_model(cfg: &ViTConfig, seed: i64) -> (nn::VarStore, ViT) {
     let _rng = seeded_rng(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = ViT::new(&vs.root(), cfg);
+    // Sorted by name: `variables()` is a HashMap, whose order differs between two
+    // VarStores, and each variable must draw the same noise in every call.
+    let mut vars: Vec<_> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (_, mut v) in vs.variables() {
+        for (_, mut v) in vars {
             let noise = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.2;
             let _ = v.g_add_(&noise);
         }
