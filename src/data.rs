@@ -6,8 +6,10 @@
 //! - a Fashion-MNIST/MNIST IDX folder (`train-images-idx3-ubyte[.gz]` ...).
 //!
 //! Every image goes through [`Preprocessor::prepare`], the same code inference uses.
-//! Unreadable files are skipped with a warning each and counted; a set with
-//! nothing usable is an error.
+//! Undecodable files are skipped with a warning each and counted; entries the
+//! folder walk cannot read are an error for training unless
+//! [`LoadOptions::allow_unreadable`] (then skipped and counted alike); a set
+//! with nothing usable is an error.
 
 mod folder;
 mod idx;
@@ -18,7 +20,7 @@ use rand::{seq::SliceRandom, SeedableRng};
 
 use crate::preprocess::Preprocessor;
 
-pub use folder::{has_image_extension, scan_image_folder, FolderScan, IMAGE_EXTENSIONS};
+pub use folder::{has_image_extension, scan_image_folder, walk_images, FolderScan, IMAGE_EXTENSIONS};
 pub use idx::{load_idx_split, read_idx_images, read_idx_labels, FASHION_MNIST_LABELS};
 
 /// Errors loading a data set.
@@ -52,6 +54,17 @@ pub enum DataError {
         path: PathBuf,
         /// How many files failed.
         skipped: usize,
+    },
+    /// Entries of the data folder cannot be read (dangling links, link
+    /// loops, folders without permission) and skipping them was not allowed.
+    #[error("{count} entr{} under {dir} cannot be read, so {} would be missing from the data: {first}; fix or remove {}, or allow skipping unreadable entries", if *count == 1 { "y" } else { "ies" }, if *count == 1 { "it" } else { "they" }, if *count == 1 { "it" } else { "them" })]
+    Unreadable {
+        /// The data folder.
+        dir: PathBuf,
+        /// How many entries cannot be read.
+        count: usize,
+        /// The first few, each with its reason.
+        first: String,
     },
     /// An IDX file is malformed.
     #[error("IDX file {path}: {message}")]
@@ -160,11 +173,16 @@ pub struct LoadOptions {
     pub seed: u64,
     /// Keep at most this many images per class in each split (quick runs).
     pub max_per_class: Option<usize>,
+    /// Skip entries of an image folder that cannot be read (each warned and
+    /// counted in [`Dataset::skipped`]) instead of failing with
+    /// [`DataError::Unreadable`]. Off by default: a model trained on part of
+    /// the data should be a choice.
+    pub allow_unreadable: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { val_fraction: 0.2, seed: 0, max_per_class: None }
+        Self { val_fraction: 0.2, seed: 0, max_per_class: None, allow_unreadable: false }
     }
 }
 
@@ -262,22 +280,41 @@ pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
                 val_classes: val_scan.classes,
             });
         }
-        let train = decode_files(&train_dir, &cap(train_scan.files, opts.max_per_class), prep)?;
-        let val = decode_files(&val_dir, &cap(val_scan.files, opts.max_per_class), prep)?;
+        check_unreadable(dir, [&train_scan.unreadable, &val_scan.unreadable], opts)?;
+        let train = decode_files(&train_dir, &cap(train_scan.files, opts.max_per_class), train_scan.unreadable, prep)?;
+        let val = decode_files(&val_dir, &cap(val_scan.files, opts.max_per_class), val_scan.unreadable, prep)?;
         return Ok(Splits { classes: train_scan.classes, train, val, source: SourceKind::FolderSplits });
     }
     let scan = scan_image_folder(dir)?;
+    check_unreadable(dir, [&scan.unreadable], opts)?;
     let (train_files, val_files) = seeded_split(&scan.files, scan.classes.len(), opts);
-    let train = decode_files(dir, &train_files, prep)?;
-    let val = decode_files(dir, &val_files, prep)?;
+    // Which split an unreadable entry would have joined is unknown: the training split counts them.
+    let train = decode_files(dir, &train_files, scan.unreadable, prep)?;
+    let val = decode_files(dir, &val_files, Vec::new(), prep)?;
     Ok(Splits { classes: scan.classes, train, val, source: SourceKind::FolderSeededSplit })
 }
 
+/// [`DataError::Unreadable`] when entries could not be read and skipping them is not allowed.
+fn check_unreadable<const N: usize>(dir: &Path, lists: [&[Skipped]; N], opts: &LoadOptions) -> Result<(), DataError> {
+    let all: Vec<&Skipped> = lists.into_iter().flatten().collect();
+    if all.is_empty() || opts.allow_unreadable {
+        return Ok(());
+    }
+    const SHOWN: usize = 3;
+    let mut first = all.iter().take(SHOWN).map(|s| format!("{} ({})", s.path.display(), s.reason)).collect::<Vec<_>>();
+    if all.len() > SHOWN {
+        first.push(format!("and {} more", all.len() - SHOWN));
+    }
+    Err(DataError::Unreadable { dir: dir.to_path_buf(), count: all.len(), first: first.join(", ") })
+}
+
 /// Loads one image folder (`DIR/<class>/*`) as a single evaluation set.
+/// Entries that cannot be read and files that cannot be decoded are skipped,
+/// each warned and listed in [`Dataset::skipped`].
 pub fn load_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Dataset), DataError> {
     require_dir(dir)?;
     let scan = scan_image_folder(dir)?;
-    let data = decode_files(dir, &scan.files, prep)?;
+    let data = decode_files(dir, &scan.files, scan.unreadable, prep)?;
     Ok((scan.classes, data))
 }
 
@@ -330,11 +367,21 @@ fn seeded_split(files: &[(PathBuf, i64)], num_classes: usize, opts: &LoadOptions
     (train, val)
 }
 
-/// Decodes files in parallel; failures are skipped with one warning each.
-fn decode_files(root: &Path, files: &[(PathBuf, i64)], prep: &Preprocessor) -> Result<Dataset, DataError> {
+/// Decodes files in parallel; failures are skipped with one warning each, as
+/// are the `unreadable` entries found by the folder walk.
+fn decode_files(
+    root: &Path,
+    files: &[(PathBuf, i64)],
+    unreadable: Vec<Skipped>,
+    prep: &Preprocessor,
+) -> Result<Dataset, DataError> {
     use rayon::prelude::*;
     let decoded: Vec<_> = files.par_iter().map(|(path, _)| prep.load_file(path)).collect();
     let mut out = Dataset { image_len: prep.image_len(), ..Default::default() };
+    for s in &unreadable {
+        log::warn!("skipping {}: {}", s.path.display(), s.reason);
+    }
+    out.skipped = unreadable;
     for ((path, label), result) in files.iter().zip(decoded) {
         match result {
             Ok(px) => {

@@ -110,7 +110,7 @@ fn train_val_folders_and_seeded_split() {
 
     // Without train/val: a seeded per-class split, reproducible, different for another seed.
     let flat = dir.path().join("train");
-    let opts = |seed| LoadOptions { val_fraction: 1.0 / 3.0, seed, max_per_class: None };
+    let opts = |seed| LoadOptions { val_fraction: 1.0 / 3.0, seed, ..Default::default() };
     let s1 = load_splits(&flat, &prep(4, 1), &opts(1)).unwrap();
     let s2 = load_splits(&flat, &prep(4, 1), &opts(1)).unwrap();
     assert_eq!(s1.source, SourceKind::FolderSeededSplit);
@@ -169,4 +169,33 @@ fn malformed_idx_is_a_clear_error() {
     std::fs::write(dir.path().join("train-labels-idx1-ubyte"), idx_bytes(&[3], &[0; 3])).unwrap();
     let err = load_splits(dir.path(), &prep(2, 1), &LoadOptions::default()).unwrap_err().to_string();
     assert!(err.contains("train-images-idx3-ubyte") && err.contains("data bytes"), "{err}");
+}
+
+/// Tests run as root, where permission bits do not stop reads: a dangling link
+/// and a link loop are entries the folder walk cannot read whoever runs it.
+fn folder_with_unreadable_entries(root: &Path) {
+    mixed_folder(root);
+    std::os::unix::fs::symlink(root.join("no-such-file.png"), root.join("cat/ghost.png")).unwrap();
+    std::os::unix::fs::symlink(root.join("dog"), root.join("dog/loop")).unwrap();
+}
+
+#[test]
+fn unreadable_entries_fail_training_unless_allowed_and_are_always_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    folder_with_unreadable_entries(dir.path());
+    let err = load_splits(dir.path(), &prep(8, 3), &LoadOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DataError::Unreadable { count: 2, .. }), "{msg}");
+    assert!(msg.contains("ghost.png") && msg.contains("loop") && msg.contains("allow skipping"), "{msg}");
+
+    let opts = LoadOptions { allow_unreadable: true, ..Default::default() };
+    let s = load_splits(dir.path(), &prep(8, 3), &opts).unwrap();
+    assert_eq!(s.train.len() + s.val.len(), 4, "every readable image is kept");
+    assert_eq!(s.skipped(), 3, "two unreadable entries and the corrupt jpg");
+    let ghost = s.train.skipped.iter().find(|k| k.path.ends_with("cat/ghost.png")).expect("ghost.png counted");
+    assert!(!ghost.reason.is_empty());
+
+    // Evaluation sets skip and count them alike.
+    let (_, data) = load_folder(dir.path(), &prep(8, 3)).unwrap();
+    assert_eq!((data.len(), data.skipped.len()), (4, 3));
 }

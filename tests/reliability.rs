@@ -17,7 +17,7 @@ use vit::infer::{Classifier, InferError};
 
 mod common;
 use common::infer::cpu;
-use common::{image_folder, metadata, random_weights, small, LABELS};
+use common::{image_folder, metadata, random_weights, small, write_model, LABELS};
 
 /// Runs `vit-infer` with `args`: (exit code, stdout, stderr).
 fn run(args: &[&dyn AsRef<OsStr>]) -> (i32, String, String) {
@@ -87,4 +87,31 @@ fn eval_refuses_an_accuracy_over_nan_logits() {
     let px = set.data.image(0);
     let err = clf.classify_pixels(&[px, px], 1).unwrap_err();
     assert!(matches!(err, InferError::NonFiniteLogits { ref image, .. } if image == "image 0"), "{err}");
+}
+
+// ---- 4: unreadable entries are reported and counted ---------------------------
+
+#[test]
+fn unreadable_entries_in_a_walked_folder_fail_by_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), "m.onnx", &small(3), 5);
+    let images = dir.path().join("imgs");
+    image_folder(&images, &LABELS, 1);
+    // Tests run as root, where permission bits do not stop reads: a dangling
+    // link and a link loop cannot be read by anyone.
+    std::os::unix::fs::symlink(dir.path().join("gone.png"), images.join("a_red/ghost.png")).unwrap();
+    std::os::unix::fs::symlink(&images, images.join("b_green/loop")).unwrap();
+
+    let (code, stdout, stderr) = run(&[&"-m", &model, &"--json", &images]);
+    assert_eq!(code, 1, "{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.iter().filter(|v| v.get("top").is_some()).count(), 3, "{stdout}");
+    let errors: Vec<&str> = lines.iter().filter_map(|v| v["error"].as_str()).collect();
+    assert_eq!(errors.len(), 2, "{stdout}");
+    assert!(errors.iter().any(|e| e.contains("ghost.png")) && errors.iter().any(|e| e.contains("loop")), "{stdout}");
+    assert!(stderr.contains("2 of 5 file(s) could not be classified"), "{stderr}");
+
+    let (code, _, stderr) = run(&[&"-m", &model, &images]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("ghost.png") && stderr.contains("cannot read"), "{stderr}");
 }

@@ -77,38 +77,48 @@ fn open(cli: &Cli) -> Result<Classifier, InferError> {
 }
 
 fn classify(cli: &Cli) -> anyhow::Result<u8> {
-    let files = inputs::collect_images(&cli.inputs)?;
+    let inputs = inputs::collect_images(&cli.inputs)?;
     let mut clf = open(cli)?;
     let provider = clf.provider();
     let format =
         Format { json: cli.json, label_width: clf.labels().iter().map(|l| l.chars().count()).max().unwrap_or(0) };
     let opts = cli.classify_options();
     let mut out = std::io::stdout().lock();
+    let total = inputs.files.len() + inputs.failures.len();
     let mut failed = 0usize;
-    // A chunk at a time, so that results print while later batches run.
-    for chunk in files.chunks(opts.batch_size) {
-        for (path, result) in chunk.iter().zip(clf.classify_files(chunk, &opts)) {
-            let written = match result {
-                Ok(pred) => output::write_prediction(&mut out, path, &pred, provider, format),
-                Err(e) => {
-                    failed += 1;
-                    if cli.json {
-                        output::write_json_error(&mut out, path, &e)
-                    } else {
-                        eprintln!("vit-infer: error: {e}");
-                        Ok(())
-                    }
-                }
-            };
-            if written.is_err() {
-                // stdout closed (e.g. piped into `head`): stop quietly.
-                return Ok(if failed > 0 { EXIT_SOME_FAILED } else { EXIT_OK });
-            }
+    let mut report = |out: &mut std::io::StdoutLock, path: &Path, error: &dyn std::fmt::Display| {
+        failed += 1;
+        if cli.json {
+            output::write_json_error(out, path, error)
+        } else {
+            eprintln!("vit-infer: error: {error}");
+            Ok(())
         }
+    };
+    let mut written = Ok(());
+    for (path, reason) in &inputs.failures {
+        written =
+            written.and_then(|()| report(&mut out, path, &format!("cannot classify {}: {reason}", path.display())));
+    }
+    // A chunk at a time, so that results print while later batches run.
+    for chunk in inputs.files.chunks(opts.batch_size) {
+        if written.is_err() {
+            break;
+        }
+        for (path, result) in chunk.iter().zip(clf.classify_files(chunk, &opts)) {
+            written = written.and_then(|()| match result {
+                Ok(pred) => output::write_prediction(&mut out, path, &pred, provider, format),
+                Err(e) => report(&mut out, path, &e),
+            });
+        }
+    }
+    if written.is_err() {
+        // stdout closed (e.g. piped into `head`): stop quietly.
+        return Ok(if failed > 0 { EXIT_SOME_FAILED } else { EXIT_OK });
     }
     let _ = out.flush();
     if failed > 0 {
-        eprintln!("vit-infer: {failed} of {} file(s) could not be classified", files.len());
+        eprintln!("vit-infer: {failed} of {total} file(s) could not be classified");
         return Ok(EXIT_SOME_FAILED);
     }
     Ok(EXIT_OK)
