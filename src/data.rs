@@ -2,7 +2,8 @@
 //!
 //! Two sources are recognised, as a PyTorch user expects:
 //! - an image folder as torchvision's `ImageFolder`: `DIR/<class>/*.{jpg,jpeg,png,bmp,webp}`,
-//!   split by `DIR/train` + `DIR/val` when both exist, otherwise by a seeded fraction;
+//!   split by `DIR/train` + an evaluation split beside it (`val`, `valid`,
+//!   `validation` or `test`), otherwise by a seeded fraction ([`Layout`]);
 //! - a Fashion-MNIST/MNIST IDX folder (`train-images-idx3-ubyte[.gz]` ...).
 //!
 //! Every image goes through [`Preprocessor::prepare`], the same code inference uses.
@@ -27,7 +28,7 @@ pub use idx::{load_idx_split, read_idx_images, read_idx_labels, FASHION_MNIST_LA
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The path does not exist or is not a directory.
-    #[error("data folder {0} does not exist or is not a directory (pass --data DIR with DIR/<class>/*.jpg, DIR/train + DIR/val, or Fashion-MNIST IDX files)")]
+    #[error("data folder {0} does not exist or is not a directory (expected DIR/<class>/*.jpg, DIR/train + DIR/val, or Fashion-MNIST IDX files)")]
     NotADir(PathBuf),
     /// No class sub-folders.
     #[error("data folder {0} has no class sub-folders (expected DIR/<class>/*.jpg)")]
@@ -82,9 +83,38 @@ pub enum DataError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `train/` without an evaluation split beside it.
+    #[error("data folder {0} has train/ but no evaluation split beside it (looked for {evals}); {LAYOUT_HELP}", evals = split_list(EVAL_SPLIT_NAMES))]
+    NoEvalSplit(PathBuf),
+    /// Split folders without `train/`: they are not classes, and there is
+    /// nothing to train on.
+    #[error("data folder {dir} has the split folder(s) {} but no train/ beside them, and split names are never read as classes; {LAYOUT_HELP}", split_list(found))]
+    NoTrainSplit {
+        /// The data folder.
+        dir: PathBuf,
+        /// The split folders found.
+        found: Vec<String>,
+    },
     /// A bad option value.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// How a data folder is read, for the messages of layout errors.
+const LAYOUT_HELP: &str =
+    "a data folder is read as DIR/train/<class>/* with DIR/val/<class>/* (or valid/, validation/, test/; \
+the first found) as the evaluation split, as DIR/<class>/* without split folders (split by a seeded fraction), \
+or as Fashion-MNIST IDX files";
+
+/// Folder names that are splits, never classes.
+pub const SPLIT_NAMES: &[&str] = &["train", "val", "valid", "validation", "test"];
+
+/// The evaluation split folders recognised beside `train/`, in order of preference.
+pub const EVAL_SPLIT_NAMES: &[&str] = &["val", "valid", "validation", "test"];
+
+/// `val/, valid/` for messages.
+fn split_list<S: AsRef<str>>(names: &[S]) -> String {
+    names.iter().map(|n| format!("{}/", n.as_ref())).collect::<Vec<_>>().join(", ")
 }
 
 /// A file that was skipped, and why.
@@ -156,7 +186,7 @@ impl Dataset {
 /// Where the data came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
-    /// `DIR/train` and `DIR/val` image folders.
+    /// `DIR/train` and an evaluation split folder beside it.
     FolderSplits,
     /// One image folder split by `val_fraction`.
     FolderSeededSplit,
@@ -213,11 +243,12 @@ impl Splits {
 pub enum Layout {
     /// Fashion-MNIST/MNIST IDX files: `train` trains, `t10k` evaluates.
     Idx,
-    /// Image folders `DIR/train/<class>/*` and `DIR/val/<class>/*`.
+    /// Image folders `DIR/train/<class>/*` and `DIR/<split>/<class>/*`, the
+    /// evaluation split being the first of [`EVAL_SPLIT_NAMES`] found.
     Splits {
         /// The training split's folder.
         train: PathBuf,
-        /// The evaluation split's folder.
+        /// The evaluation split's folder (`val/`, `valid/`, `validation/` or `test/`).
         val: PathBuf,
     },
     /// One image folder `DIR/<class>/*`, split by a seeded fraction for training.
@@ -225,17 +256,27 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// Detects the layout of `dir` (which must be a directory).
+    /// Detects the layout of `dir` (which must be a directory). Split folder
+    /// names ([`SPLIT_NAMES`]) are never classes: `train/` needs an
+    /// evaluation split beside it, and other split folders need `train/`.
     pub fn detect(dir: &Path) -> Result<Self, DataError> {
         require_dir(dir)?;
         if is_idx_dir(dir) {
             return Ok(Self::Idx);
         }
-        let (train, val) = (dir.join("train"), dir.join("val"));
-        if train.is_dir() && val.is_dir() {
-            return Ok(Self::Splits { train, val });
+        let found: Vec<String> =
+            SPLIT_NAMES.iter().filter(|name| dir.join(name).is_dir()).map(|name| name.to_string()).collect();
+        if found.is_empty() {
+            return Ok(Self::Folder);
         }
-        Ok(Self::Folder)
+        let train = dir.join("train");
+        if !train.is_dir() {
+            return Err(DataError::NoTrainSplit { dir: dir.to_path_buf(), found });
+        }
+        match EVAL_SPLIT_NAMES.iter().map(|name| dir.join(name)).find(|p| p.is_dir()) {
+            Some(val) => Ok(Self::Splits { train, val }),
+            None => Err(DataError::NoEvalSplit(dir.to_path_buf())),
+        }
     }
 }
 
@@ -261,7 +302,7 @@ pub fn is_idx_dir(dir: &Path) -> bool {
 pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Result<Splits, DataError> {
     let layout = Layout::detect(dir)?;
     if !(0.0..1.0).contains(&opts.val_fraction) {
-        return Err(DataError::Invalid(format!("--val-fraction {} must be in [0, 1)", opts.val_fraction)));
+        return Err(DataError::Invalid(format!("val_fraction {} must be in [0, 1)", opts.val_fraction)));
     }
     if layout == Layout::Idx {
         let train = load_idx_split(dir, "train", prep, opts.max_per_class)?;

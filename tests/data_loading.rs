@@ -199,3 +199,57 @@ fn unreadable_entries_fail_training_unless_allowed_and_are_always_counted() {
     let (_, data) = load_folder(dir.path(), &prep(8, 3)).unwrap();
     assert_eq!((data.len(), data.skipped.len()), (4, 3));
 }
+
+/// `root/<split>/<class>/0.png` for each split and class.
+fn split_folder(root: &Path, splits: &[&str], classes: &[&str]) {
+    for split in splits {
+        for class in classes {
+            save(
+                DynamicImage::ImageLuma8(GrayImage::from_pixel(4, 4, image::Luma([7]))),
+                &root.join(format!("{split}/{class}/0.png")),
+            );
+        }
+    }
+}
+
+#[test]
+fn train_beside_test_valid_or_validation_are_splits_never_classes() {
+    for eval in ["test", "valid", "validation"] {
+        let dir = tempfile::tempdir().unwrap();
+        split_folder(dir.path(), &["train", eval], &["cat", "dog", "fox"]);
+        let s = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap();
+        assert_eq!(s.source, SourceKind::FolderSplits, "{eval}");
+        assert_eq!(s.classes, vec!["cat", "dog", "fox"], "{eval}: split names are not classes");
+        assert!(s.val.paths.iter().all(|p| p.starts_with(dir.path().join(eval))), "{eval}");
+    }
+    // val/ wins over test/ when both exist.
+    let dir = tempfile::tempdir().unwrap();
+    split_folder(dir.path(), &["train", "val", "test"], &["cat", "dog"]);
+    assert_eq!(
+        vit::data::Layout::detect(dir.path()).unwrap(),
+        vit::data::Layout::Splits { train: dir.path().join("train"), val: dir.path().join("val") }
+    );
+}
+
+#[test]
+fn split_folders_without_a_usable_pair_say_how_folders_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    split_folder(dir.path(), &["train"], &["cat", "dog"]);
+    let err = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DataError::NoEvalSplit(_)), "{msg}");
+    assert!(msg.contains("no evaluation split") && msg.contains("val/, valid/, validation/, test/"), "{msg}");
+    assert!(msg.contains("DIR/<class>/*"), "says how a folder is read: {msg}");
+
+    for (splits, found) in [(&["test", "val"][..], "val/, test/"), (&["val"][..], "val/")] {
+        let dir = tempfile::tempdir().unwrap();
+        split_folder(dir.path(), splits, &["cat", "dog"]);
+        let msg = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap_err().to_string();
+        assert!(msg.contains(found) && msg.contains("no train/") && msg.contains("never read as classes"), "{msg}");
+    }
+    // A split name among class folders is not a class either.
+    let dir = tempfile::tempdir().unwrap();
+    split_folder(dir.path(), &["cat", "dog", "test"], &["x"]);
+    let msg = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap_err().to_string();
+    assert!(msg.contains("test/") && msg.contains("no train/"), "{msg}");
+}

@@ -115,3 +115,24 @@ fn unreadable_entries_in_a_walked_folder_fail_by_themselves() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("ghost.png") && stderr.contains("cannot read"), "{stderr}");
 }
+
+// ---- 5, 13: split folders are never classes --------------------------------------
+
+#[test]
+fn eval_reads_train_and_test_as_splits_and_refuses_a_lone_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), "m.onnx", &small(3), 5);
+    let data = dir.path().join("data");
+    image_folder(&data.join("train"), &LABELS, 1);
+    image_folder(&data.join("test"), &LABELS, 2);
+
+    let (code, stdout, stderr) = run(&[&"-m", &model, &"--eval", &data]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("/6 correct) on test split"), "the 6 test images, not 2 classes train/test:\n{stdout}");
+
+    std::fs::remove_dir_all(data.join("test")).unwrap();
+    let (code, stdout, stderr) = run(&[&"-m", &model, &"--eval", &data]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("no evaluation split beside it") && stderr.contains("val/, valid/"), "{stderr}");
+}

@@ -28,13 +28,14 @@ pub struct EvalData {
     pub classes: Vec<String>,
     /// The decoded images.
     pub data: Dataset,
-    /// Which split was used, in words (`val split DIR`, ...).
+    /// Which split was used, in words (`val split DIR`, `test split DIR`, ...).
     pub description: String,
 }
 
 /// Loads the images to evaluate a model on, exactly as vit-train validated:
 /// - an IDX folder (Fashion-MNIST): its `t10k` split;
-/// - a folder with `train/` and `val/`: the `val/` image folder;
+/// - a folder with `train/` and `val/` (or `valid/`, `validation/`, `test/`,
+///   the first found): that evaluation split's image folder;
 /// - otherwise an image folder `DIR/<class>/*`, all of it.
 pub fn load_eval_data(dir: impl AsRef<Path>, prep: &Preprocessor) -> Result<EvalData, InferError> {
     let dir = dir.as_ref();
@@ -50,7 +51,8 @@ pub fn load_eval_data(dir: impl AsRef<Path>, prep: &Preprocessor) -> Result<Eval
             // `load_splits` decodes `val/` with `load_folder`'s code path (no cap):
             // loading it alone gives the same images without decoding train/.
             let (classes, data) = data::load_folder(&val, prep)?;
-            Ok(EvalData { classes, data, description: format!("val split {}", val.display()) })
+            let name = val.file_name().map_or_else(|| "evaluation".into(), |n| n.to_string_lossy().into_owned());
+            Ok(EvalData { classes, data, description: format!("{name} split {}", val.display()) })
         }
         Layout::Folder => {
             let (classes, data) = data::load_folder(dir, prep)?;

@@ -50,7 +50,7 @@ pub struct Cli {
 
     // The doc comment is clap's help text, printed verbatim: `<class>` is a placeholder, not HTML.
     #[allow(rustdoc::invalid_html_tags)]
-    /// Evaluate instead of classifying: DIR/<class>/* images, or DIR/train + DIR/val (val is used), or a Fashion-MNIST IDX folder (t10k is used); prints accuracy and the confusion matrix.
+    /// Evaluate instead of classifying: DIR/<class>/* images, or DIR/train + DIR/val (or valid, validation, test: that split is used), or a Fashion-MNIST IDX folder (t10k is used); prints accuracy and the confusion matrix.
     #[arg(long, value_name = "DIR", conflicts_with = "inputs")]
     pub eval: Option<PathBuf>,
 
