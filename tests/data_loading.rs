@@ -16,6 +16,7 @@ fn prep(side: usize, channels: usize) -> Preprocessor {
         mean: vec![0.5; channels],
         std: vec![0.5; channels],
         resize: Resize::Bilinear,
+        max_file_bytes: vit::preprocess::DEFAULT_MAX_IMAGE_BYTES,
     }
 }
 

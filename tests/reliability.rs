@@ -17,7 +17,7 @@ use vit::infer::{Classifier, InferError};
 
 mod common;
 use common::infer::cpu;
-use common::{image_folder, metadata, random_weights, small, write_model, LABELS};
+use common::{image_folder, metadata, random_weights, small, write_model, write_png, LABELS};
 
 /// Runs `vit-infer` with `args`: (exit code, stdout, stderr).
 fn run(args: &[&dyn AsRef<OsStr>]) -> (i32, String, String) {
@@ -135,4 +135,47 @@ fn eval_reads_train_and_test_as_splits_and_refuses_a_lone_train() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("no evaluation split beside it") && stderr.contains("val/, valid/"), "{stderr}");
+}
+
+// ---- 10: huge and endless files are refused before reading ------------------------
+
+#[test]
+fn huge_endless_and_special_files_are_refused_without_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), "m.onnx", &small(3), 5);
+    let good = dir.path().join("good.png");
+    write_png(&good, 16, 16, 1);
+    // Sparse: 2 GiB on paper and no disk used; read whole it would take 2 GiB of memory.
+    let huge = dir.path().join("huge.png");
+    std::fs::File::create(&huge).unwrap().set_len(1 << 31).unwrap();
+    let fifo = dir.path().join("fifo.png");
+    let have_fifo = Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"-m", &model, &"--json", &good, &huge, &"/dev/zero"];
+    if have_fifo {
+        args.push(&fifo);
+    }
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run(&args);
+    assert!(started.elapsed().as_secs() < 60, "nothing may be read whole, nor block on the FIFO");
+    assert_eq!(code, 1, "{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), args.len() - 3, "{stdout}");
+    assert!(lines[0].get("top").is_some(), "the good image is classified: {stdout}");
+    let error = |i: usize| lines[i]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error(1).contains("huge.png") && error(1).contains("2147483648 bytes, over the limit"), "{stdout}");
+    assert!(error(1).contains("VIT_MAX_IMAGE_BYTES"), "{stdout}");
+    assert!(error(2).contains("/dev/zero") && error(2).contains("not a regular file"), "{stdout}");
+    if have_fifo {
+        assert!(error(3).contains("FIFO"), "{stdout}");
+    }
+
+    // The limit is the environment's when set.
+    let out = Command::new(env!("CARGO_BIN_EXE_vit-infer"))
+        .env("VIT_MAX_IMAGE_BYTES", "100")
+        .args([OsStr::new("-m"), model.as_os_str(), good.as_os_str()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("over the limit of 100 bytes"), "{stderr}");
 }

@@ -34,7 +34,8 @@ pub fn walk_images(dir: &Path) -> (Vec<PathBuf>, Vec<Skipped>) {
     let (mut images, mut unreadable) = (Vec::new(), Vec::new());
     for entry in walkdir::WalkDir::new(dir).follow_links(true) {
         match entry {
-            Ok(e) if e.file_type().is_file() && has_image_extension(e.path()) => images.push(e.into_path()),
+            // Not only regular files: a FIFO or device named like an image is refused, and counted, when read.
+            Ok(e) if !e.file_type().is_dir() && has_image_extension(e.path()) => images.push(e.into_path()),
             Ok(_) => {}
             Err(e) => {
                 let path = e.path().unwrap_or(dir).to_path_buf();
