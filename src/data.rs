@@ -36,6 +36,15 @@ pub enum DataError {
     /// A class folder holds no image files.
     #[error("class folder {0} holds no image files (.jpg, .jpeg, .png, .bmp, .webp); remove it or add images")]
     EmptyClass(PathBuf),
+    /// Every image file of a class failed to decode: the class would have no
+    /// examples.
+    #[error("class folder {dir}: none of its {files} image file(s) could be decoded, so the class would have no examples; fix or remove them, or remove the folder")]
+    ClassUnusable {
+        /// The class folder.
+        dir: PathBuf,
+        /// How many files were tried.
+        files: usize,
+    },
     /// train/ and val/ disagree on the classes.
     #[error("class folders differ between {train} ({train_classes:?}) and {val} ({val_classes:?})")]
     SplitMismatch {
@@ -322,8 +331,12 @@ pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
             });
         }
         check_unreadable(dir, [&train_scan.unreadable, &val_scan.unreadable], opts)?;
-        let train = decode_files(&train_dir, &cap(train_scan.files, opts.max_per_class), train_scan.unreadable, prep)?;
-        let val = decode_files(&val_dir, &cap(val_scan.files, opts.max_per_class), val_scan.unreadable, prep)?;
+        let (train_files, val_files) =
+            (cap(train_scan.files, opts.max_per_class), cap(val_scan.files, opts.max_per_class));
+        let train = decode_files(&train_dir, &train_files, train_scan.unreadable, prep)?;
+        let val = decode_files(&val_dir, &val_files, val_scan.unreadable, prep)?;
+        require_decoded_classes(&train_dir, &train_scan.classes, &[(&train_files, &train)])?;
+        require_decoded_classes(&val_dir, &train_scan.classes, &[(&val_files, &val)])?;
         return Ok(Splits { classes: train_scan.classes, train, val, source: SourceKind::FolderSplits });
     }
     let scan = scan_image_folder(dir)?;
@@ -332,7 +345,26 @@ pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
     // Which split an unreadable entry would have joined is unknown: the training split counts them.
     let train = decode_files(dir, &train_files, scan.unreadable, prep)?;
     let val = decode_files(dir, &val_files, Vec::new(), prep)?;
+    require_decoded_classes(dir, &scan.classes, &[(&train_files, &train), (&val_files, &val)])?;
     Ok(Splits { classes: scan.classes, train, val, source: SourceKind::FolderSeededSplit })
+}
+
+/// [`DataError::ClassUnusable`] for the first class of `root` that had files
+/// in `parts` (files tried, data decoded from them) but kept no image.
+fn require_decoded_classes(
+    root: &Path,
+    classes: &[String],
+    parts: &[(&LabelledFiles, &Dataset)],
+) -> Result<(), DataError> {
+    for (label, class) in classes.iter().enumerate() {
+        let label = label as i64;
+        let tried: usize = parts.iter().map(|(files, _)| files.iter().filter(|(_, l)| *l == label).count()).sum();
+        let kept: usize = parts.iter().map(|(_, data)| data.labels.iter().filter(|&&l| l == label).count()).sum();
+        if tried > 0 && kept == 0 {
+            return Err(DataError::ClassUnusable { dir: root.join(class), files: tried });
+        }
+    }
+    Ok(())
 }
 
 /// [`DataError::Unreadable`] when entries could not be read and skipping them is not allowed.

@@ -254,3 +254,29 @@ fn split_folders_without_a_usable_pair_say_how_folders_are_read() {
     let msg = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap_err().to_string();
     assert!(msg.contains("test/") && msg.contains("no train/"), "{msg}");
 }
+
+#[test]
+fn a_class_whose_every_file_fails_to_decode_is_an_error_naming_it() {
+    for layout in ["flat", "splits"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = if layout == "flat" { dir.path().to_path_buf() } else { dir.path().join("train") };
+        if layout == "splits" {
+            split_folder(dir.path(), &["val"], &["cat", "dog"]);
+        }
+        for i in 0..3 {
+            save(
+                DynamicImage::ImageLuma8(GrayImage::from_pixel(4, 4, image::Luma([9]))),
+                &root.join(format!("cat/{i}.png")),
+            );
+            std::fs::create_dir_all(root.join("dog")).unwrap();
+            std::fs::write(root.join(format!("dog/{i}.png")), b"not a png").unwrap();
+        }
+        let err = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, DataError::ClassUnusable { files: 3, ref dir } if dir == &root.join("dog")),
+            "{layout}: {msg}"
+        );
+        assert!(msg.contains("none of its 3 image file(s) could be decoded"), "{msg}");
+    }
+}
