@@ -17,7 +17,10 @@ use vit::infer::{Classifier, InferError};
 
 mod common;
 use common::infer::cpu;
-use common::{image_folder, metadata, random_weights, small, write_model, write_png, LABELS};
+use common::{
+    image_folder, metadata, model_bytes, random_weights, set_metadata, small, strip_metadata, write_model, write_png,
+    LABELS,
+};
 
 /// Runs `vit-infer` with `args`: (exit code, stdout, stderr).
 fn run(args: &[&dyn AsRef<OsStr>]) -> (i32, String, String) {
@@ -178,4 +181,36 @@ fn huge_endless_and_special_files_are_refused_without_reading_them() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("over the limit of 100 bytes"), "{stderr}");
+}
+
+// ---- 14, 15: metadata that contradicts itself, or is missing --------------------
+
+#[test]
+fn a_model_whose_metadata_contradicts_itself_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("one.png");
+    write_png(&img, 16, 16, 1);
+    let bytes = model_bytes(&small(3), 5);
+    for (key, value) in [("vit.image_size", "64"), ("vit.mean", "[0.1,0.2,0.3]"), ("vit.resize", "nearest")] {
+        let model = dir.path().join("edited.onnx");
+        std::fs::write(&model, set_metadata(&bytes, key, value)).unwrap();
+        let (code, stdout, stderr) = run(&[&"-m", &model, &img]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert!(stderr.contains(&format!("`{key}` = {value} contradicts `vit.config`")), "{stderr}");
+        assert!(stderr.contains("edited.onnx"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_model_without_metadata_gets_a_hint_that_is_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("one.png");
+    write_png(&img, 16, 16, 1);
+    let bare = dir.path().join("bare.onnx");
+    std::fs::write(&bare, strip_metadata(&model_bytes(&small(3), 5))).unwrap();
+    let (code, _, stderr) = run(&[&"-m", &bare, &img]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("vit.config") && stderr.contains("vit-train export"), "{stderr}");
+    assert!(!stderr.contains("pass the image size"), "vit-infer has no such flags: {stderr}");
 }
