@@ -214,3 +214,89 @@ fn a_model_without_metadata_gets_a_hint_that_is_true() {
     assert!(stderr.contains("vit.config") && stderr.contains("vit-train export"), "{stderr}");
     assert!(!stderr.contains("pass the image size"), "vit-infer has no such flags: {stderr}");
 }
+
+// ---- 16: --eval counts what it skips; image-less folders fail by themselves ---------
+
+#[test]
+fn eval_with_skipped_files_exits_1_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), "m.onnx", &small(3), 5);
+    let data = dir.path().join("data");
+    image_folder(&data, &LABELS, 2);
+    std::fs::write(data.join("a_red/broken.png"), b"not a png").unwrap();
+    // A dangling link: unreadable even for root, who runs these tests.
+    std::os::unix::fs::symlink(dir.path().join("gone.png"), data.join("c_blue/ghost.png")).unwrap();
+
+    let (code, stdout, stderr) = run(&[&"-m", &model, &"--eval", &data, &"--json"]);
+    assert_eq!(code, 1, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one json object");
+    assert_eq!((v["total"].as_u64(), v["skipped"].as_u64()), (Some(6), Some(2)), "{v}");
+    assert!(stderr.contains("broken.png") && stderr.contains("ghost.png"), "each is named: {stderr}");
+
+    let (code, stdout, stderr) = run(&[&"-m", &model, &"--eval", &data]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.contains("(") && stdout.contains("/6 correct)"), "{stdout}");
+    assert!(stderr.contains("2 file(s) skipped") && stderr.contains("the other 6"), "{stderr}");
+
+    std::fs::remove_file(data.join("a_red/broken.png")).unwrap();
+    std::fs::remove_file(data.join("c_blue/ghost.png")).unwrap();
+    let (code, stdout, stderr) = run(&[&"-m", &model, &"--eval", &data, &"--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()["skipped"], 0);
+}
+
+#[test]
+fn eval_on_a_missing_folder_names_the_eval_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), "m.onnx", &small(3), 5);
+    let (code, stdout, stderr) = run(&[&"-m", &model, &"--eval", &dir.path().join("nowhere")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("nowhere") && stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains("hint: pass --eval DIR") && !stderr.contains("--data"), "{stderr}");
+}
+
+#[test]
+fn an_image_less_directory_fails_by_itself_unless_nothing_is_classifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), "m.onnx", &small(3), 5);
+    let good = dir.path().join("good.png");
+    write_png(&good, 16, 16, 1);
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("readme.txt"), "no images here").unwrap();
+    let missing = dir.path().join("missing.png");
+
+    let (code, stdout, stderr) = run(&[&"-m", &model, &"--json", &empty, &good, &missing]);
+    assert_eq!(code, 1, "{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 3, "every input has its line:\n{stdout}");
+    assert!(lines[0]["path"].as_str().unwrap().ends_with("empty"), "{stdout}");
+    assert!(lines[0]["error"].as_str().unwrap().contains("no image files"), "{stdout}");
+    assert!(lines[1].get("top").is_some() && lines[2]["error"].as_str().unwrap().contains("missing.png"), "{stdout}");
+    assert!(stderr.contains("2 of 3 file(s) could not be classified"), "{stderr}");
+
+    let (code, stdout, stderr) = run(&[&"-m", &model, &empty, &empty]);
+    assert_eq!(code, 2, "nothing at all is classifiable: {stderr}");
+    assert!(
+        stdout.is_empty() && stderr.contains("nothing to classify") && stderr.contains("no image files"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_states_the_exit_statuses() {
+    let (code, stdout, _) = run(&[&"--help"]);
+    assert_eq!(code, 0);
+    for words in [
+        "0  every input was classified",
+        "1  some inputs failed, each reported and the rest classified",
+        "an image-less directory among other inputs",
+        "with --eval, files were skipped (counted in \"skipped\"",
+        "2  usage or model error",
+        "nothing at all to classify",
+        "NaN or infinite logits in --eval",
+    ] {
+        assert!(stdout.contains(words), "--help lacks {words:?}:\n{stdout}");
+    }
+}

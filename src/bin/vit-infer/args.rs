@@ -7,6 +7,18 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use vit::infer::{ClassifierOptions, ClassifyOptions, OptLevel, Provider};
 
+/// `--help`'s closing text: exit statuses, then where ONNX Runtime comes from.
+pub const EXIT_STATUS: &str = "Exit status:\n  \
+0  every input was classified (or, with --eval, every file evaluated)\n  \
+1  some inputs failed, each reported and the rest classified: a file that cannot be read or decoded, \
+is not a regular file or is over VIT_MAX_IMAGE_BYTES (256 MiB by default), whose logits are NaN or infinite, \
+an unreadable entry or an image-less directory among other inputs; with --eval, files were skipped \
+(counted in \"skipped\", the accuracy is over the rest)\n  \
+2  usage or model error, nothing reported: bad flags, a missing or corrupt model, a model without vit metadata \
+or contradicting itself, nothing at all to classify, unusable --eval data, NaN or infinite logits in --eval\n\
+ONNX Runtime is loaded from $ORT_DYLIB_PATH, else the path recorded at build time, \
+else libonnxruntime.so* next to this executable (run scripts/setup.sh to install it).";
+
 /// Classify images with a Vision Transformer exported by `vit-train export`,
 /// using ONNX Runtime. The model's ONNX metadata supplies the input size,
 /// channels, normalisation and class labels, so no shape flags are needed.
@@ -14,10 +26,7 @@ use vit::infer::{ClassifierOptions, ClassifyOptions, OptLevel, Provider};
 #[command(
     name = "vit-infer",
     version,
-    after_help = "Exit status: 0 all fine, 1 some files failed (each reported, the others classified), \
-2 usage or model error (missing/corrupt model, model without vit metadata, no images found).\n\
-ONNX Runtime is loaded from $ORT_DYLIB_PATH, else the path recorded at build time, \
-else libonnxruntime.so* next to this executable (run scripts/setup.sh to install it)."
+    after_help = EXIT_STATUS
 )]
 pub struct Cli {
     /// ONNX model written by `vit-train export`; the Fashion-MNIST demo copies its model to the default path.

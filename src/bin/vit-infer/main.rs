@@ -5,9 +5,11 @@
 //! prints.
 //!
 //! Exit status: [`EXIT_OK`] when everything worked, [`EXIT_SOME_FAILED`] when
-//! some files could not be classified (each is reported, the others are
-//! classified), [`EXIT_USAGE`] for usage and model errors (bad flags, missing or
-//! corrupt model, model without metadata, no images found, unusable data).
+//! some inputs failed (each is reported, the others are classified) or
+//! `--eval` skipped files (counted), [`EXIT_USAGE`] for usage and model errors
+//! (bad flags, missing or corrupt model, model without metadata, nothing at
+//! all to classify, unusable data). `args::EXIT_STATUS` says the same in
+//! `--help`.
 
 mod args;
 mod inputs;
@@ -19,6 +21,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Parser;
+use vit::data::DataError;
 use vit::infer::{load_eval_data, Classifier, InferError};
 
 use args::Cli;
@@ -26,7 +29,7 @@ use output::Format;
 
 /// Everything went fine.
 const EXIT_OK: u8 = 0;
-/// Some files failed (reported per file); the others were classified.
+/// Some inputs failed (reported per file) or `--eval` skipped files (counted).
 const EXIT_SOME_FAILED: u8 = 1;
 /// Usage or model error; nothing (more) was classified.
 const EXIT_USAGE: u8 = 2;
@@ -52,6 +55,9 @@ fn cli_hint(error: &InferError) -> Option<&'static str> {
     match error {
         InferError::ModelNotFound(_) => Some("pass --model PATH"),
         InferError::CudaUnavailable(_) => Some("use --ep auto (falls back to the CPU) or --ep cpu"),
+        InferError::Data(DataError::NotADir(_)) => {
+            Some("pass --eval DIR with DIR/<class>/* images, DIR/train + DIR/val, or Fashion-MNIST IDX files")
+        }
         _ => None,
     }
 }
@@ -131,13 +137,19 @@ fn evaluate(cli: &Cli, dir: &Path) -> anyhow::Result<u8> {
     if set.data.is_empty() {
         bail!("no images to evaluate in {}", set.description);
     }
-    if !set.data.skipped.is_empty() {
-        log::info!("vit-infer: {} file(s) skipped (could not be decoded)", set.data.skipped.len());
-    }
     let eval = clf.evaluate(&set.data, cli.batch_size)?;
     let mut out = std::io::stdout().lock();
     // A closed stdout (e.g. piped into `head`) is not an evaluation failure.
     let _ = output::write_evaluation(&mut out, &set, &eval, clf.labels(), clf.provider(), cli.json)
         .and_then(|()| out.flush());
+    let skipped = set.data.skipped.len();
+    if skipped > 0 {
+        // Each was warned about as it was skipped; the count says what the accuracy leaves out.
+        eprintln!(
+            "vit-infer: {skipped} file(s) skipped (could not be read or decoded): the accuracy is over the other {}",
+            eval.total
+        );
+        return Ok(EXIT_SOME_FAILED);
+    }
     Ok(EXIT_OK)
 }
