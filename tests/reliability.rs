@@ -300,3 +300,29 @@ fn help_states_the_exit_statuses() {
         assert!(stdout.contains(words), "--help lacks {words:?}:\n{stdout}");
     }
 }
+
+// ---- 9: --threads is bounded ------------------------------------------------------
+
+#[test]
+fn threads_beyond_four_per_core_are_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), "m.onnx", &small(3), 5);
+    let img = dir.path().join("one.png");
+    write_png(&img, 16, 16, 1);
+    let limit = vit::infer::max_intra_threads();
+    assert_eq!(limit % 4, 0);
+    for threads in [limit + 1, 100_000] {
+        let started = std::time::Instant::now();
+        let (code, stdout, stderr) = run(&[&"-m", &model, &"--threads", &threads.to_string(), &img]);
+        assert!(started.elapsed().as_secs() < 30, "refused at once, not after starting {threads} threads");
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert!(stderr.contains(&format!("more than the limit of {limit} threads")), "{stderr}");
+    }
+    let (code, _, stderr) = run(&[&"-m", &model, &"--threads", &limit.to_string(), &img]);
+    assert_eq!(code, 0, "the limit itself is accepted: {stderr}");
+
+    let opts = vit::infer::ClassifierOptions { intra_threads: Some(limit + 1), ..cpu() };
+    let err = Classifier::open(&model, &opts).unwrap_err();
+    assert!(matches!(err, InferError::Invalid(_)) && err.to_string().contains(&format!("limit of {limit}")), "{err}");
+}

@@ -40,7 +40,8 @@ impl fmt::Debug for Classifier {
 }
 
 impl Classifier {
-    /// Opens the model at `path`: loads ONNX Runtime (once per process),
+    /// Opens the model at `path`: checks the options
+    /// ([`ClassifierOptions::validate`]), loads ONNX Runtime (once per process),
     /// creates a session with the requested provider, reads the metadata and
     /// checks that the graph's input and output match it.
     ///
@@ -55,6 +56,7 @@ impl Classifier {
     /// ```
     pub fn open(path: impl AsRef<Path>, opts: &ClassifierOptions) -> Result<Self, InferError> {
         let path = path.as_ref();
+        opts.validate()?;
         if !path.is_file() {
             return Err(InferError::ModelNotFound(path.to_path_buf()));
         }

@@ -51,7 +51,7 @@ mod signature;
 pub use classifier::Classifier;
 pub use error::InferError;
 pub use eval::{load_eval_data, EvalData, Evaluation};
-pub use options::{ClassifierOptions, ClassifyOptions, OptLevel, Provider};
+pub use options::{max_intra_threads, ClassifierOptions, ClassifyOptions, OptLevel, Provider};
 pub use prediction::{softmax, Prediction, Scored};
 pub use runtime::{runtime_candidates, runtime_path, RuntimeCandidate};
 pub use session::{CudaError, ExecutionProvider};

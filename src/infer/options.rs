@@ -91,13 +91,36 @@ impl From<OptLevel> for GraphOptimizationLevel {
 pub struct ClassifierOptions {
     /// Execution provider requested.
     pub provider: Provider,
-    /// Threads within an operator (`None`: ONNX Runtime's default, one per core).
+    /// Threads within an operator (`None`: ONNX Runtime's default, one per
+    /// core); at most [`max_intra_threads`].
     pub intra_threads: Option<usize>,
     /// Graph optimisation level.
     pub optimization: OptLevel,
     /// Metadata to use when the model has none of ours (for models not written
     /// by vit-train). A model that has our metadata always uses its own.
     pub fallback_metadata: Option<ModelMetadata>,
+}
+
+/// The most threads per operator [`ClassifierOptions::intra_threads`] may ask
+/// for: 4 x the cores available to this process. Beyond that ONNX Runtime only
+/// slows down (15 x at 1000 threads on 2 cores) or, far beyond, never finishes
+/// starting its pool.
+pub fn max_intra_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl ClassifierOptions {
+    /// Checks the options that can be checked before ONNX Runtime is loaded.
+    pub fn validate(&self) -> Result<(), InferError> {
+        let limit = max_intra_threads();
+        match self.intra_threads {
+            Some(n) if n > limit => Err(InferError::Invalid(format!(
+                "{n} threads per operator is more than the limit of {limit} (4 x the {} available cores): more only slow ONNX Runtime down",
+                limit / 4
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How to classify image files.

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use vit::infer::{ClassifierOptions, ClassifyOptions, OptLevel, Provider};
+use vit::infer::{max_intra_threads, ClassifierOptions, ClassifyOptions, OptLevel, Provider};
 
 /// `--help`'s closing text: exit statuses, then where ONNX Runtime comes from.
 pub const EXIT_STATUS: &str = "Exit status:\n  \
@@ -45,8 +45,8 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "EP", default_value_t = EpArg::Auto)]
     pub ep: EpArg,
 
-    /// Threads used inside each operator (default: ONNX Runtime's choice, one per core).
-    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    /// Threads used inside each operator, at most 4 x the available cores (default: ONNX Runtime's choice, one per core).
+    #[arg(long, value_name = "N", value_parser = thread_count)]
     pub threads: Option<usize>,
 
     /// Images per inference batch.
@@ -128,6 +128,19 @@ impl From<OptLevelArg> for OptLevel {
             OptLevelArg::All => OptLevel::All,
         }
     }
+}
+
+/// `--threads`: at least 1, at most the library's [`max_intra_threads`].
+fn thread_count(s: &str) -> Result<usize, String> {
+    let n = at_least_one(s)?;
+    let limit = max_intra_threads();
+    if n > limit {
+        return Err(format!(
+            "{n} is more than the limit of {limit} threads (4 x the {} available cores): more only slow ONNX Runtime down",
+            limit / 4
+        ));
+    }
+    Ok(n)
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {
