@@ -58,7 +58,7 @@ mod tests {
         let empty = dir.path().join("empty");
         std::fs::create_dir_all(&empty).unwrap();
         std::fs::write(empty.join("a.txt"), "x").unwrap();
-        let msg = collect_images(&[empty.clone()]).unwrap_err().to_string();
+        let msg = collect_images(std::slice::from_ref(&empty)).unwrap_err().to_string();
         assert!(msg.contains("no image files") && msg.contains(".png"), "{msg}");
         let full = dir.path().join("full");
         std::fs::create_dir_all(&full).unwrap();
