@@ -213,6 +213,16 @@ fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>)
     ConfigError::Invalid { field, value: value.to_string(), reason: reason.into() }
 }
 
+/// The first of `values` that is NaN or infinite, as a [`ConfigError::Invalid`]
+/// naming its key: range checks alone let infinity through, and NaN compares
+/// false both ways.
+fn require_finite(values: &[(&'static str, f64)]) -> Result<(), ConfigError> {
+    match values.iter().find(|(_, v)| !v.is_finite()) {
+        Some(&(field, v)) => Err(invalid(field, v, "must be a finite number (not NaN or infinity)")),
+        None => Ok(()),
+    }
+}
+
 /// `x > 0`, false for NaN (so a NaN value is rejected as not positive).
 fn is_positive<T: PartialOrd + Default>(x: T) -> bool {
     x > T::default()
@@ -310,6 +320,18 @@ impl ViTConfig {
 
     /// Validation of everything but `num_classes` (which may come from the data).
     pub fn validate_architecture(&self) -> Result<(), ConfigError> {
+        let p = &self.preprocess;
+        let stats = p.mean.iter().map(|&m| ("preprocess.mean", m)).chain(p.std.iter().map(|&s| ("preprocess.std", s)));
+        let floats: Vec<(&'static str, f64)> = [
+            ("mlp_ratio", self.mlp_ratio),
+            ("layer_norm_eps", self.layer_norm_eps),
+            ("dropout", self.dropout),
+            ("drop_path", self.drop_path),
+        ]
+        .into_iter()
+        .chain(stats.map(|(k, v)| (k, v as f64)))
+        .collect();
+        require_finite(&floats)?;
         let positive = [
             ("image_size", self.image_size),
             ("patch_size", self.patch_size),
@@ -361,7 +383,6 @@ impl ViTConfig {
         if self.variant == Variant::Dlstudio && self.locality_attention {
             return Err(invalid("locality_attention", true, "the dlstudio variant has ViTHelper's attention only"));
         }
-        let p = &self.preprocess;
         for (field, v) in [("preprocess.mean", &p.mean), ("preprocess.std", &p.std)] {
             if v.len() != 1 && v.len() != self.in_channels {
                 return Err(invalid(

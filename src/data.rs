@@ -2,15 +2,19 @@
 //!
 //! Two sources are recognised, as a PyTorch user expects:
 //! - an image folder as torchvision's `ImageFolder`: `DIR/<class>/*.{jpg,jpeg,png,bmp,webp}`,
-//!   split by `DIR/train` + `DIR/val` when both exist, otherwise by a seeded fraction;
+//!   split by `DIR/train` + an evaluation split beside it (`val`, `valid`,
+//!   `validation` or `test`), otherwise by a seeded fraction ([`Layout`]);
 //! - a Fashion-MNIST/MNIST IDX folder (`train-images-idx3-ubyte[.gz]` ...).
 //!
 //! Every image goes through [`Preprocessor::prepare`], the same code inference uses.
-//! Unreadable files are skipped with a warning each and counted; a set with
-//! nothing usable is an error.
+//! Undecodable files are skipped with a warning each and counted; entries the
+//! folder walk cannot read are an error for training unless
+//! [`LoadOptions::allow_unreadable`] (then skipped and counted alike); a set
+//! with nothing usable is an error.
 
 mod folder;
 mod idx;
+mod layout;
 
 use std::path::{Path, PathBuf};
 
@@ -18,14 +22,16 @@ use rand::{seq::SliceRandom, SeedableRng};
 
 use crate::preprocess::Preprocessor;
 
-pub use folder::{has_image_extension, scan_image_folder, FolderScan, IMAGE_EXTENSIONS};
+pub use folder::{has_image_extension, scan_image_folder, walk_images, FolderScan, IMAGE_EXTENSIONS};
 pub use idx::{load_idx_split, read_idx_images, read_idx_labels, FASHION_MNIST_LABELS};
+pub use layout::{is_idx_dir, Layout, EVAL_SPLIT_NAMES, SPLIT_NAMES};
+use layout::{split_list, LAYOUT_HELP};
 
 /// Errors loading a data set.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The path does not exist or is not a directory.
-    #[error("data folder {0} does not exist or is not a directory (pass --data DIR with DIR/<class>/*.jpg, DIR/train + DIR/val, or Fashion-MNIST IDX files)")]
+    #[error("data folder {0} does not exist or is not a directory (expected DIR/<class>/*.jpg, DIR/train + DIR/val, or Fashion-MNIST IDX files)")]
     NotADir(PathBuf),
     /// No class sub-folders.
     #[error("data folder {0} has no class sub-folders (expected DIR/<class>/*.jpg)")]
@@ -33,6 +39,15 @@ pub enum DataError {
     /// A class folder holds no image files.
     #[error("class folder {0} holds no image files (.jpg, .jpeg, .png, .bmp, .webp); remove it or add images")]
     EmptyClass(PathBuf),
+    /// Every image file of a class failed to decode: the class would have no
+    /// examples.
+    #[error("class folder {dir}: none of its {files} image file(s) could be decoded, so the class would have no examples; fix or remove them, or remove the folder")]
+    ClassUnusable {
+        /// The class folder.
+        dir: PathBuf,
+        /// How many files were tried.
+        files: usize,
+    },
     /// train/ and val/ disagree on the classes.
     #[error("class folders differ between {train} ({train_classes:?}) and {val} ({val_classes:?})")]
     SplitMismatch {
@@ -53,6 +68,17 @@ pub enum DataError {
         /// How many files failed.
         skipped: usize,
     },
+    /// Entries of the data folder cannot be read (dangling links, link
+    /// loops, folders without permission) and skipping them was not allowed.
+    #[error("{count} entr{} under {dir} cannot be read, so {} would be missing from the data: {first}; fix or remove {}, or allow skipping unreadable entries", if *count == 1 { "y" } else { "ies" }, if *count == 1 { "it" } else { "they" }, if *count == 1 { "it" } else { "them" })]
+    Unreadable {
+        /// The data folder.
+        dir: PathBuf,
+        /// How many entries cannot be read.
+        count: usize,
+        /// The first few, each with its reason.
+        first: String,
+    },
     /// An IDX file is malformed.
     #[error("IDX file {path}: {message}")]
     Idx {
@@ -68,6 +94,18 @@ pub enum DataError {
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// `train/` without an evaluation split beside it.
+    #[error("data folder {0} has train/ but no evaluation split beside it (looked for {evals}); {LAYOUT_HELP}", evals = split_list(EVAL_SPLIT_NAMES))]
+    NoEvalSplit(PathBuf),
+    /// Split folders without `train/`: they are not classes, and there is
+    /// nothing to train on.
+    #[error("data folder {dir} has the split folder(s) {} but no train/ beside them, and split names are never read as classes; {LAYOUT_HELP}", split_list(found))]
+    NoTrainSplit {
+        /// The data folder.
+        dir: PathBuf,
+        /// The split folders found.
+        found: Vec<String>,
     },
     /// A bad option value.
     #[error("{0}")]
@@ -143,7 +181,7 @@ impl Dataset {
 /// Where the data came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
-    /// `DIR/train` and `DIR/val` image folders.
+    /// `DIR/train` and an evaluation split folder beside it.
     FolderSplits,
     /// One image folder split by `val_fraction`.
     FolderSeededSplit,
@@ -160,11 +198,16 @@ pub struct LoadOptions {
     pub seed: u64,
     /// Keep at most this many images per class in each split (quick runs).
     pub max_per_class: Option<usize>,
+    /// Skip entries of an image folder that cannot be read (each warned and
+    /// counted in [`Dataset::skipped`]) instead of failing with
+    /// [`DataError::Unreadable`]. Off by default: a model trained on part of
+    /// the data should be a choice.
+    pub allow_unreadable: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { val_fraction: 0.2, seed: 0, max_per_class: None }
+        Self { val_fraction: 0.2, seed: 0, max_per_class: None, allow_unreadable: false }
     }
 }
 
@@ -188,44 +231,6 @@ impl Splits {
     }
 }
 
-/// How a data folder is laid out. Decided here once, for training
-/// ([`load_splits`]) and for evaluation (`vit-infer --eval`) alike, so both read
-/// a folder the same way.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Layout {
-    /// Fashion-MNIST/MNIST IDX files: `train` trains, `t10k` evaluates.
-    Idx,
-    /// Image folders `DIR/train/<class>/*` and `DIR/val/<class>/*`.
-    Splits {
-        /// The training split's folder.
-        train: PathBuf,
-        /// The evaluation split's folder.
-        val: PathBuf,
-    },
-    /// One image folder `DIR/<class>/*`, split by a seeded fraction for training.
-    Folder,
-}
-
-impl Layout {
-    /// Detects the layout of `dir` (which must be a directory).
-    pub fn detect(dir: &Path) -> Result<Self, DataError> {
-        require_dir(dir)?;
-        if is_idx_dir(dir) {
-            return Ok(Self::Idx);
-        }
-        let (train, val) = (dir.join("train"), dir.join("val"));
-        if train.is_dir() && val.is_dir() {
-            return Ok(Self::Splits { train, val });
-        }
-        Ok(Self::Folder)
-    }
-}
-
-/// True when `dir` holds Fashion-MNIST/MNIST style IDX training files.
-pub fn is_idx_dir(dir: &Path) -> bool {
-    idx::find(dir, "train-images-idx3-ubyte").is_some()
-}
-
 /// Loads train and validation splits from `dir` (see the module docs for layouts).
 ///
 /// ```no_run
@@ -243,7 +248,7 @@ pub fn is_idx_dir(dir: &Path) -> bool {
 pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Result<Splits, DataError> {
     let layout = Layout::detect(dir)?;
     if !(0.0..1.0).contains(&opts.val_fraction) {
-        return Err(DataError::Invalid(format!("--val-fraction {} must be in [0, 1)", opts.val_fraction)));
+        return Err(DataError::Invalid(format!("val_fraction {} must be in [0, 1)", opts.val_fraction)));
     }
     if layout == Layout::Idx {
         let train = load_idx_split(dir, "train", prep, opts.max_per_class)?;
@@ -262,22 +267,64 @@ pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
                 val_classes: val_scan.classes,
             });
         }
-        let train = decode_files(&train_dir, &cap(train_scan.files, opts.max_per_class), prep)?;
-        let val = decode_files(&val_dir, &cap(val_scan.files, opts.max_per_class), prep)?;
+        check_unreadable(dir, [&train_scan.unreadable, &val_scan.unreadable], opts)?;
+        let (train_files, val_files) =
+            (cap(train_scan.files, opts.max_per_class), cap(val_scan.files, opts.max_per_class));
+        let train = decode_files(&train_dir, &train_files, train_scan.unreadable, prep)?;
+        let val = decode_files(&val_dir, &val_files, val_scan.unreadable, prep)?;
+        require_decoded_classes(&train_dir, &train_scan.classes, &[(&train_files, &train)])?;
+        require_decoded_classes(&val_dir, &train_scan.classes, &[(&val_files, &val)])?;
         return Ok(Splits { classes: train_scan.classes, train, val, source: SourceKind::FolderSplits });
     }
     let scan = scan_image_folder(dir)?;
+    check_unreadable(dir, [&scan.unreadable], opts)?;
     let (train_files, val_files) = seeded_split(&scan.files, scan.classes.len(), opts);
-    let train = decode_files(dir, &train_files, prep)?;
-    let val = decode_files(dir, &val_files, prep)?;
+    // Which split an unreadable entry would have joined is unknown: the training split counts them.
+    let train = decode_files(dir, &train_files, scan.unreadable, prep)?;
+    let val = decode_files(dir, &val_files, Vec::new(), prep)?;
+    require_decoded_classes(dir, &scan.classes, &[(&train_files, &train), (&val_files, &val)])?;
     Ok(Splits { classes: scan.classes, train, val, source: SourceKind::FolderSeededSplit })
 }
 
+/// [`DataError::ClassUnusable`] for the first class of `root` that had files
+/// in `parts` (files tried, data decoded from them) but kept no image.
+fn require_decoded_classes(
+    root: &Path,
+    classes: &[String],
+    parts: &[(&LabelledFiles, &Dataset)],
+) -> Result<(), DataError> {
+    for (label, class) in classes.iter().enumerate() {
+        let label = label as i64;
+        let tried: usize = parts.iter().map(|(files, _)| files.iter().filter(|(_, l)| *l == label).count()).sum();
+        let kept: usize = parts.iter().map(|(_, data)| data.labels.iter().filter(|&&l| l == label).count()).sum();
+        if tried > 0 && kept == 0 {
+            return Err(DataError::ClassUnusable { dir: root.join(class), files: tried });
+        }
+    }
+    Ok(())
+}
+
+/// [`DataError::Unreadable`] when entries could not be read and skipping them is not allowed.
+fn check_unreadable<const N: usize>(dir: &Path, lists: [&[Skipped]; N], opts: &LoadOptions) -> Result<(), DataError> {
+    let all: Vec<&Skipped> = lists.into_iter().flatten().collect();
+    if all.is_empty() || opts.allow_unreadable {
+        return Ok(());
+    }
+    const SHOWN: usize = 3;
+    let mut first = all.iter().take(SHOWN).map(|s| format!("{} ({})", s.path.display(), s.reason)).collect::<Vec<_>>();
+    if all.len() > SHOWN {
+        first.push(format!("and {} more", all.len() - SHOWN));
+    }
+    Err(DataError::Unreadable { dir: dir.to_path_buf(), count: all.len(), first: first.join(", ") })
+}
+
 /// Loads one image folder (`DIR/<class>/*`) as a single evaluation set.
+/// Entries that cannot be read and files that cannot be decoded are skipped,
+/// each warned and listed in [`Dataset::skipped`].
 pub fn load_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Dataset), DataError> {
     require_dir(dir)?;
     let scan = scan_image_folder(dir)?;
-    let data = decode_files(dir, &scan.files, prep)?;
+    let data = decode_files(dir, &scan.files, scan.unreadable, prep)?;
     Ok((scan.classes, data))
 }
 
@@ -330,11 +377,21 @@ fn seeded_split(files: &[(PathBuf, i64)], num_classes: usize, opts: &LoadOptions
     (train, val)
 }
 
-/// Decodes files in parallel; failures are skipped with one warning each.
-fn decode_files(root: &Path, files: &[(PathBuf, i64)], prep: &Preprocessor) -> Result<Dataset, DataError> {
+/// Decodes files in parallel; failures are skipped with one warning each, as
+/// are the `unreadable` entries found by the folder walk.
+fn decode_files(
+    root: &Path,
+    files: &[(PathBuf, i64)],
+    unreadable: Vec<Skipped>,
+    prep: &Preprocessor,
+) -> Result<Dataset, DataError> {
     use rayon::prelude::*;
     let decoded: Vec<_> = files.par_iter().map(|(path, _)| prep.load_file(path)).collect();
     let mut out = Dataset { image_len: prep.image_len(), ..Default::default() };
+    for s in &unreadable {
+        log::warn!("skipping {}: {}", s.path.display(), s.reason);
+    }
+    out.skipped = unreadable;
     for ((path, label), result) in files.iter().zip(decoded) {
         match result {
             Ok(px) => {

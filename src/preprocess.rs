@@ -3,8 +3,15 @@
 //! count, resize to `image_size` square, then normalise per channel. Keeping
 //! decode/resize (u8) apart from normalisation (f32) lets the trainer hold
 //! compact u8 data sets in memory and normalise each batch with the same code.
+//!
+//! A file is read only when it is a regular file no larger than
+//! [`Preprocessor::max_file_bytes`]: a FIFO, a device such as `/dev/zero` or
+//! a multi-gigabyte file would otherwise be read whole, or forever, before
+//! the decoder (with its own pixel limits) sees a byte.
 
+use std::io::Read;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use image::{imageops::FilterType, DynamicImage};
 
@@ -20,6 +27,24 @@ pub enum PreprocessError {
         path: String,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// The path is not a regular file (a directory, FIFO, device, socket).
+    #[error("cannot read image {path}: it is a {kind}, not a regular file")]
+    NotAFile {
+        /// The image path.
+        path: String,
+        /// What it is instead (`directory`, `FIFO`, `character device`, ...).
+        kind: &'static str,
+    },
+    /// The file is larger than [`Preprocessor::max_file_bytes`].
+    #[error("cannot read image {path}: it is {size} bytes, over the limit of {limit} bytes for one image file (set {MAX_IMAGE_BYTES_ENV} to raise it)")]
+    TooLarge {
+        /// The image file.
+        path: String,
+        /// Its size in bytes (at least, for a file still growing).
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
     },
     /// The bytes are not a decodable image.
     #[error("cannot decode image {path}: {message}")]
@@ -44,13 +69,75 @@ pub struct Preprocessor {
     pub std: Vec<f32>,
     /// Interpolation for other sizes.
     pub resize: Resize,
+    /// Largest image file read, in bytes; larger files are a
+    /// [`PreprocessError::TooLarge`] before anything is read.
+    pub max_file_bytes: u64,
+}
+
+/// Default of [`Preprocessor::max_file_bytes`]: 256 MiB, far above any
+/// encoded image a ViT is fed, far below what would exhaust memory.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 256 << 20;
+
+/// Environment variable that sets [`Preprocessor::max_file_bytes`] for
+/// [`Preprocessor::from_config`] (a whole number of bytes).
+pub const MAX_IMAGE_BYTES_ENV: &str = "VIT_MAX_IMAGE_BYTES";
+
+/// [`DEFAULT_MAX_IMAGE_BYTES`], or the value of [`MAX_IMAGE_BYTES_ENV`] when
+/// it is set; read once per process (an invalid value is warned about once).
+pub fn max_image_bytes() -> u64 {
+    static LIMIT: OnceLock<u64> = OnceLock::new();
+    *LIMIT.get_or_init(|| match std::env::var(MAX_IMAGE_BYTES_ENV) {
+        Err(_) => DEFAULT_MAX_IMAGE_BYTES,
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                log::warn!(
+                    "ignoring {MAX_IMAGE_BYTES_ENV}={v:?}: not a positive whole number of bytes; the limit stays {DEFAULT_MAX_IMAGE_BYTES}"
+                );
+                DEFAULT_MAX_IMAGE_BYTES
+            }
+        },
+    })
+}
+
+/// What a non-regular file is, in words.
+fn file_kind(ft: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "FIFO";
+        }
+        if ft.is_char_device() {
+            return "character device";
+        }
+        if ft.is_block_device() {
+            return "block device";
+        }
+        if ft.is_socket() {
+            return "socket";
+        }
+    }
+    if ft.is_dir() {
+        "directory"
+    } else {
+        "special file"
+    }
 }
 
 impl Preprocessor {
-    /// The preprocessing a config describes.
+    /// The preprocessing a config describes, with the file size limit of
+    /// [`max_image_bytes`].
     pub fn from_config(cfg: &ViTConfig) -> Self {
         let (mean, std) = cfg.channel_stats();
-        Self { image_size: cfg.image_size, channels: cfg.in_channels, mean, std, resize: cfg.preprocess.resize }
+        Self {
+            image_size: cfg.image_size,
+            channels: cfg.in_channels,
+            mean,
+            std,
+            resize: cfg.preprocess.resize,
+            max_file_bytes: max_image_bytes(),
+        }
     }
 
     /// Values per image (`channels * image_size^2`).
@@ -58,7 +145,8 @@ impl Preprocessor {
         self.channels * self.image_size * self.image_size
     }
 
-    /// Reads and decodes a file into CHW u8 pixels.
+    /// Reads and decodes a file into CHW u8 pixels. Only a regular file of at
+    /// most [`Preprocessor::max_file_bytes`] is read.
     ///
     /// ```no_run
     /// use std::path::Path;
@@ -72,8 +160,25 @@ impl Preprocessor {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn load_file(&self, path: &Path) -> Result<Vec<u8>, PreprocessError> {
-        let bytes =
-            std::fs::read(path).map_err(|source| PreprocessError::Read { path: path.display().to_string(), source })?;
+        let name = || path.display().to_string();
+        let read_error = |source| PreprocessError::Read { path: name(), source };
+        // Checked before opening: opening a FIFO blocks, and /dev/zero never ends.
+        let meta = std::fs::metadata(path).map_err(read_error)?;
+        if !meta.is_file() {
+            return Err(PreprocessError::NotAFile { path: name(), kind: file_kind(meta.file_type()) });
+        }
+        let limit = self.max_file_bytes;
+        if meta.len() > limit {
+            return Err(PreprocessError::TooLarge { path: name(), size: meta.len(), limit });
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        // The file may grow after the check: never read past the limit.
+        std::fs::File::open(path)
+            .and_then(|f| f.take(limit.saturating_add(1)).read_to_end(&mut bytes))
+            .map_err(read_error)?;
+        if bytes.len() as u64 > limit {
+            return Err(PreprocessError::TooLarge { path: name(), size: bytes.len() as u64, limit });
+        }
         self.load_bytes(&bytes).map_err(|message| PreprocessError::Decode { path: path.display().to_string(), message })
     }
 
@@ -138,6 +243,7 @@ mod tests {
             mean: vec![0.5; channels],
             std: vec![0.5; channels],
             resize: Resize::Bilinear,
+            max_file_bytes: DEFAULT_MAX_IMAGE_BYTES,
         }
     }
 
@@ -167,6 +273,7 @@ mod tests {
             mean: vec![0.0, 0.5, 1.0],
             std: vec![1.0, 0.5, 0.25],
             resize: Resize::Bilinear,
+            max_file_bytes: DEFAULT_MAX_IMAGE_BYTES,
         };
         let out = p.normalize(&[255, 255, 0]);
         assert_eq!(out, vec![1.0, 1.0, -4.0]);
@@ -175,5 +282,21 @@ mod tests {
     #[test]
     fn corrupt_bytes_are_an_error() {
         assert!(prep(4, 3).load_bytes(b"not an image").is_err());
+    }
+
+    #[test]
+    fn huge_and_endless_files_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = dir.path().join("huge.png");
+        // Sparse: 2 GiB on paper, no disk used; reading it whole would take 2 GiB of memory.
+        std::fs::File::create(&huge).unwrap().set_len(1 << 31).unwrap();
+        let err = prep(4, 3).load_file(&huge).unwrap_err();
+        assert!(matches!(err, PreprocessError::TooLarge { size: 2147483648, .. }), "{err}");
+        assert!(err.to_string().contains(MAX_IMAGE_BYTES_ENV), "{err}");
+        let err = prep(4, 3).load_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(err, PreprocessError::NotAFile { kind: "character device", .. }), "{err}");
+        let small = Preprocessor { max_file_bytes: 4, ..prep(4, 3) };
+        std::fs::write(dir.path().join("five.png"), b"12345").unwrap();
+        assert!(matches!(small.load_file(&dir.path().join("five.png")), Err(PreprocessError::TooLarge { .. })));
     }
 }

@@ -16,6 +16,7 @@ fn prep(side: usize, channels: usize) -> Preprocessor {
         mean: vec![0.5; channels],
         std: vec![0.5; channels],
         resize: Resize::Bilinear,
+        max_file_bytes: vit::preprocess::DEFAULT_MAX_IMAGE_BYTES,
     }
 }
 
@@ -110,7 +111,7 @@ fn train_val_folders_and_seeded_split() {
 
     // Without train/val: a seeded per-class split, reproducible, different for another seed.
     let flat = dir.path().join("train");
-    let opts = |seed| LoadOptions { val_fraction: 1.0 / 3.0, seed, max_per_class: None };
+    let opts = |seed| LoadOptions { val_fraction: 1.0 / 3.0, seed, ..Default::default() };
     let s1 = load_splits(&flat, &prep(4, 1), &opts(1)).unwrap();
     let s2 = load_splits(&flat, &prep(4, 1), &opts(1)).unwrap();
     assert_eq!(s1.source, SourceKind::FolderSeededSplit);
@@ -169,4 +170,113 @@ fn malformed_idx_is_a_clear_error() {
     std::fs::write(dir.path().join("train-labels-idx1-ubyte"), idx_bytes(&[3], &[0; 3])).unwrap();
     let err = load_splits(dir.path(), &prep(2, 1), &LoadOptions::default()).unwrap_err().to_string();
     assert!(err.contains("train-images-idx3-ubyte") && err.contains("data bytes"), "{err}");
+}
+
+/// Tests run as root, where permission bits do not stop reads: a dangling link
+/// and a link loop are entries the folder walk cannot read whoever runs it.
+fn folder_with_unreadable_entries(root: &Path) {
+    mixed_folder(root);
+    std::os::unix::fs::symlink(root.join("no-such-file.png"), root.join("cat/ghost.png")).unwrap();
+    std::os::unix::fs::symlink(root.join("dog"), root.join("dog/loop")).unwrap();
+}
+
+#[test]
+fn unreadable_entries_fail_training_unless_allowed_and_are_always_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    folder_with_unreadable_entries(dir.path());
+    let err = load_splits(dir.path(), &prep(8, 3), &LoadOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DataError::Unreadable { count: 2, .. }), "{msg}");
+    assert!(msg.contains("ghost.png") && msg.contains("loop") && msg.contains("allow skipping"), "{msg}");
+
+    let opts = LoadOptions { allow_unreadable: true, ..Default::default() };
+    let s = load_splits(dir.path(), &prep(8, 3), &opts).unwrap();
+    assert_eq!(s.train.len() + s.val.len(), 4, "every readable image is kept");
+    assert_eq!(s.skipped(), 3, "two unreadable entries and the corrupt jpg");
+    let ghost = s.train.skipped.iter().find(|k| k.path.ends_with("cat/ghost.png")).expect("ghost.png counted");
+    assert!(!ghost.reason.is_empty());
+
+    // Evaluation sets skip and count them alike.
+    let (_, data) = load_folder(dir.path(), &prep(8, 3)).unwrap();
+    assert_eq!((data.len(), data.skipped.len()), (4, 3));
+}
+
+/// `root/<split>/<class>/0.png` for each split and class.
+fn split_folder(root: &Path, splits: &[&str], classes: &[&str]) {
+    for split in splits {
+        for class in classes {
+            save(
+                DynamicImage::ImageLuma8(GrayImage::from_pixel(4, 4, image::Luma([7]))),
+                &root.join(format!("{split}/{class}/0.png")),
+            );
+        }
+    }
+}
+
+#[test]
+fn train_beside_test_valid_or_validation_are_splits_never_classes() {
+    for eval in ["test", "valid", "validation"] {
+        let dir = tempfile::tempdir().unwrap();
+        split_folder(dir.path(), &["train", eval], &["cat", "dog", "fox"]);
+        let s = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap();
+        assert_eq!(s.source, SourceKind::FolderSplits, "{eval}");
+        assert_eq!(s.classes, vec!["cat", "dog", "fox"], "{eval}: split names are not classes");
+        assert!(s.val.paths.iter().all(|p| p.starts_with(dir.path().join(eval))), "{eval}");
+    }
+    // val/ wins over test/ when both exist.
+    let dir = tempfile::tempdir().unwrap();
+    split_folder(dir.path(), &["train", "val", "test"], &["cat", "dog"]);
+    assert_eq!(
+        vit::data::Layout::detect(dir.path()).unwrap(),
+        vit::data::Layout::Splits { train: dir.path().join("train"), val: dir.path().join("val") }
+    );
+}
+
+#[test]
+fn split_folders_without_a_usable_pair_say_how_folders_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    split_folder(dir.path(), &["train"], &["cat", "dog"]);
+    let err = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DataError::NoEvalSplit(_)), "{msg}");
+    assert!(msg.contains("no evaluation split") && msg.contains("val/, valid/, validation/, test/"), "{msg}");
+    assert!(msg.contains("DIR/<class>/*"), "says how a folder is read: {msg}");
+
+    for (splits, found) in [(&["test", "val"][..], "val/, test/"), (&["val"][..], "val/")] {
+        let dir = tempfile::tempdir().unwrap();
+        split_folder(dir.path(), splits, &["cat", "dog"]);
+        let msg = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap_err().to_string();
+        assert!(msg.contains(found) && msg.contains("no train/") && msg.contains("never read as classes"), "{msg}");
+    }
+    // A split name among class folders is not a class either.
+    let dir = tempfile::tempdir().unwrap();
+    split_folder(dir.path(), &["cat", "dog", "test"], &["x"]);
+    let msg = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap_err().to_string();
+    assert!(msg.contains("test/") && msg.contains("no train/"), "{msg}");
+}
+
+#[test]
+fn a_class_whose_every_file_fails_to_decode_is_an_error_naming_it() {
+    for layout in ["flat", "splits"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = if layout == "flat" { dir.path().to_path_buf() } else { dir.path().join("train") };
+        if layout == "splits" {
+            split_folder(dir.path(), &["val"], &["cat", "dog"]);
+        }
+        for i in 0..3 {
+            save(
+                DynamicImage::ImageLuma8(GrayImage::from_pixel(4, 4, image::Luma([9]))),
+                &root.join(format!("cat/{i}.png")),
+            );
+            std::fs::create_dir_all(root.join("dog")).unwrap();
+            std::fs::write(root.join(format!("dog/{i}.png")), b"not a png").unwrap();
+        }
+        let err = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, DataError::ClassUnusable { files: 3, ref dir } if dir == &root.join("dog")),
+            "{layout}: {msg}"
+        );
+        assert!(msg.contains("none of its 3 image file(s) could be decoded"), "{msg}");
+    }
 }

@@ -110,3 +110,61 @@ fn unknown_toml_key_is_an_error() {
     let msg = ViTConfig::from_toml_file(&path).unwrap_err().to_string();
     assert!(msg.contains("embed_dimm"), "{msg}");
 }
+
+#[test]
+fn zero_epochs_is_rejected() {
+    let mut cfg = ViTConfig { num_classes: 3, ..Default::default() };
+    cfg.train.epochs = 0;
+    let msg = cfg.validate().unwrap_err().to_string();
+    assert!(msg.contains("train.epochs") && msg.contains("at least 1"), "{msg}");
+}
+
+#[test]
+fn every_float_key_rejects_nan_and_infinity_by_name() {
+    type Set = fn(&mut ViTConfig, f64);
+    let keys: [(&str, Set); 22] = [
+        ("mlp_ratio", |c, v| c.mlp_ratio = v),
+        ("layer_norm_eps", |c, v| c.layer_norm_eps = v),
+        ("dropout", |c, v| c.dropout = v),
+        ("drop_path", |c, v| c.drop_path = v),
+        ("preprocess.mean", |c, v| c.preprocess.mean = vec![0.5, v as f32, 0.5]),
+        ("preprocess.std", |c, v| c.preprocess.std = vec![v as f32]),
+        ("train.lr", |c, v| c.train.lr = v),
+        ("train.betas", |c, v| c.train.betas.0 = v),
+        ("train.betas", |c, v| c.train.betas.1 = v),
+        ("train.eps", |c, v| c.train.eps = v),
+        ("train.weight_decay", |c, v| c.train.weight_decay = v),
+        ("train.warmup_epochs", |c, v| c.train.warmup_epochs = v),
+        ("train.grad_clip", |c, v| c.train.grad_clip = v),
+        ("train.label_smoothing", |c, v| c.train.label_smoothing = v),
+        ("train.crop_scale", |c, v| c.train.crop_scale.0 = v),
+        ("train.crop_scale", |c, v| c.train.crop_scale.1 = v),
+        ("train.color_jitter", |c, v| c.train.color_jitter = v),
+        ("train.mixup_alpha", |c, v| c.train.mixup_alpha = v),
+        ("train.cutmix_alpha", |c, v| c.train.cutmix_alpha = v),
+        ("train.random_erasing", |c, v| c.train.random_erasing = v),
+        ("train.ema_decay", |c, v| c.train.ema_decay = v),
+        ("train.lr", |c, v| c.train.lr = -v),
+    ];
+    for (key, set) in keys {
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut cfg = ViTConfig { num_classes: 3, ..Default::default() };
+            set(&mut cfg, bad);
+            let msg = cfg.validate().map(|()| String::new()).unwrap_or_else(|e| e.to_string());
+            assert!(msg.contains(&format!("`{key}`")), "{key} = {bad}: {msg:?}");
+        }
+    }
+}
+
+#[test]
+fn non_finite_values_in_a_toml_preset_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in
+        [("[train]\nweight_decay = inf\n", "train.weight_decay"), ("[train]\ngrad_clip = nan\n", "train.grad_clip")]
+    {
+        let path = dir.path().join("x.toml");
+        std::fs::write(&path, text).unwrap();
+        let msg = ViTConfig::from_toml_file(&path).unwrap_err().to_string();
+        assert!(msg.contains(key) && msg.contains("finite"), "{msg}");
+    }
+}

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, ConfigError};
+use super::{invalid, require_finite, ConfigError};
 
 /// Optimiser family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -114,8 +114,29 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Range checks of the recipe; errors name the field as `train.<field>`.
+    /// Every float must be finite.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let t = self;
+        require_finite(&[
+            ("train.lr", t.lr),
+            ("train.betas", t.betas.0),
+            ("train.betas", t.betas.1),
+            ("train.eps", t.eps),
+            ("train.weight_decay", t.weight_decay),
+            ("train.warmup_epochs", t.warmup_epochs),
+            ("train.grad_clip", t.grad_clip),
+            ("train.label_smoothing", t.label_smoothing),
+            ("train.crop_scale", t.crop_scale.0),
+            ("train.crop_scale", t.crop_scale.1),
+            ("train.color_jitter", t.color_jitter),
+            ("train.mixup_alpha", t.mixup_alpha),
+            ("train.cutmix_alpha", t.cutmix_alpha),
+            ("train.random_erasing", t.random_erasing),
+            ("train.ema_decay", t.ema_decay),
+        ])?;
+        if t.epochs == 0 {
+            return Err(invalid("train.epochs", 0, "must be at least 1"));
+        }
         if t.batch_size == 0 {
             return Err(invalid("train.batch_size", 0, "must be at least 1"));
         }

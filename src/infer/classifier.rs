@@ -40,7 +40,8 @@ impl fmt::Debug for Classifier {
 }
 
 impl Classifier {
-    /// Opens the model at `path`: loads ONNX Runtime (once per process),
+    /// Opens the model at `path`: checks the options
+    /// ([`ClassifierOptions::validate`]), loads ONNX Runtime (once per process),
     /// creates a session with the requested provider, reads the metadata and
     /// checks that the graph's input and output match it.
     ///
@@ -55,6 +56,7 @@ impl Classifier {
     /// ```
     pub fn open(path: impl AsRef<Path>, opts: &ClassifierOptions) -> Result<Self, InferError> {
         let path = path.as_ref();
+        opts.validate()?;
         if !path.is_file() {
             return Err(InferError::ModelNotFound(path.to_path_buf()));
         }
@@ -126,8 +128,24 @@ impl Classifier {
     }
 
     /// Classifies CHW u8 images (as [`Preprocessor::load_file`] returns them)
-    /// in one batch; `top_k` is capped at the number of classes.
+    /// in one batch; `top_k` is capped at the number of classes. An image
+    /// whose logits are NaN or infinite is an [`InferError::NonFiniteLogits`]
+    /// naming it (`image N`).
     pub fn classify_pixels(&mut self, images_u8: &[&[u8]], top_k: usize) -> Result<Vec<Prediction>, InferError> {
+        let logits = self.batch_logits(images_u8)?;
+        let labels = &self.meta.labels;
+        logits
+            .chunks(labels.len().max(1))
+            .enumerate()
+            .map(|(i, row)| {
+                InferError::check_finite(row, || format!("image {i}"))?;
+                Ok(Prediction { path: None, top: prediction::top_k(row, labels, top_k) })
+            })
+            .collect()
+    }
+
+    /// Logits of CHW u8 images, normalised and run as one batch (empty for none).
+    fn batch_logits(&mut self, images_u8: &[&[u8]]) -> Result<Vec<f32>, InferError> {
         if images_u8.is_empty() {
             return Ok(Vec::new());
         }
@@ -140,17 +158,13 @@ impl Classifier {
             pixels.extend_from_slice(img);
         }
         let normalised = self.prep.normalize(&pixels);
-        let logits = self.logits(&normalised, images_u8.len())?;
-        let labels = &self.meta.labels;
-        Ok(logits
-            .chunks(labels.len())
-            .map(|row| Prediction { path: None, top: prediction::top_k(row, labels, top_k) })
-            .collect())
+        self.logits(&normalised, images_u8.len())
     }
 
     /// Classifies image files in batches of `opts.batch_size`. One result per
-    /// path, in order: a file that cannot be read or decoded is an error of
-    /// its own and the others are still classified.
+    /// path, in order: a file that cannot be read or decoded, or whose logits
+    /// are NaN or infinite, is an error of its own and the others are still
+    /// classified.
     ///
     /// ```no_run
     /// use vit::infer::{Classifier, ClassifierOptions, ClassifyOptions};
@@ -173,19 +187,22 @@ impl Classifier {
         for chunk in paths.chunks(opts.batch_size.max(1)) {
             let decoded: Vec<_> = chunk.par_iter().map(|p| self.prep.load_file(p.as_ref())).collect();
             let ok: Vec<&[u8]> = decoded.iter().filter_map(|d| d.as_ref().ok().map(Vec::as_slice)).collect();
-            let batch = if ok.is_empty() { Ok(Vec::new()) } else { self.classify_pixels(&ok, opts.top_k) };
+            let k = self.meta.labels.len().max(1);
             // One failed batch is every decoded file's error.
-            let (mut preds, batch_error) = match batch {
-                Ok(preds) => (preds.into_iter(), None),
-                Err(e) => (Vec::new().into_iter(), Some(Arc::new(e))),
+            let (logits, batch_error) = match self.batch_logits(&ok) {
+                Ok(logits) => (logits, None),
+                Err(e) => (Vec::new(), Some(Arc::new(e))),
             };
+            let mut rows = logits.chunks(k);
             for (path, d) in chunk.iter().zip(decoded) {
                 let path = path.as_ref().to_path_buf();
                 results.push(match (d, &batch_error) {
                     (Err(source), _) => Err(InferError::Image { path, source }),
                     (Ok(_), Some(source)) => Err(InferError::Batch { path, source: Arc::clone(source) }),
-                    (Ok(_), None) => match preds.next() {
-                        Some(pred) => Ok(Prediction { path: Some(path), ..pred }),
+                    (Ok(_), None) => match rows.next() {
+                        Some(row) => InferError::check_finite(row, || path.display().to_string()).map(|()| {
+                            Prediction { top: prediction::top_k(row, &self.meta.labels, opts.top_k), path: Some(path) }
+                        }),
                         None => Err(InferError::Output(format!("no prediction for {}", path.display()))),
                     },
                 });

@@ -106,6 +106,26 @@ pub enum InferError {
         #[source]
         source: ort::Error,
     },
+    /// The model gave NaN or infinite logits for an image, so no class can be
+    /// reported for it.
+    #[error("model gave non-finite logits for {image} ({logits}): its weights or this input hold NaN or infinity, so no class is reported")]
+    NonFiniteLogits {
+        /// The image: its file, or `image N` of a batch of pixels.
+        image: String,
+        /// The first logits, as printed.
+        logits: String,
+    },
+    /// Evaluation met images whose logits are NaN or infinite; an accuracy
+    /// over them would count garbage as predictions, so none is reported.
+    #[error("{count} of {total} images gave non-finite logits (NaN or infinity), the first {first}: no accuracy is reported (are the model's weights NaN? re-export a finite checkpoint)")]
+    NonFiniteEvaluation {
+        /// Images with non-finite logits.
+        count: usize,
+        /// Images evaluated.
+        total: usize,
+        /// The first such image: its file, or `image N` of the data set.
+        first: String,
+    },
     /// The model ran but its output is not the `[batch, classes]` logits expected.
     #[error("inference failed: {0}")]
     Output(String),
@@ -134,5 +154,19 @@ impl InferError {
     /// An ONNX Runtime failure while doing `action`.
     pub(super) fn ort(action: &'static str) -> impl FnOnce(ort::Error) -> Self {
         move |source| Self::Ort { action, source }
+    }
+
+    /// [`InferError::NonFiniteLogits`] when a row of logits holds NaN or infinity.
+    pub(super) fn check_finite(row: &[f32], image: impl FnOnce() -> String) -> Result<(), Self> {
+        if row.iter().all(|v| v.is_finite()) {
+            return Ok(());
+        }
+        // A few values say enough (NaN everywhere, or one overflow) without flooding the line.
+        const SHOWN: usize = 6;
+        let mut logits = row.iter().take(SHOWN).map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
+        if row.len() > SHOWN {
+            logits += &format!(", ... {} values", row.len());
+        }
+        Err(Self::NonFiniteLogits { image: image(), logits: format!("[{logits}]") })
     }
 }

@@ -28,13 +28,14 @@ pub struct EvalData {
     pub classes: Vec<String>,
     /// The decoded images.
     pub data: Dataset,
-    /// Which split was used, in words (`val split DIR`, ...).
+    /// Which split was used, in words (`val split DIR`, `test split DIR`, ...).
     pub description: String,
 }
 
 /// Loads the images to evaluate a model on, exactly as vit-train validated:
 /// - an IDX folder (Fashion-MNIST): its `t10k` split;
-/// - a folder with `train/` and `val/`: the `val/` image folder;
+/// - a folder with `train/` and `val/` (or `valid/`, `validation/`, `test/`,
+///   the first found): that evaluation split's image folder;
 /// - otherwise an image folder `DIR/<class>/*`, all of it.
 pub fn load_eval_data(dir: impl AsRef<Path>, prep: &Preprocessor) -> Result<EvalData, InferError> {
     let dir = dir.as_ref();
@@ -50,7 +51,8 @@ pub fn load_eval_data(dir: impl AsRef<Path>, prep: &Preprocessor) -> Result<Eval
             // `load_splits` decodes `val/` with `load_folder`'s code path (no cap):
             // loading it alone gives the same images without decoding train/.
             let (classes, data) = data::load_folder(&val, prep)?;
-            Ok(EvalData { classes, data, description: format!("val split {}", val.display()) })
+            let name = val.file_name().map_or_else(|| "evaluation".into(), |n| n.to_string_lossy().into_owned());
+            Ok(EvalData { classes, data, description: format!("{name} split {}", val.display()) })
         }
         Layout::Folder => {
             let (classes, data) = data::load_folder(dir, prep)?;
@@ -62,6 +64,9 @@ pub fn load_eval_data(dir: impl AsRef<Path>, prep: &Preprocessor) -> Result<Eval
 impl Classifier {
     /// Accuracy and confusion matrix of the model on `data` (labels must index
     /// the model's classes), in batches of `batch_size` (0 counts as 1).
+    /// Images whose logits are NaN or infinite make it an
+    /// [`InferError::NonFiniteEvaluation`] naming how many: an accuracy over
+    /// them would not mean anything.
     pub fn evaluate(&mut self, data: &Dataset, batch_size: usize) -> Result<Evaluation, InferError> {
         let k = self.labels().len();
         let prep = self.preprocessor().clone();
@@ -81,14 +86,24 @@ impl Classifier {
         let mut confusion = Confusion::new(k);
         let mut normalised = Vec::new();
         let bs = batch_size.max(1);
+        let (mut non_finite, mut first) = (0usize, None);
         for start in (0..data.len()).step_by(bs) {
             let end = (start + bs).min(data.len());
             let px = &data.pixels[start * data.image_len..end * data.image_len];
             prep.normalize_into(px, &mut normalised);
             let logits = self.logits(&normalised, end - start)?;
-            for (row, &label) in logits.chunks(k).zip(&data.labels[start..end]) {
-                confusion.add(label as usize, argmax(row));
+            for (i, (row, &label)) in logits.chunks(k).zip(&data.labels[start..end]).enumerate() {
+                if row.iter().all(|v| v.is_finite()) {
+                    confusion.add(label as usize, argmax(row));
+                } else {
+                    non_finite += 1;
+                    first.get_or_insert(start + i);
+                }
             }
+        }
+        if let Some(i) = first {
+            let first = data.paths.get(i).map_or_else(|| format!("image {i}"), |p| p.display().to_string());
+            return Err(InferError::NonFiniteEvaluation { count: non_finite, total: data.len(), first });
         }
         Ok(Evaluation { accuracy: confusion.accuracy(), total: confusion.total(), confusion })
     }

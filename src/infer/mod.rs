@@ -56,7 +56,7 @@ pub use cuda::{
 };
 pub use error::InferError;
 pub use eval::{load_eval_data, EvalData, Evaluation};
-pub use options::{ClassifierOptions, ClassifyOptions, OptLevel, Provider};
+pub use options::{max_intra_threads, ClassifierOptions, ClassifyOptions, OptLevel, Provider};
 pub use prediction::{softmax, Prediction, Scored};
 pub use runtime::{runtime_candidates, runtime_path, RuntimeCandidate};
 pub use session::ExecutionProvider;

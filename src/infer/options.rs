@@ -91,7 +91,8 @@ impl From<OptLevel> for GraphOptimizationLevel {
 pub struct ClassifierOptions {
     /// Execution provider requested.
     pub provider: Provider,
-    /// Threads within an operator (`None`: ONNX Runtime's default, one per core).
+    /// Threads within an operator (`None`: ONNX Runtime's default, one per
+    /// core); at most [`max_intra_threads`].
     pub intra_threads: Option<usize>,
     /// Graph optimisation level.
     pub optimization: OptLevel,
@@ -102,6 +103,28 @@ pub struct ClassifierOptions {
     /// the venv, `CUDA_HOME`/`CUDA_PATH` and the system; see
     /// [`CudaSearch::dirs`](super::CudaSearch::dirs)).
     pub cuda_library_dirs: Vec<std::path::PathBuf>,
+}
+
+/// The most threads per operator [`ClassifierOptions::intra_threads`] may ask
+/// for: 4 x the cores available to this process. Beyond that ONNX Runtime only
+/// slows down (15 x at 1000 threads on 2 cores) or, far beyond, never finishes
+/// starting its pool.
+pub fn max_intra_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl ClassifierOptions {
+    /// Checks the options that can be checked before ONNX Runtime is loaded.
+    pub fn validate(&self) -> Result<(), InferError> {
+        let limit = max_intra_threads();
+        match self.intra_threads {
+            Some(n) if n > limit => Err(InferError::Invalid(format!(
+                "{n} threads per operator is more than the limit of {limit} (4 x the {} available cores): more only slow ONNX Runtime down",
+                limit / 4
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How to classify image files.

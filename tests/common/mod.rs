@@ -117,6 +117,15 @@ pub fn strip_metadata(bytes: &[u8]) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// The same model with metadata property `key` set to `value`.
+pub fn set_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
+    let mut model = ModelProto::decode(bytes).expect("decode our own model");
+    let prop =
+        model.metadata_props.iter_mut().find(|p| p.key.as_deref() == Some(key)).expect("key written by the exporter");
+    prop.value = Some(value.to_string());
+    model.encode_to_vec()
+}
+
 // ---- opening them with ONNX Runtime ---------------------------------------------
 
 /// Test models opened with ONNX Runtime on the CPU.

@@ -44,7 +44,12 @@ pub fn device_name(d: Device) -> String {
 /// Loads the data a run uses and fixes `num_classes` in the config.
 pub fn load_data(cfg: &mut ViTConfig, run: &RunOptions) -> Result<Splits> {
     let prep = Preprocessor::from_config(cfg);
-    let opts = LoadOptions { val_fraction: run.val_fraction, seed: cfg.train.seed, max_per_class: run.max_per_class };
+    let opts = LoadOptions {
+        val_fraction: run.val_fraction,
+        seed: cfg.train.seed,
+        max_per_class: run.max_per_class,
+        ..LoadOptions::default()
+    };
     let splits = load_splits(&run.data, &prep, &opts)?;
     if splits.train.is_empty() {
         bail!("no training images found in {}", run.data.display());

@@ -160,9 +160,12 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
     assert_eq!(clf.labels(), summary.labels.as_slice());
     let prep = Preprocessor::from_config(&clf.metadata().config);
     assert_eq!(prep, Preprocessor::from_config(cfg));
-    let splits =
-        load_splits(&data, &prep, &LoadOptions { val_fraction: 0.2, seed: cfg.train.seed, max_per_class: Some(30) })
-            .unwrap();
+    let splits = load_splits(
+        &data,
+        &prep,
+        &LoadOptions { val_fraction: 0.2, seed: cfg.train.seed, max_per_class: Some(30), ..Default::default() },
+    )
+    .unwrap();
     clf.check_classes(&splits.classes).unwrap();
     assert_eq!(splits.val.len(), summary.val_images);
     for batch in [64, 7] {

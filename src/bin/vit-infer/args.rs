@@ -5,7 +5,19 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use vit::infer::{ClassifierOptions, ClassifyOptions, OptLevel, Provider};
+use vit::infer::{max_intra_threads, ClassifierOptions, ClassifyOptions, OptLevel, Provider};
+
+/// `--help`'s closing text: exit statuses, then where ONNX Runtime comes from.
+pub const EXIT_STATUS: &str = "Exit status:\n  \
+0  every input was classified (or, with --eval, every file evaluated)\n  \
+1  some inputs failed, each reported and the rest classified: a file that cannot be read or decoded, \
+is not a regular file or is over VIT_MAX_IMAGE_BYTES (256 MiB by default), whose logits are NaN or infinite, \
+an unreadable entry or an image-less directory among other inputs; with --eval, files were skipped \
+(counted in \"skipped\", the accuracy is over the rest)\n  \
+2  usage or model error, nothing reported: bad flags, a missing or corrupt model, a model without vit metadata \
+or contradicting itself, nothing at all to classify, unusable --eval data, NaN or infinite logits in --eval\n\
+ONNX Runtime is loaded from $ORT_DYLIB_PATH, else the path recorded at build time, \
+else libonnxruntime.so* next to this executable (run scripts/setup.sh to install it).";
 
 /// Classify images with a Vision Transformer exported by `vit-train export`,
 /// using ONNX Runtime. The model's ONNX metadata supplies the input size,
@@ -14,10 +26,7 @@ use vit::infer::{ClassifierOptions, ClassifyOptions, OptLevel, Provider};
 #[command(
     name = "vit-infer",
     version,
-    after_help = "Exit status: 0 all fine, 1 some files failed (each reported, the others classified), \
-2 usage or model error (missing/corrupt model, model without vit metadata, no images found).\n\
-ONNX Runtime is loaded from $ORT_DYLIB_PATH, else the path recorded at build time, \
-else libonnxruntime.so* next to this executable (run scripts/setup.sh to install it)."
+    after_help = EXIT_STATUS
 )]
 pub struct Cli {
     /// ONNX model written by `vit-train export`; the Fashion-MNIST demo copies its model to the default path.
@@ -36,8 +45,8 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "EP", default_value_t = EpArg::Auto)]
     pub ep: EpArg,
 
-    /// Threads used inside each operator (default: ONNX Runtime's choice, one per core).
-    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    /// Threads used inside each operator, at most 4 x the available cores (default: ONNX Runtime's choice, one per core).
+    #[arg(long, value_name = "N", value_parser = thread_count)]
     pub threads: Option<usize>,
 
     /// Images per inference batch.
@@ -50,7 +59,7 @@ pub struct Cli {
 
     // The doc comment is clap's help text, printed verbatim: `<class>` is a placeholder, not HTML.
     #[allow(rustdoc::invalid_html_tags)]
-    /// Evaluate instead of classifying: DIR/<class>/* images, or DIR/train + DIR/val (val is used), or a Fashion-MNIST IDX folder (t10k is used); prints accuracy and the confusion matrix.
+    /// Evaluate instead of classifying: DIR/<class>/* images, or DIR/train + DIR/val (or valid, validation, test: that split is used), or a Fashion-MNIST IDX folder (t10k is used); prints accuracy and the confusion matrix.
     #[arg(long, value_name = "DIR", conflicts_with = "inputs")]
     pub eval: Option<PathBuf>,
 
@@ -124,6 +133,19 @@ impl From<OptLevelArg> for OptLevel {
             OptLevelArg::All => OptLevel::All,
         }
     }
+}
+
+/// `--threads`: at least 1, at most the library's [`max_intra_threads`].
+fn thread_count(s: &str) -> Result<usize, String> {
+    let n = at_least_one(s)?;
+    let limit = max_intra_threads();
+    if n > limit {
+        return Err(format!(
+            "{n} is more than the limit of {limit} threads (4 x the {} available cores): more only slow ONNX Runtime down",
+            limit / 4
+        ));
+    }
+    Ok(n)
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {

@@ -5,9 +5,11 @@
 //! prints.
 //!
 //! Exit status: [`EXIT_OK`] when everything worked, [`EXIT_SOME_FAILED`] when
-//! some files could not be classified (each is reported, the others are
-//! classified), [`EXIT_USAGE`] for usage and model errors (bad flags, missing or
-//! corrupt model, model without metadata, no images found, unusable data).
+//! some inputs failed (each is reported, the others are classified) or
+//! `--eval` skipped files (counted), [`EXIT_USAGE`] for usage and model errors
+//! (bad flags, missing or corrupt model, model without metadata, nothing at
+//! all to classify, unusable data). `args::EXIT_STATUS` says the same in
+//! `--help`.
 
 mod args;
 mod check_gpu;
@@ -20,6 +22,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Parser;
+use vit::data::DataError;
 use vit::infer::{load_eval_data, Classifier, InferError};
 
 use args::Cli;
@@ -27,7 +30,7 @@ use output::Format;
 
 /// Everything went fine.
 const EXIT_OK: u8 = 0;
-/// Some files failed (reported per file); the others were classified.
+/// Some inputs failed (reported per file) or `--eval` skipped files (counted).
 const EXIT_SOME_FAILED: u8 = 1;
 /// Usage or model error; nothing (more) was classified.
 const EXIT_USAGE: u8 = 2;
@@ -56,6 +59,9 @@ fn cli_hint(error: &InferError) -> Option<&'static str> {
     match error {
         InferError::ModelNotFound(_) => Some("pass --model PATH"),
         InferError::CudaUnavailable(_) => Some("use --ep auto (falls back to the CPU) or --ep cpu"),
+        InferError::Data(DataError::NotADir(_)) => {
+            Some("pass --eval DIR with DIR/<class>/* images, DIR/train + DIR/val, or Fashion-MNIST IDX files")
+        }
         _ => None,
     }
 }
@@ -81,38 +87,48 @@ fn open(cli: &Cli) -> Result<Classifier, InferError> {
 }
 
 fn classify(cli: &Cli) -> anyhow::Result<u8> {
-    let files = inputs::collect_images(&cli.inputs)?;
+    let inputs = inputs::collect_images(&cli.inputs)?;
     let mut clf = open(cli)?;
     let provider = clf.provider();
     let format =
         Format { json: cli.json, label_width: clf.labels().iter().map(|l| l.chars().count()).max().unwrap_or(0) };
     let opts = cli.classify_options();
     let mut out = std::io::stdout().lock();
+    let total = inputs.files.len() + inputs.failures.len();
     let mut failed = 0usize;
-    // A chunk at a time, so that results print while later batches run.
-    for chunk in files.chunks(opts.batch_size) {
-        for (path, result) in chunk.iter().zip(clf.classify_files(chunk, &opts)) {
-            let written = match result {
-                Ok(pred) => output::write_prediction(&mut out, path, &pred, provider, format),
-                Err(e) => {
-                    failed += 1;
-                    if cli.json {
-                        output::write_json_error(&mut out, path, &e)
-                    } else {
-                        eprintln!("vit-infer: error: {e}");
-                        Ok(())
-                    }
-                }
-            };
-            if written.is_err() {
-                // stdout closed (e.g. piped into `head`): stop quietly.
-                return Ok(if failed > 0 { EXIT_SOME_FAILED } else { EXIT_OK });
-            }
+    let mut report = |out: &mut std::io::StdoutLock, path: &Path, error: &dyn std::fmt::Display| {
+        failed += 1;
+        if cli.json {
+            output::write_json_error(out, path, error)
+        } else {
+            eprintln!("vit-infer: error: {error}");
+            Ok(())
         }
+    };
+    let mut written = Ok(());
+    for (path, reason) in &inputs.failures {
+        written =
+            written.and_then(|()| report(&mut out, path, &format!("cannot classify {}: {reason}", path.display())));
+    }
+    // A chunk at a time, so that results print while later batches run.
+    for chunk in inputs.files.chunks(opts.batch_size) {
+        if written.is_err() {
+            break;
+        }
+        for (path, result) in chunk.iter().zip(clf.classify_files(chunk, &opts)) {
+            written = written.and_then(|()| match result {
+                Ok(pred) => output::write_prediction(&mut out, path, &pred, provider, format),
+                Err(e) => report(&mut out, path, &e),
+            });
+        }
+    }
+    if written.is_err() {
+        // stdout closed (e.g. piped into `head`): stop quietly.
+        return Ok(if failed > 0 { EXIT_SOME_FAILED } else { EXIT_OK });
     }
     let _ = out.flush();
     if failed > 0 {
-        eprintln!("vit-infer: {failed} of {} file(s) could not be classified", files.len());
+        eprintln!("vit-infer: {failed} of {total} file(s) could not be classified");
         return Ok(EXIT_SOME_FAILED);
     }
     Ok(EXIT_OK)
@@ -125,13 +141,19 @@ fn evaluate(cli: &Cli, dir: &Path) -> anyhow::Result<u8> {
     if set.data.is_empty() {
         bail!("no images to evaluate in {}", set.description);
     }
-    if !set.data.skipped.is_empty() {
-        log::info!("vit-infer: {} file(s) skipped (could not be decoded)", set.data.skipped.len());
-    }
     let eval = clf.evaluate(&set.data, cli.batch_size)?;
     let mut out = std::io::stdout().lock();
     // A closed stdout (e.g. piped into `head`) is not an evaluation failure.
     let _ = output::write_evaluation(&mut out, &set, &eval, clf.labels(), clf.provider(), cli.json)
         .and_then(|()| out.flush());
+    let skipped = set.data.skipped.len();
+    if skipped > 0 {
+        // Each was warned about as it was skipped; the count says what the accuracy leaves out.
+        eprintln!(
+            "vit-infer: {skipped} file(s) skipped (could not be read or decoded): the accuracy is over the other {}",
+            eval.total
+        );
+        return Ok(EXIT_SOME_FAILED);
+    }
     Ok(EXIT_OK)
 }

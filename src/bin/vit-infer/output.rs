@@ -1,6 +1,7 @@
 //! What `vit-infer` prints on stdout: per image, the path and its top classes
 //! as text or one JSON line (`path`, `top`, `provider`, or `path`, `error`);
-//! for `--eval`, the accuracy and a confusion table, or one JSON object.
+//! for `--eval`, the accuracy and a confusion table, or one JSON object
+//! (with `skipped`, the files left out).
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -61,6 +62,7 @@ pub fn write_evaluation(
             "total": eval.total,
             "labels": labels,
             "confusion_matrix": eval.confusion,
+            "skipped": set.data.skipped.len(),
             "provider": provider,
         });
         return writeln!(out, "{line}");
