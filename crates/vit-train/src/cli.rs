@@ -139,6 +139,10 @@ pub struct FitArgs {
     /// Use at most this many images per class in each split (quick runs).
     #[arg(long)]
     pub max_per_class: Option<usize>,
+    /// Train on what can be read when entries of the data folder cannot be (dangling links,
+    /// unreadable folders); each is reported and counted. Without it such data is an error.
+    #[arg(long)]
+    pub allow_skipped: bool,
     /// Validation fraction for a folder without train/ and val/ (default 0.2).
     #[arg(long, value_parser = finite_f64)]
     pub val_fraction: Option<f64>,
@@ -386,14 +390,16 @@ fn run_fit(a: &FitArgs) -> Result<()> {
     let (dir, cfg, run) = if a.resume {
         let dir = RunDir::open(&a.out)?;
         let cfg = resume_config(&dir, a)?;
-        let run = dir.read_run_options()?;
+        let mut run = dir.read_run_options()?;
+        // Allowing skipped entries later is the user's explicit choice, never a contradiction.
+        run.allow_skipped |= a.allow_skipped;
         (dir, cfg, run)
     } else {
         let cfg = resolve_config(a)?;
         crate::memory::check(&cfg, device)?;
         let Some(data) = a.data.clone() else { bail!("--data is required (an image folder or a folder of IDX files)") };
         let val_fraction = a.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION);
-        let run = RunOptions { data, val_fraction, max_per_class: a.max_per_class };
+        let run = RunOptions { data, val_fraction, max_per_class: a.max_per_class, allow_skipped: a.allow_skipped };
         (RunDir::create(&a.out)?, cfg, run)
     };
     let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet };

@@ -101,7 +101,8 @@ fn verification_inputs(dir: &RunDir, cfg: &ViTConfig, n: usize) -> (Vec<f32>, us
                 val_fraction: r.val_fraction,
                 seed: cfg.train.seed,
                 max_per_class: Some(n.div_ceil(cfg.num_classes).max(1)),
-                ..LoadOptions::default()
+                // Verification needs some real images, not all of them.
+                allow_unreadable: true,
             };
             load_splits(&r.data, &prep, &opts).ok()
         })

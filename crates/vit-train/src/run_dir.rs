@@ -30,6 +30,11 @@ pub struct RunOptions {
     pub val_fraction: f64,
     /// Cap on images per class and split.
     pub max_per_class: Option<usize>,
+    /// Train on what can be read when some entries of the data folder cannot be
+    /// (`--allow-skipped`); each is still reported and counted. Off: such a data
+    /// set is an error, so no run silently trains on part of its data.
+    #[serde(default)]
+    pub allow_skipped: bool,
 }
 
 /// Which model-only checkpoint of a run.
@@ -338,7 +343,7 @@ mod tests {
     fn run_options_round_trip_and_missing_folders_are_named() {
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(tmp.path().join("a/b")).unwrap();
-        let opts = RunOptions { data: "data".into(), val_fraction: 0.25, max_per_class: Some(3) };
+        let opts = RunOptions { data: "data".into(), val_fraction: 0.25, max_per_class: Some(3), allow_skipped: true };
         run.write_run_options(&opts).unwrap();
         let back = RunDir::inspect(run.path()).unwrap().read_run_options().unwrap();
         assert_eq!((back.data, back.val_fraction, back.max_per_class), (opts.data, 0.25, Some(3)));

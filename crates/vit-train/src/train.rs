@@ -48,9 +48,14 @@ pub fn load_data(cfg: &mut ViTConfig, run: &RunOptions) -> Result<Splits> {
         val_fraction: run.val_fraction,
         seed: cfg.train.seed,
         max_per_class: run.max_per_class,
-        ..LoadOptions::default()
+        allow_unreadable: run.allow_skipped,
     };
-    let splits = load_splits(&run.data, &prep, &opts)?;
+    let splits = match load_splits(&run.data, &prep, &opts) {
+        Err(e @ vit::data::DataError::Unreadable { .. }) => {
+            return Err(anyhow::Error::new(e).context("pass --allow-skipped to train on the readable part"))
+        }
+        other => other?,
+    };
     if splits.train.is_empty() {
         bail!("no training images found in {}", run.data.display());
     }

@@ -336,3 +336,28 @@ fn resume_before_the_first_checkpoint_says_it_starts_over_and_removes_torn_files
     assert!(!torn.exists(), "torn file left behind");
     assert!(run.join("resume.safetensors").is_file() && summary(&run)["epochs"] == 1);
 }
+
+#[test]
+fn unreadable_data_entries_stop_training_unless_skipping_is_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let data = flat_folder(tmp.path(), 12);
+    // Tests run as root, which reads through permission bits: a dangling link is an
+    // entry the walk cannot read whatever the user.
+    let class = std::fs::read_dir(&data).unwrap().next().unwrap().unwrap().path();
+    std::os::unix::fs::symlink(tmp.path().join("gone.jpg"), class.join("dangling.jpg")).unwrap();
+    let run = tmp.path().join("run");
+    let fit = |extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&cfg).arg("--data").arg(&data).arg("--out").arg(&run);
+        cmd.args(["--epochs", "1", "--no-export"]).args(extra);
+        cmd
+    };
+    let err = run_err(&mut fit(&[]));
+    assert!(err.contains("dangling.jpg") && err.contains("--allow-skipped"), "{err}");
+    assert!(!run.join("last.safetensors").exists(), "a checkpoint was written by a refused run");
+
+    std::fs::remove_dir_all(&run).ok();
+    run_ok(&mut fit(&["--allow-skipped"]));
+    assert_eq!(summary(&run)["skipped_files"], 1, "the unreadable entry is counted");
+}
