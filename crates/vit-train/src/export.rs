@@ -45,6 +45,8 @@ pub struct ExportRequest {
     /// When it changes the config, the run's accuracy no longer describes the
     /// file, so none is recorded.
     pub test_time_flip: Option<bool>,
+    /// Input kind and precision of the graph (default: normalised f32, fp32).
+    pub format: vit::format::ModelFormat,
 }
 
 impl ExportRequest {
@@ -59,6 +61,7 @@ impl ExportRequest {
             atol: DEFAULT_ATOL,
             verify_images: DEFAULT_VERIFY_IMAGES,
             test_time_flip: None,
+            format: Default::default(),
         }
     }
 }
@@ -166,14 +169,20 @@ pub fn export_in(dir: &RunDir, req: &ExportRequest) -> Result<ExportReport> {
     let meta = ModelMetadata { config: cfg.clone(), labels, val_accuracy };
     let weights = named_tensors(&vs)?;
     let write = |to: &Path| {
-        write_model(to, &meta, &weights, &ExportOptions { external_data: req.external_data })
+        write_model(to, &meta, &weights, &ExportOptions { external_data: req.external_data, format: req.format })
             .with_context(|| format!("cannot export {}", ckpt.display()))
     };
     // Verify first, replace after: the file at `path` changes only to a verified one.
     let staged = Staged::new(&path)?;
     write(&staged.file)?;
-    let (pixels, n, real) = verification_inputs(dir, &cfg, req.verify_images.max(1));
-    let why = match verify_export(&model, &cfg, &staged.file, &pixels, n, req.atol) {
+    let (verified, n, real) = if req.format.is_default() {
+        let (pixels, n, real) = verification_inputs(dir, &cfg, req.verify_images.max(1));
+        (verify_export(&model, &cfg, &staged.file, &pixels, n, req.atol), n, real)
+    } else {
+        let (images, n, real) = crate::deploy::verification_images(dir, &cfg, req.verify_images.max(1));
+        (crate::deploy::verify_format(&model, &cfg, &staged.file, req.format, &images, n, req.atol), n, real)
+    };
+    let why = match verified {
         Ok(comparison) if comparison.ok() => {
             staged.commit(&path)?;
             let bytes = [path.clone(), with_data_suffix(&path)]
