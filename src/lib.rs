@@ -15,6 +15,7 @@
 pub mod cli_log;
 pub mod config;
 pub mod data;
+pub mod format;
 #[cfg(feature = "infer")]
 pub mod infer;
 pub mod metadata;

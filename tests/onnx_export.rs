@@ -398,7 +398,7 @@ fn external_data_round_trip() -> TractResult<()> {
     let inline_path = dir.path().join("inline.onnx");
     let ext_path = dir.path().join("ext.onnx");
     onnx::write_model(&inline_path, &m, &w, &ExportOptions::default())?;
-    onnx::write_model(&ext_path, &m, &w, &ExportOptions { external_data: true })?;
+    onnx::write_model(&ext_path, &m, &w, &ExportOptions { external_data: true, ..Default::default() })?;
 
     assert_eq!(std::fs::read(&inline_path)?, onnx::export_to_bytes(&m, &w)?);
     assert!(!dir.path().join("inline.onnx.data").exists());
@@ -420,7 +420,12 @@ fn external_data_round_trip() -> TractResult<()> {
     let (_, b) = run(load(&ext_path)?, &cfg, 2, &pixels)?;
     assert_eq!(a, b);
     // Rewriting replaces both files.
-    onnx::write_model(&ext_path, &m, &random_weights(&cfg, 4), &ExportOptions { external_data: true })?;
+    onnx::write_model(
+        &ext_path,
+        &m,
+        &random_weights(&cfg, 4),
+        &ExportOptions { external_data: true, ..Default::default() },
+    )?;
     let (_, c) = run(load(&ext_path)?, &cfg, 2, &pixels)?;
     assert_ne!(a, c);
     Ok(())
@@ -490,7 +495,8 @@ fn unwritable_paths_are_named() {
         (file.join("model.onnx"), false),
         (file.join("model.onnx"), true),
     ] {
-        let err = onnx::write_model(&path, &m, &w, &ExportOptions { external_data: external }).unwrap_err();
+        let err = onnx::write_model(&path, &m, &w, &ExportOptions { external_data: external, ..Default::default() })
+            .unwrap_err();
         assert!(matches!(err, ExportError::Io { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains("model.onnx"), "{msg}");

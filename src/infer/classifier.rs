@@ -1,7 +1,7 @@
 //! [`Classifier`]: an opened model with its metadata and preprocessing, and
 //! the ways to run it, from raw normalised pixels ([`Classifier::logits`]) to
 //! decoded images ([`Classifier::classify_pixels`]) and image files
-//! ([`Classifier::classify_files`]).
+//! ([`Classifier::classify_files`]). `pixels` feeds raw-pixel models.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,10 @@ use super::prediction;
 use super::session::{self, Opened};
 use super::signature::{check_signature, read_metadata};
 use super::{ClassifierOptions, ClassifyOptions, CudaError, ExecutionProvider, InferError, Prediction};
+use crate::format::{InputKind, ModelFormat};
 use crate::metadata::ModelMetadata;
+
+mod pixels;
 use crate::preprocess::Preprocessor;
 
 /// An ONNX model with its metadata and preprocessing, ready to classify.
@@ -27,6 +30,7 @@ pub struct Classifier {
     cuda_fallback: Option<CudaError>,
     input_name: String,
     path: PathBuf,
+    format: ModelFormat,
 }
 
 impl fmt::Debug for Classifier {
@@ -63,8 +67,12 @@ impl Classifier {
         let Opened { session, provider, cuda_fallback } = session::open(path, opts)?;
         let meta = read_metadata(&session, path, opts.fallback_metadata.as_ref())?;
         let prep = Preprocessor::from_config(&meta.config);
-        let input_name = check_signature(&session, &meta, path)?;
-        Ok(Self { session, meta, prep, provider, cuda_fallback, input_name, path: path.to_path_buf() })
+        let format = pixels::read_format(&session, path)?;
+        let input_name = match format.input {
+            InputKind::Float32Nchw => check_signature(&session, &meta, path)?,
+            InputKind::Uint8Nhwc => pixels::check_u8_input(&session, &meta, path)?,
+        };
+        Ok(Self { session, meta, prep, provider, cuda_fallback, input_name, path: path.to_path_buf(), format })
     }
 
     /// The model's config, labels and recorded validation accuracy.
@@ -97,8 +105,16 @@ impl Classifier {
         &self.meta.labels
     }
 
-    /// Logits (`[batch, num_classes]`, row-major) of `batch` normalised NCHW images.
+    /// Logits (`[batch, num_classes]`, row-major) of `batch` normalised NCHW
+    /// images; a raw-pixel model takes [`Self::logits_u8`] instead.
     pub fn logits(&mut self, pixels: &[f32], batch: usize) -> Result<Vec<f32>, InferError> {
+        if self.format.input != InputKind::Float32Nchw {
+            return Err(InferError::Invalid(format!(
+                "{} takes u8 pixels ({}), not normalised floats: use logits_u8 or classify_pixels",
+                self.path.display(),
+                self.format.input
+            )));
+        }
         if batch == 0 {
             return Err(InferError::Invalid("batch must be at least 1".into()));
         }
@@ -157,8 +173,7 @@ impl Classifier {
             }
             pixels.extend_from_slice(img);
         }
-        let normalised = self.prep.normalize(&pixels);
-        self.logits(&normalised, images_u8.len())
+        self.logits_u8(&pixels, images_u8.len())
     }
 
     /// Classifies image files in batches of `opts.batch_size`. One result per

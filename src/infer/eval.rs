@@ -84,14 +84,12 @@ impl Classifier {
             return Err(InferError::DataMismatch(format!("label {bad} is out of range for a model with {k} classes")));
         }
         let mut confusion = Confusion::new(k);
-        let mut normalised = Vec::new();
         let bs = batch_size.max(1);
         let (mut non_finite, mut first) = (0usize, None);
         for start in (0..data.len()).step_by(bs) {
             let end = (start + bs).min(data.len());
             let px = &data.pixels[start * data.image_len..end * data.image_len];
-            prep.normalize_into(px, &mut normalised);
-            let logits = self.logits(&normalised, end - start)?;
+            let logits = self.logits_u8(px, end - start)?;
             for (i, (row, &label)) in logits.chunks(k).zip(&data.labels[start..end]).enumerate() {
                 if row.iter().all(|v| v.is_finite()) {
                     confusion.add(label as usize, argmax(row));

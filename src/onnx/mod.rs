@@ -31,11 +31,14 @@ use std::path::Path;
 use prost::Message;
 
 use crate::config::ConfigError;
+use crate::format::{InputKind, ModelFormat, Precision};
 use crate::metadata::{ModelMetadata, PRODUCER};
 use crate::tensor::NamedTensors;
 
 mod builder;
 mod graph;
+mod input;
+mod precision;
 pub mod proto;
 mod write;
 
@@ -43,6 +46,7 @@ mod write;
 pub const EXTERNAL_DATA_SUFFIX: &str = ".data";
 pub use builder::CONST_PREFIX;
 pub use graph::{BATCH_DIM, INPUT_NAME, OUTPUT_NAME};
+pub use input::PIXELS_U8_NAME;
 
 use builder::GraphBuilder;
 use graph::Layout;
@@ -61,6 +65,9 @@ pub struct ExportOptions {
     /// Always put the weights in `<file name>.data` next to the model (they go
     /// there anyway when the inline model would exceed 2 GiB).
     pub external_data: bool,
+    /// Input kind and precision of the graph (default: normalised f32 input, fp32).
+    /// int8 is refused here ([`ExportError::Format`]): it needs calibration ranges.
+    pub format: ModelFormat,
 }
 
 /// Why an export failed. Every message names the tensor or file concerned.
@@ -125,6 +132,14 @@ pub enum ExportError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The requested format cannot be written by this function.
+    #[error("cannot write a {format} graph here: {reason}")]
+    Format {
+        /// The format asked for.
+        format: ModelFormat,
+        /// Why, and what to use instead.
+        reason: &'static str,
+    },
     /// Writing a file failed.
     #[error("cannot write `{path}`: {source} (check that the directory exists and is writable)")]
     Io {
@@ -145,7 +160,7 @@ pub fn expected_tensors(cfg: &crate::ViTConfig) -> Vec<(String, Vec<usize>)> {
 /// Builds the ModelProto bytes (weights inline). Checks every expected tensor
 /// is present with the right shape and that there are no extra tensors.
 pub fn export_to_bytes(meta: &ModelMetadata, weights: &NamedTensors) -> Result<Vec<u8>, ExportError> {
-    let model = build_model(meta, weights)?;
+    let model = build_model(meta, weights, ModelFormat::default())?;
     let bytes = model.encoded_len();
     if bytes > INLINE_LIMIT {
         return Err(ExportError::TooLarge { bytes });
@@ -186,12 +201,12 @@ pub fn write_model(
     weights: &NamedTensors,
     opts: &ExportOptions,
 ) -> Result<(), ExportError> {
-    let model = build_model(meta, weights)?;
+    let model = build_model(meta, weights, opts.format)?;
     write::write_model_proto(path, model, opts.external_data)
 }
 
 /// Validates the checkpoint against the config and assembles the model.
-fn build_model(meta: &ModelMetadata, weights: &NamedTensors) -> Result<ModelProto, ExportError> {
+fn build_model(meta: &ModelMetadata, weights: &NamedTensors, format: ModelFormat) -> Result<ModelProto, ExportError> {
     let cfg = &meta.config;
     cfg.validate()?;
     if meta.labels.len() != cfg.num_classes {
@@ -225,7 +240,21 @@ fn build_model(meta: &ModelMetadata, weights: &NamedTensors) -> Result<ModelProt
     if let Some(name) = weights.keys().find(|k| !specs.iter().any(|s| &s.name == *k)) {
         return Err(ExportError::UnexpectedTensor { name: name.clone() });
     }
-    let graph = graph::build(cfg, b);
+    let mut graph = graph::build(cfg, b);
+    if format.input == InputKind::Uint8Nhwc {
+        input::take_uint8_pixels(&mut graph, cfg);
+    }
+    match format.precision {
+        Precision::Fp32 => {}
+        Precision::Fp16 => precision::to_float16(&mut graph),
+        Precision::Int8 => {
+            return Err(ExportError::Format {
+                format,
+                reason: "int8 needs calibration ranges measured on training images",
+            })
+        }
+    }
+    let props = meta.to_props().into_iter().chain(format.to_props());
     let entry = |(key, value): (String, String)| StringStringEntryProto { key: Some(key), value: Some(value) };
     Ok(ModelProto {
         ir_version: Some(IR_VERSION),
@@ -233,7 +262,7 @@ fn build_model(meta: &ModelMetadata, weights: &NamedTensors) -> Result<ModelProt
         producer_name: Some(PRODUCER.to_owned()),
         producer_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         graph: Some(graph),
-        metadata_props: meta.to_props().into_iter().map(entry).collect(),
+        metadata_props: props.map(entry).collect(),
         ..Default::default()
     })
 }

@@ -183,6 +183,9 @@ pub struct ExportArgs {
     /// differs from the run's config records no val_accuracy.
     #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
     pub test_time_flip: Option<bool>,
+    /// Deployment format: --input, --precision.
+    #[command(flatten)]
+    pub deploy: crate::deploy::DeployArgs,
 }
 
 /// `--optimizer` values.
@@ -375,6 +378,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 atol: a.atol,
                 verify_images: a.verify_images,
                 test_time_flip: a.test_time_flip,
+                format: a.deploy.format(),
             };
             export_and_print(&RunDir::open(&req.run)?, &req)
         }

@@ -45,6 +45,8 @@ pub struct ExportRequest {
     /// When it changes the config, the run's accuracy no longer describes the
     /// file, so none is recorded.
     pub test_time_flip: Option<bool>,
+    /// Input kind and precision of the graph (default: normalised f32, fp32).
+    pub format: vit::format::ModelFormat,
 }
 
 impl ExportRequest {
@@ -59,6 +61,7 @@ impl ExportRequest {
             atol: DEFAULT_ATOL,
             verify_images: DEFAULT_VERIFY_IMAGES,
             test_time_flip: None,
+            format: Default::default(),
         }
     }
 }
@@ -90,26 +93,29 @@ pub fn named_tensors(vs: &nn::VarStore) -> Result<NamedTensors> {
     Ok(out)
 }
 
+/// Up to `n` validation images of the run's data (u8, as decoded), when the data is
+/// still there: the real inputs every export is verified on.
+pub(crate) fn validation_sample(dir: &RunDir, cfg: &ViTConfig, n: usize) -> Option<vit::data::Dataset> {
+    let prep = Preprocessor::from_config(cfg);
+    let r = dir.read_run_options().ok()?;
+    let opts = LoadOptions {
+        val_fraction: r.val_fraction,
+        seed: cfg.train.seed,
+        max_per_class: Some(n.div_ceil(cfg.num_classes).max(1)),
+        // Verification needs some real images, not all of them.
+        allow_unreadable: true,
+    };
+    let val = load_splits(&r.data, &prep, &opts).ok()?.val;
+    let idx: Vec<usize> = (0..val.len().min(n)).collect();
+    (!idx.is_empty()).then(|| val.subset(&idx))
+}
+
 /// Up to `n` normalised validation images of the run's data, else seeded random inputs.
 fn verification_inputs(dir: &RunDir, cfg: &ViTConfig, n: usize) -> (Vec<f32>, usize, bool) {
     let prep = Preprocessor::from_config(cfg);
-    let real = dir
-        .read_run_options()
-        .ok()
-        .and_then(|r| {
-            let opts = LoadOptions {
-                val_fraction: r.val_fraction,
-                seed: cfg.train.seed,
-                max_per_class: Some(n.div_ceil(cfg.num_classes).max(1)),
-                // Verification needs some real images, not all of them.
-                allow_unreadable: true,
-            };
-            load_splits(&r.data, &prep, &opts).ok()
-        })
-        .filter(|s| !s.val.is_empty());
-    if let Some(splits) = real {
-        let idx: Vec<usize> = (0..splits.val.len().min(n)).collect();
-        return (make_batch(&splits.val, &idx, &prep, Augment::default(), None).pixels, idx.len(), true);
+    if let Some(val) = validation_sample(dir, cfg, n) {
+        let idx: Vec<usize> = (0..val.len()).collect();
+        return (make_batch(&val, &idx, &prep, Augment::default(), None).pixels, idx.len(), true);
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let len = n * prep.image_len();
@@ -168,14 +174,20 @@ pub fn export_in(dir: &RunDir, req: &ExportRequest) -> Result<ExportReport> {
     let meta = ModelMetadata { config: cfg.clone(), labels, val_accuracy };
     let weights = named_tensors(&vs)?;
     let write = |to: &Path| {
-        write_model(to, &meta, &weights, &ExportOptions { external_data: req.external_data })
+        write_model(to, &meta, &weights, &ExportOptions { external_data: req.external_data, format: req.format })
             .with_context(|| format!("cannot export {}", ckpt.display()))
     };
     // Verify first, replace after: the file at `path` changes only to a verified one.
     let staged = Staged::new(&path)?;
     write(&staged.file)?;
-    let (pixels, n, real) = verification_inputs(dir, &cfg, req.verify_images.max(1));
-    let why = match verify_export(&model, &cfg, &staged.file, &pixels, n, req.atol) {
+    let (verified, n, real) = if req.format.is_default() {
+        let (pixels, n, real) = verification_inputs(dir, &cfg, req.verify_images.max(1));
+        (verify_export(&model, &cfg, &staged.file, &pixels, n, req.atol), n, real)
+    } else {
+        let (images, n, real) = crate::deploy::verification_images(dir, &cfg, req.verify_images.max(1));
+        (crate::deploy::verify_format(&model, &cfg, &staged.file, req.format, &images, n, req.atol), n, real)
+    };
+    let why = match verified {
         Ok(comparison) if comparison.ok() => {
             staged.commit(&path)?;
             let bytes = [path.clone(), with_data_suffix(&path)]

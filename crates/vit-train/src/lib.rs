@@ -10,6 +10,7 @@ pub mod batches;
 pub mod checkpoint;
 pub mod cli;
 pub mod cpu_memory;
+pub mod deploy;
 pub mod ema;
 pub mod evaluate;
 pub mod export;

@@ -1,0 +1,126 @@
+//! `vit-train export --input uint8 --precision fp16`: the deployment formats
+//! of an export ([`ModelFormat`]) as command-line flags, and their
+//! verification. A raw-pixel graph is fed the same decoded u8 images that tch
+//! sees normalised; an fp16 graph is held to a float16 tolerance instead of
+//! the float32 one.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use rand::{Rng, SeedableRng};
+use tch::{nn::ModuleT, Tensor};
+use tract_onnx::prelude::*;
+use vit::format::{InputKind, ModelFormat, Precision};
+use vit::{Preprocessor, ViTConfig};
+
+use crate::model::ViT;
+use crate::run_dir::RunDir;
+use crate::verify::{compare, Comparison};
+
+/// Tolerance of an fp16 graph against tch's float32 logits: float16 keeps
+/// about 3 significant digits through every layer.
+pub const FP16_ATOL: f32 = 5e-2;
+/// Relative part of the fp16 tolerance.
+pub const FP16_RTOL: f32 = 2e-2;
+
+/// `--input` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputArg {
+    /// Normalised f32 `pixel_values [batch, C, H, W]`.
+    Float32,
+    /// Decoded u8 pixels `[batch, H, W, C]` (NHWC); the graph normalises them.
+    Uint8,
+}
+
+/// `--precision` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// float32 weights and activations.
+    Fp32,
+    /// float16 weights and activations, float32 input/output, LayerNorm and Softmax in float32.
+    Fp16,
+}
+
+/// The deployment flags of `vit-train export`.
+#[derive(Debug, Clone, Args)]
+pub struct DeployArgs {
+    /// Graph input: float32 (normalised NCHW) or uint8 (decoded pixels, [batch, H, W, C],
+    /// normalised inside the graph).
+    #[arg(long, value_enum, default_value_t = InputArg::Float32)]
+    pub input: InputArg,
+    /// Weights and activations: fp32, or fp16 with float32 input and output.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
+    pub precision: PrecisionArg,
+}
+
+impl DeployArgs {
+    /// The format these flags ask for.
+    pub fn format(&self) -> ModelFormat {
+        let input = match self.input {
+            InputArg::Float32 => InputKind::Float32Nchw,
+            InputArg::Uint8 => InputKind::Uint8Nhwc,
+        };
+        let precision = match self.precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Fp16 => Precision::Fp16,
+        };
+        ModelFormat { input, precision }
+    }
+}
+
+/// Up to `n` u8 CHW validation images of the run's data, else seeded random pixels;
+/// with the count and whether they are real.
+pub fn verification_images(dir: &RunDir, cfg: &ViTConfig, n: usize) -> (Vec<u8>, usize, bool) {
+    let prep = Preprocessor::from_config(cfg);
+    if let Some(val) = crate::export::validation_sample(dir, cfg, n) {
+        let count = val.len();
+        return (val.pixels, count, true);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    ((0..n * prep.image_len()).map(|_| rng.random::<u8>()).collect(), n, false)
+}
+
+/// Runs `images` (u8 CHW) through tch (normalised) and through the ONNX file
+/// in `format` with tract; compares logits with the format's tolerance
+/// (`atol` for float32 graphs, [`FP16_ATOL`] / [`FP16_RTOL`] at least for fp16).
+pub fn verify_format(
+    model: &ViT,
+    cfg: &ViTConfig,
+    onnx: &Path,
+    format: ModelFormat,
+    images: &[u8],
+    n: usize,
+    atol: f32,
+) -> Result<Comparison> {
+    let prep = Preprocessor::from_config(cfg);
+    let (c, s) = (cfg.in_channels, cfg.image_size);
+    let pixels = prep.normalize(images);
+    let x = Tensor::from_slice(&pixels).view([n as i64, c as i64, s as i64, s as i64]);
+    let expected = Vec::<f32>::try_from(tch::no_grad(|| model.forward_t(&x, false)).flatten(0, -1))?;
+    let model =
+        tract_onnx::onnx().model_for_path(onnx).with_context(|| format!("tract cannot load {}", onnx.display()))?;
+    let input: Tensor_ = match format.input {
+        InputKind::Float32Nchw => tract_ndarray::Array4::from_shape_vec([n, c, s, s], pixels)?.into_tensor(),
+        InputKind::Uint8Nhwc => tract_ndarray::Array4::from_shape_vec([n, c, s, s], images.to_vec())?
+            .permuted_axes([0, 2, 3, 1])
+            .as_standard_layout()
+            .to_owned()
+            .into_tensor(),
+    };
+    let plan = model
+        .with_input_fact(0, input.datum_type().fact(input.shape()).into())?
+        .into_optimized()
+        .with_context(|| format!("tract cannot optimise {}", onnx.display()))?
+        .into_runnable()?;
+    let outputs = plan.run(tvec!(input.into()))?;
+    let actual: Vec<f32> = outputs[0].to_plain_array_view::<f32>()?.iter().copied().collect();
+    let (atol, rtol) = match format.precision {
+        Precision::Fp16 => (atol.max(FP16_ATOL), FP16_RTOL),
+        _ => (atol, 1e-4),
+    };
+    Ok(compare(&actual, &expected, atol, rtol))
+}
+
+/// tract's tensor type, named apart from tch's.
+type Tensor_ = tract_onnx::prelude::Tensor;
