@@ -57,6 +57,10 @@ pub enum Pooling {
     Cls,
     /// The mean over all tokens (the class token included).
     Mean,
+    /// timm's `global_pool = "avg"`: the mean over the patch tokens only (the
+    /// class token left out), normalised by `fc_norm` instead of the final
+    /// `norm` (standard variant).
+    Avg,
 }
 
 /// How attention products are written (dlstudio variant: the report's two heads).

@@ -10,6 +10,8 @@ use vit::config::Optimizer;
 use vit::ViTConfig;
 
 use crate::export::{export_in, ExportRequest, DEFAULT_ATOL, DEFAULT_VERIFY_IMAGES};
+use crate::export_weights::{export_weights, WeightsExportRequest};
+use crate::import::ImportOptions;
 use crate::resume::{reconcile, ResumeRequest};
 use crate::run_dir::{Checkpoint, RunDir, RunOptions};
 use crate::train::{fit, FitOptions};
@@ -157,9 +159,23 @@ pub struct FitArgs {
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Run folder written by `vit-train fit`.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Output ONNX file (default: RUN/model.onnx).
+    #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
+    pub run: Option<PathBuf>,
+    /// A timm or Hugging Face ViT checkpoint trained elsewhere (`.safetensors`, or a
+    /// `save_pretrained` folder) to export instead of a run; its config is inferred.
+    #[arg(long, requires = "out")]
+    pub weights: Option<PathBuf>,
+    /// With --weights: attention heads (else config.json, else timm's for the width).
+    #[arg(long, requires = "weights")]
+    pub num_heads: Option<usize>,
+    /// With --weights: class names, one per line (else config.json's, else class_<i>).
+    #[arg(long, requires = "weights")]
+    pub labels: Option<PathBuf>,
+    /// With --weights: a preset (TOML) giving preprocessing (the architecture is the checkpoint's).
+    #[arg(long, requires = "weights")]
+    pub config: Option<PathBuf>,
+    /// Output ONNX file (default: RUN/model.onnx); config.json and
+    /// preprocessor_config.json are written beside it.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Which checkpoint.
@@ -362,19 +378,52 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Export(a) => {
-            let req = ExportRequest {
-                run: a.run,
-                out: a.out,
-                checkpoint: a.checkpoint,
-                external_data: a.external_data,
-                atol: a.atol,
-                verify_images: a.verify_images,
-                test_time_flip: a.test_time_flip,
-            };
-            export_and_print(&RunDir::open(&req.run)?, &req)
-        }
+        Command::Export(a) => match (&a.run, &a.weights) {
+            (_, Some(weights)) => export_weights_and_print(&a, weights),
+            (Some(run), None) => {
+                let req = ExportRequest {
+                    run: run.clone(),
+                    out: a.out,
+                    checkpoint: a.checkpoint,
+                    external_data: a.external_data,
+                    atol: a.atol,
+                    verify_images: a.verify_images,
+                    test_time_flip: a.test_time_flip,
+                };
+                export_and_print(&RunDir::open(&req.run)?, &req)
+            }
+            (None, None) => bail!("pass --run or --weights"),
+        },
     }
+}
+
+/// `vit-train export --weights`: import a foreign checkpoint, export, verify.
+fn export_weights_and_print(a: &ExportArgs, weights: &std::path::Path) -> Result<()> {
+    let base = a.config.as_deref().map(ViTConfig::from_toml_file).transpose()?;
+    let labels = match &a.labels {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+        }
+        None => None,
+    };
+    let req = WeightsExportRequest {
+        weights: weights.to_path_buf(),
+        out: a.out.clone().context("--out is required with --weights")?,
+        import: ImportOptions { num_heads: a.num_heads, base, labels, test_time_flip: a.test_time_flip },
+        external_data: a.external_data,
+        atol: a.atol,
+        verify_images: a.verify_images,
+    };
+    let report = export_weights(&req).context("export failed")?;
+    println!(
+        "exported {} ({:.1} KiB); tract vs tch on {} random images: max |diff| {:.2e}",
+        report.path.display(),
+        report.bytes as f64 / 1024.0,
+        report.images,
+        report.comparison.max_abs_diff
+    );
+    Ok(())
 }
 
 /// `vit-train fit`: everything is checked before the run folder is touched, and

@@ -109,9 +109,14 @@ fn verification_inputs(dir: &RunDir, cfg: &ViTConfig, n: usize) -> (Vec<f32>, us
         let idx: Vec<usize> = (0..splits.val.len().min(n)).collect();
         return (make_batch(&splits.val, &idx, &prep, Augment::default(), None).pixels, idx.len(), true);
     }
+    (random_inputs(cfg, n), n, false)
+}
+
+/// `n` seeded random normalised images in [-1, 1) for `cfg`, flattened.
+pub(crate) fn random_inputs(cfg: &ViTConfig, n: usize) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let len = n * prep.image_len();
-    ((0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect(), n, false)
+    let len = n * Preprocessor::from_config(cfg).image_len();
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
 /// Runs the same inputs through tch and the ONNX file; compares logits.
@@ -164,29 +169,75 @@ pub fn export_in(dir: &RunDir, req: &ExportRequest) -> Result<ExportReport> {
         .filter(|_| accuracy_applies);
     let path = req.out.clone().unwrap_or_else(|| dir.onnx_path());
     let meta = ModelMetadata { config: cfg.clone(), labels, val_accuracy };
-    let weights = named_tensors(&vs)?;
+    let target = Target { path, external_data: req.external_data, atol: req.atol, source: &ckpt };
+    let (pixels, n, real) = verification_inputs(dir, &cfg, req.verify_images.max(1));
+    write_verified(&model, &vs, &meta, &target, &Inputs { pixels: &pixels, n, real })
+}
+
+/// Where an export goes and how it is checked.
+#[derive(Debug)]
+pub(crate) struct Target<'a> {
+    /// The ONNX file.
+    pub path: PathBuf,
+    /// Force ONNX external data.
+    pub external_data: bool,
+    /// Verification tolerance on |tch - tract| logits.
+    pub atol: f32,
+    /// The weights exported, for messages.
+    pub source: &'a Path,
+}
+
+/// Normalised verification images `[n, C, H, W]`, flattened.
+#[derive(Debug)]
+pub(crate) struct Inputs<'a> {
+    /// The pixels.
+    pub pixels: &'a [f32],
+    /// Number of images.
+    pub n: usize,
+    /// True when they are real validation images.
+    pub real: bool,
+}
+
+/// Writes `vs` as ONNX under a side name, verifies it against `model` with
+/// tract, and moves it (with `config.json` and `preprocessor_config.json`
+/// beside it) into place only when it passes.
+pub(crate) fn write_verified(
+    model: &ViT,
+    vs: &nn::VarStore,
+    meta: &ModelMetadata,
+    target: &Target,
+    inputs: &Inputs,
+) -> Result<ExportReport> {
+    let (cfg, path) = (&meta.config, &target.path);
+    let weights = named_tensors(vs)?;
     let write = |to: &Path| {
-        write_model(to, &meta, &weights, &ExportOptions { external_data: req.external_data })
-            .with_context(|| format!("cannot export {}", ckpt.display()))
+        write_model(to, meta, &weights, &ExportOptions { external_data: target.external_data })
+            .with_context(|| format!("cannot export {}", target.source.display()))
     };
     // Verify first, replace after: the file at `path` changes only to a verified one.
-    let staged = Staged::new(&path)?;
+    let staged = Staged::new(path)?;
     write(&staged.file)?;
-    let (pixels, n, real) = verification_inputs(dir, &cfg, req.verify_images.max(1));
-    let why = match verify_export(&model, &cfg, &staged.file, &pixels, n, req.atol) {
+    let why = match verify_export(model, cfg, &staged.file, inputs.pixels, inputs.n, target.atol) {
         Ok(comparison) if comparison.ok() => {
-            staged.commit(&path)?;
-            let bytes = [path.clone(), with_data_suffix(&path)]
+            staged.commit(path)?;
+            crate::hf_files::write_beside(path, meta)?;
+            let bytes = [path.clone(), with_data_suffix(path)]
                 .iter()
                 .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
                 .sum();
-            return Ok(ExportReport { path, bytes, comparison, images: n, real_images: real });
+            return Ok(ExportReport {
+                path: path.clone(),
+                bytes,
+                comparison,
+                images: inputs.n,
+                real_images: inputs.real,
+            });
         }
-        Ok(comparison) => format!("tract and tch logits differ beyond atol {:e} ({comparison})", req.atol),
+        Ok(comparison) => format!("tract and tch logits differ beyond atol {:e} ({comparison})", target.atol),
         Err(e) => format!("{e:#}"),
     };
     drop(staged);
-    let failed = failed_path(&path);
+    let failed = failed_path(path);
     let kept = match write(&failed) {
         Ok(()) => format!("the failing file is {} for inspection", failed.display()),
         Err(e) => format!("the failing file could not be kept either ({e:#})"),
