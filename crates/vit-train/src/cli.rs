@@ -13,7 +13,7 @@ use crate::export::{export_in, ExportRequest, DEFAULT_ATOL, DEFAULT_VERIFY_IMAGE
 use crate::export_weights::{export_weights, WeightsExportRequest};
 use crate::import::ImportOptions;
 use crate::resume::{reconcile, ResumeRequest};
-use crate::run_dir::{Checkpoint, RunDir, RunOptions};
+use crate::run_dir::{Checkpoint, InitSource, RunDir, RunOptions};
 use crate::train::{fit, FitOptions};
 
 /// Train, evaluate and export Vision Transformers (tch / libtorch).
@@ -65,6 +65,14 @@ pub struct FitArgs {
     /// Run folder for config, metrics, checkpoints, plots and model.onnx.
     #[arg(long)]
     pub out: PathBuf,
+    /// Start from a timm or Hugging Face checkpoint (`.safetensors` or a `save_pretrained`
+    /// folder): its architecture, with --config's image size, preprocessing and recipe
+    /// (position embeddings resampled, a head for another class count re-initialised).
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
+    /// With --init: attention heads, when the checkpoint's config.json does not say.
+    #[arg(long, requires = "init")]
+    pub num_heads: Option<usize>,
     /// Continue the run in --out from its last completed epoch (--epochs may extend it).
     #[arg(long)]
     pub resume: bool,
@@ -303,8 +311,12 @@ pub const DEFAULT_VAL_FRACTION: f64 = 0.2;
 
 /// Config of a new run: the preset with flag overrides applied.
 pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
-    let Some(path) = &a.config else { bail!("--config is required (e.g. --config models/fashion-mnist.toml)") };
-    let mut cfg = ViTConfig::from_toml_file(path)?;
+    let preset = a.config.as_deref().map(ViTConfig::from_toml_file).transpose()?;
+    let mut cfg = match (&a.init, preset) {
+        (Some(weights), preset) => crate::init::run_config(weights, a.num_heads, preset.as_ref())?,
+        (None, Some(cfg)) => cfg,
+        (None, None) => bail!("--config is required (e.g. --config models/fashion-mnist.toml)"),
+    };
     apply_overrides(&mut cfg, a);
     if cfg.train.epochs == 0 {
         let source = if a.epochs.is_some() { "--epochs 0" } else { "train.epochs = 0" };
@@ -442,7 +454,10 @@ fn run_fit(a: &FitArgs) -> Result<()> {
         crate::memory::check(&cfg, device)?;
         let Some(data) = a.data.clone() else { bail!("--data is required (an image folder or a folder of IDX files)") };
         let val_fraction = a.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION);
-        let run = RunOptions { data, val_fraction, max_per_class: a.max_per_class };
+        // An absolute path in run.json, so --resume finds the weights from any folder.
+        let absolute = |w: &PathBuf| std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
+        let init = a.init.as_ref().map(|w| InitSource { weights: absolute(w), num_heads: a.num_heads });
+        let run = RunOptions { data, val_fraction, max_per_class: a.max_per_class, init };
         (RunDir::create(&a.out)?, cfg, run)
     };
     let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet };

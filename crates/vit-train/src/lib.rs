@@ -16,6 +16,7 @@ pub mod export;
 pub mod export_weights;
 pub mod hf_files;
 pub mod import;
+pub mod init;
 pub mod memory;
 pub mod metrics;
 pub mod model;
