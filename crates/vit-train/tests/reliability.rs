@@ -196,10 +196,11 @@ fn without_validation_images_accuracy_is_not_measured_rather_than_zero() {
     assert_eq!(s["val_images"], 0);
     assert!(!run.join("best.safetensors").exists() && !run.join("confusion.csv").exists());
 
-    let mut clf = vit::infer::Classifier::open(&run.join("model.onnx"), &Default::default()).unwrap();
+    let mut clf = vit::infer::Classifier::open(run.join("model.onnx"), &Default::default()).unwrap();
+    let opts = vit::infer::ClassifyOptions { top_k: 1, batch_size: 1 };
     assert_eq!(clf.metadata().val_accuracy, None, "the ONNX file claims an accuracy");
     assert!(
-        clf.classify_files(&[data.join("cat").read_dir().unwrap().next().unwrap().unwrap().path()], 1, 1)[0].is_ok()
+        clf.classify_files(&[data.join("cat").read_dir().unwrap().next().unwrap().unwrap().path()], &opts)[0].is_ok()
     );
 
     let err = run_err(export(&run).args(["--checkpoint", "best"]));
