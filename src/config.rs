@@ -349,7 +349,8 @@ impl ViTConfig {
             return Err(invalid("layer_norm_eps", self.layer_norm_eps, "must be positive"));
         }
         if self.variant == Variant::Dlstudio && self.pooling != Pooling::Mean {
-            return Err(invalid("pooling", "cls", "the dlstudio variant pools by mean, as ViTHelper"));
+            let value = format!("{:?}", self.pooling).to_lowercase();
+            return Err(invalid("pooling", value, "the dlstudio variant pools by mean, as ViTHelper"));
         }
         self.validate_stem()?;
         if !(0.0..1.0).contains(&self.drop_path) {
