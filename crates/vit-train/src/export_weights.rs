@@ -63,6 +63,9 @@ pub fn describe(cfg: &ViTConfig) -> String {
 /// Imports, exports and verifies; errors name the tensor or file at fault.
 pub fn export_weights(req: &WeightsExportRequest) -> Result<ExportReport> {
     let (imported, vs, model) = load_model(&req.weights, &req.import)?;
+    if let Some(folder) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).with_context(|| format!("cannot create {}", folder.display()))?;
+    }
     let meta = ModelMetadata { config: imported.cfg.clone(), labels: imported.labels, val_accuracy: None };
     let n = req.verify_images.max(1);
     let pixels = random_inputs(&meta.config, n);

@@ -61,7 +61,11 @@ pub fn config_json(meta: &ModelMetadata) -> Value {
 
 /// The `preprocessor_config.json` object (`ViTImageProcessor` fields).
 pub fn preprocessor_json(cfg: &ViTConfig) -> Value {
+    // f32 -> shortest decimal -> f64, so 0.485 is written as 0.485, not 0.48500001430511475.
+    let decimal =
+        |v: Vec<f32>| -> Vec<f64> { v.iter().map(|x| x.to_string().parse().unwrap_or(f64::from(*x))).collect() };
     let (mean, std) = cfg.channel_stats();
+    let (mean, std) = (decimal(mean), decimal(std));
     let resample = match cfg.preprocess.resize {
         Resize::Bilinear => PIL_BILINEAR,
         Resize::Nearest => PIL_NEAREST,

@@ -19,7 +19,8 @@ use crate::import::{self, ImportOptions};
 /// `num_classes`, preprocessing, test-time flip and training recipe from
 /// `preset` (without one: the checkpoint's image size, the data's classes).
 pub fn run_config(weights: &Path, num_heads: Option<usize>, preset: Option<&ViTConfig>) -> Result<ViTConfig> {
-    let opts = ImportOptions { num_heads, base: preset.cloned(), ..Default::default() };
+    let flip = preset.map(|p| p.test_time_flip);
+    let opts = ImportOptions { num_heads, base: preset.cloned(), test_time_flip: flip, ..Default::default() };
     let imported = import::load(weights, &opts).with_context(|| format!("cannot import {}", weights.display()))?;
     let mut cfg = imported.cfg;
     log::info!("--init {:?} checkpoint: {}", imported.format, crate::export_weights::describe(&cfg));

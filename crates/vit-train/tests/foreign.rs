@@ -54,8 +54,12 @@ fn json(path: PathBuf) -> serde_json::Value {
 
 #[test]
 fn timm_and_hugging_face_exports_equal_their_pytorch_forward() {
+    // A preset gives preprocessing only: its test_time_flip must not change the function.
+    let preset = common::repo_root().join("models/coco5-vit.toml");
+    let with_preset = ["--num-heads", "4", "--config", preset.to_str().unwrap()];
     let cases = [
         ("timm_custom_token", &["--num-heads", "4"][..]),
+        ("timm_custom_avg", &with_preset[..]),
         ("timm_custom_avg", &["--num-heads", "4"][..]),
         ("hf", &[][..]),
         ("timm_tiny_token", &[][..]),

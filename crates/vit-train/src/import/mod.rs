@@ -70,12 +70,12 @@ pub enum ImportError {
 pub struct ImportOptions {
     /// Attention heads (else `config.json`, else timm's value for the width).
     pub num_heads: Option<usize>,
-    /// Preprocessing and training recipe to start from (the architecture is
-    /// always the checkpoint's).
+    /// Preprocessing, dropout rates and training recipe to start from (the
+    /// architecture is always the checkpoint's, test-time flip is `test_time_flip`).
     pub base: Option<ViTConfig>,
     /// Class names (else `id2label` / `label_names` from `config.json`, else `class_<i>`).
     pub labels: Option<Vec<String>>,
-    /// Set `test_time_flip` (`None`: the base config's, else off).
+    /// Set `test_time_flip` (`None`: off, so the file computes the checkpoint's function).
     pub test_time_flip: Option<bool>,
 }
 
@@ -261,9 +261,7 @@ fn infer_config(
         }
         cfg.layer_norm_eps = key("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12);
     }
-    if let Some(flip) = opts.test_time_flip {
-        cfg.test_time_flip = flip;
-    }
+    cfg.test_time_flip = opts.test_time_flip.unwrap_or(false);
     if opts.base.is_none() {
         cfg.preprocess = preprocess_from_timm(json).unwrap_or_default();
     }

@@ -91,6 +91,15 @@ def make(root):
 
 def check(case, onnx):
     import onnxruntime as ort
+    from transformers import AutoConfig, ViTImageProcessor
+
+    # The files beside the ONNX load with transformers' usual loaders.
+    folder = Path(onnx).parent
+    config = AutoConfig.from_pretrained(folder)
+    processor = ViTImageProcessor.from_pretrained(folder)
+    image = np.zeros((5, 9, 3), dtype=np.uint8)
+    size = processor(images=image, return_tensors="np")["pixel_values"].shape[-1]
+    assert size == config.image_size, (size, config.image_size)
 
     sess = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
