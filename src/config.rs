@@ -57,6 +57,10 @@ pub enum Pooling {
     Cls,
     /// The mean over all tokens (the class token included).
     Mean,
+    /// timm's `global_pool = "avg"`: the mean over the patch tokens only (the
+    /// class token left out), normalised by `fc_norm` instead of the final
+    /// `norm` (standard variant).
+    Avg,
 }
 
 /// How attention products are written (dlstudio variant: the report's two heads).
@@ -367,7 +371,8 @@ impl ViTConfig {
             return Err(invalid("layer_norm_eps", self.layer_norm_eps, "must be positive"));
         }
         if self.variant == Variant::Dlstudio && self.pooling != Pooling::Mean {
-            return Err(invalid("pooling", "cls", "the dlstudio variant pools by mean, as ViTHelper"));
+            let value = format!("{:?}", self.pooling).to_lowercase();
+            return Err(invalid("pooling", value, "the dlstudio variant pools by mean, as ViTHelper"));
         }
         self.validate_stem()?;
         if !(0.0..1.0).contains(&self.drop_path) {

@@ -205,12 +205,13 @@ fn embedding_norm_pooling_and_head_match_a_hand_computation() -> TractResult<()>
     let configs = [
         standard(2, 2, 8, 32, 3, Pooling::Cls),
         standard(1, 1, 4, 28, 1, Pooling::Mean),
+        standard(2, 2, 8, 32, 3, Pooling::Avg),
         dlstudio(Attention::Einsum, 2, 2, 8, 32, 3),
     ];
     for (i, cfg) in configs.into_iter().enumerate() {
         let random = random_weights(&cfg, 40 + i as u64);
         let mut w = zero_weights(&cfg);
-        let kept = ["patch_embed.", "cls_token", "pos_embed", "norm.", "head."];
+        let kept = ["patch_embed.", "cls_token", "pos_embed", "norm.", "fc_norm.", "head."];
         for (name, t) in &random {
             if kept.iter().any(|k| name.starts_with(k)) {
                 w.insert(name.clone(), t.clone());
@@ -224,13 +225,18 @@ fn embedding_norm_pooling_and_head_match_a_hand_computation() -> TractResult<()>
         let mut expected = Vec::new();
         for img in pixels.chunks(one) {
             let mut tokens = embed_by_hand(&cfg, &w, img);
-            if cfg.variant == Variant::Standard {
+            if cfg.variant == Variant::Standard && cfg.pooling != Pooling::Avg {
                 let (nw, nb) = (&w["norm.weight"].data, &w["norm.bias"].data);
                 tokens = tokens.iter().map(|t| layer_norm(t, nw, nb, cfg.layer_norm_eps)).collect();
             }
             let pooled = match cfg.pooling {
                 Pooling::Cls => tokens[0].clone(),
                 Pooling::Mean => mean_tokens(&tokens),
+                // timm's avg: patch tokens only, then fc_norm.
+                Pooling::Avg => {
+                    let (nw, nb) = (&w["fc_norm.weight"].data, &w["fc_norm.bias"].data);
+                    layer_norm(&mean_tokens(&tokens[1..]), nw, nb, cfg.layer_norm_eps)
+                }
             };
             expected.extend(head_by_hand(&cfg, &w, &pooled));
         }

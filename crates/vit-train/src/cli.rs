@@ -10,8 +10,10 @@ use vit::config::Optimizer;
 use vit::ViTConfig;
 
 use crate::export::{export_in, ExportRequest, DEFAULT_ATOL, DEFAULT_VERIFY_IMAGES};
+use crate::export_weights::{export_weights, WeightsExportRequest};
+use crate::import::ImportOptions;
 use crate::resume::{reconcile, ResumeRequest};
-use crate::run_dir::{Checkpoint, RunDir, RunOptions};
+use crate::run_dir::{Checkpoint, InitSource, RunDir, RunOptions};
 use crate::train::{fit, FitOptions};
 
 /// Train, evaluate and export Vision Transformers (tch / libtorch).
@@ -63,6 +65,14 @@ pub struct FitArgs {
     /// Run folder for config, metrics, checkpoints, plots and model.onnx.
     #[arg(long)]
     pub out: PathBuf,
+    /// Start from a timm or Hugging Face checkpoint (`.safetensors` or a `save_pretrained`
+    /// folder): its architecture, with --config's image size, preprocessing and recipe
+    /// (position embeddings resampled, a head for another class count re-initialised).
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
+    /// With --init: attention heads, when the checkpoint's config.json does not say.
+    #[arg(long, requires = "init")]
+    pub num_heads: Option<usize>,
     /// Continue the run in --out from its last completed epoch (--epochs may extend it).
     #[arg(long)]
     pub resume: bool,
@@ -161,9 +171,23 @@ pub struct FitArgs {
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Run folder written by `vit-train fit`.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Output ONNX file (default: RUN/model.onnx).
+    #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
+    pub run: Option<PathBuf>,
+    /// A timm or Hugging Face ViT checkpoint trained elsewhere (`.safetensors`, or a
+    /// `save_pretrained` folder) to export instead of a run; its config is inferred.
+    #[arg(long, requires = "out")]
+    pub weights: Option<PathBuf>,
+    /// With --weights: attention heads (else config.json, else timm's for the width).
+    #[arg(long, requires = "weights")]
+    pub num_heads: Option<usize>,
+    /// With --weights: class names, one per line (else config.json's, else class_N).
+    #[arg(long, requires = "weights")]
+    pub labels: Option<PathBuf>,
+    /// With --weights: a preset (TOML) giving preprocessing (the architecture is the checkpoint's).
+    #[arg(long, requires = "weights")]
+    pub config: Option<PathBuf>,
+    /// Output ONNX file (default: RUN/model.onnx); config.json and
+    /// preprocessor_config.json are written beside it.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Which checkpoint.
@@ -294,8 +318,12 @@ pub const DEFAULT_VAL_FRACTION: f64 = 0.2;
 
 /// Config of a new run: the preset with flag overrides applied.
 pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
-    let Some(path) = &a.config else { bail!("--config is required (e.g. --config models/fashion-mnist.toml)") };
-    let mut cfg = ViTConfig::from_toml_file(path)?;
+    let preset = a.config.as_deref().map(ViTConfig::from_toml_file).transpose()?;
+    let mut cfg = match (&a.init, preset) {
+        (Some(weights), preset) => crate::init::run_config(weights, a.num_heads, preset.as_ref())?,
+        (None, Some(cfg)) => cfg,
+        (None, None) => bail!("--config is required (e.g. --config models/fashion-mnist.toml)"),
+    };
     apply_overrides(&mut cfg, a);
     if cfg.train.epochs == 0 {
         let source = if a.epochs.is_some() { "--epochs 0" } else { "train.epochs = 0" };
@@ -369,20 +397,56 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Export(a) => {
-            let req = ExportRequest {
-                run: a.run,
-                out: a.out,
-                checkpoint: a.checkpoint,
-                external_data: a.external_data,
-                atol: a.atol,
-                verify_images: a.verify_images,
-                test_time_flip: a.test_time_flip,
-                format: a.deploy.format(),
-            };
-            export_and_print(&RunDir::open(&req.run)?, &req)
-        }
+        Command::Export(a) => match (&a.run, &a.weights) {
+            (_, Some(_)) if !a.deploy.format().is_default() => {
+                bail!("--input and --precision apply to run folders only (export --run); --weights writes float32 input, fp32")
+            }
+            (_, Some(weights)) => export_weights_and_print(&a, weights),
+            (Some(run), None) => {
+                let req = ExportRequest {
+                    run: run.clone(),
+                    out: a.out,
+                    checkpoint: a.checkpoint,
+                    external_data: a.external_data,
+                    atol: a.atol,
+                    verify_images: a.verify_images,
+                    test_time_flip: a.test_time_flip,
+                    format: a.deploy.format(),
+                };
+                export_and_print(&RunDir::open(&req.run)?, &req)
+            }
+            (None, None) => bail!("pass --run or --weights"),
+        },
     }
+}
+
+/// `vit-train export --weights`: import a foreign checkpoint, export, verify.
+fn export_weights_and_print(a: &ExportArgs, weights: &std::path::Path) -> Result<()> {
+    let base = a.config.as_deref().map(ViTConfig::from_toml_file).transpose()?;
+    let labels = match &a.labels {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+        }
+        None => None,
+    };
+    let req = WeightsExportRequest {
+        weights: weights.to_path_buf(),
+        out: a.out.clone().context("--out is required with --weights")?,
+        import: ImportOptions { num_heads: a.num_heads, base, labels, test_time_flip: a.test_time_flip },
+        external_data: a.external_data,
+        atol: a.atol,
+        verify_images: a.verify_images,
+    };
+    let report = export_weights(&req).context("export failed")?;
+    println!(
+        "exported {} ({:.1} KiB); tract vs tch on {} random images: max |diff| {:.2e}",
+        report.path.display(),
+        report.bytes as f64 / 1024.0,
+        report.images,
+        report.comparison.max_abs_diff
+    );
+    Ok(())
 }
 
 /// `vit-train fit`: everything is checked before the run folder is touched, and
@@ -403,7 +467,11 @@ fn run_fit(a: &FitArgs) -> Result<()> {
         crate::memory::check(&cfg, device)?;
         let Some(data) = a.data.clone() else { bail!("--data is required (an image folder or a folder of IDX files)") };
         let val_fraction = a.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION);
-        let run = RunOptions { data, val_fraction, max_per_class: a.max_per_class, allow_skipped: a.allow_skipped };
+        // An absolute path in run.json, so --resume finds the weights from any folder.
+        let absolute = |w: &PathBuf| std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
+        let init = a.init.as_ref().map(|w| InitSource { weights: absolute(w), num_heads: a.num_heads });
+        let run =
+            RunOptions { data, val_fraction, max_per_class: a.max_per_class, allow_skipped: a.allow_skipped, init };
         (RunDir::create(&a.out)?, cfg, run)
     };
     let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet };
@@ -437,56 +505,4 @@ fn export_and_print(dir: &RunDir, req: &ExportRequest) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fit_args(extra: &[&str]) -> FitArgs {
-        let argv = ["vit-train", "fit", "--out", "r"].iter().chain(extra);
-        match Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}")).command {
-            Command::Fit(a) => *a,
-            other => panic!("parsed {other:?}"),
-        }
-    }
-
-    fn export_args(extra: &[&str]) -> ExportArgs {
-        let argv = ["vit-train", "export", "--run", "r"].iter().chain(extra);
-        match Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}")).command {
-            Command::Export(a) => a,
-            other => panic!("parsed {other:?}"),
-        }
-    }
-
-    #[test]
-    fn test_time_flip_means_the_same_on_fit_and_export() {
-        for (extra, expected) in [
-            (&[][..], None),
-            (&["--test-time-flip"][..], Some(true)),
-            (&["--test-time-flip", "true"][..], Some(true)),
-            (&["--test-time-flip", "false"][..], Some(false)),
-        ] {
-            assert_eq!(fit_args(extra).test_time_flip, expected, "fit {extra:?}");
-            assert_eq!(export_args(extra).test_time_flip, expected, "export {extra:?}");
-        }
-        // Alone before another flag, it does not take that flag as its value.
-        assert_eq!(fit_args(&["--test-time-flip", "--quiet"]).test_time_flip, Some(true));
-        assert_eq!(export_args(&["--test-time-flip", "--external-data"]).test_time_flip, Some(true));
-    }
-
-    #[test]
-    fn typed_flags_parse_once() {
-        let a = fit_args(&["--optimizer", "adamw", "--device", "cuda:1"]);
-        assert_eq!(a.optimizer.map(Optimizer::from), Some(Optimizer::Adamw));
-        assert_eq!(a.device, DeviceArg::Cuda(Some(1)));
-        assert_eq!(fit_args(&[]).device, DeviceArg::Auto);
-        assert_eq!(fit_args(&["--device", "cuda"]).device, DeviceArg::Cuda(None));
-        assert_eq!(DeviceArg::Cpu.resolve().unwrap(), Device::Cpu);
-        for bad in ["gpu", "cuda:x", "cuda:"] {
-            assert!(Cli::try_parse_from(["vit-train", "fit", "--out", "r", "--device", bad]).is_err(), "{bad}");
-        }
-        assert!(Cli::try_parse_from(["vit-train", "fit", "--out", "r", "--optimizer", "sgd"]).is_err());
-        let e = export_args(&["--checkpoint", "best"]);
-        assert_eq!(e.checkpoint, Checkpoint::Best);
-        assert_eq!((e.atol, e.verify_images), (DEFAULT_ATOL, DEFAULT_VERIFY_IMAGES));
-        assert_eq!(export_args(&[]).checkpoint, Checkpoint::Last);
-    }
-}
+mod tests;

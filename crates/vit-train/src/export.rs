@@ -117,9 +117,14 @@ fn verification_inputs(dir: &RunDir, cfg: &ViTConfig, n: usize) -> (Vec<f32>, us
         let idx: Vec<usize> = (0..val.len()).collect();
         return (make_batch(&val, &idx, &prep, Augment::default(), None).pixels, idx.len(), true);
     }
+    (random_inputs(cfg, n), n, false)
+}
+
+/// `n` seeded random normalised images in [-1, 1) for `cfg`, flattened.
+pub(crate) fn random_inputs(cfg: &ViTConfig, n: usize) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let len = n * prep.image_len();
-    ((0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect(), n, false)
+    let len = n * Preprocessor::from_config(cfg).image_len();
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
 /// Runs the same inputs through tch and the ONNX file; compares logits.
@@ -172,35 +177,99 @@ pub fn export_in(dir: &RunDir, req: &ExportRequest) -> Result<ExportReport> {
         .filter(|_| accuracy_applies);
     let path = req.out.clone().unwrap_or_else(|| dir.onnx_path());
     let meta = ModelMetadata { config: cfg.clone(), labels, val_accuracy };
-    let weights = named_tensors(&vs)?;
+    let target = Target { path, external_data: req.external_data, atol: req.atol, source: &ckpt, format: req.format };
+    let count = req.verify_images.max(1);
+    if req.format.is_default() {
+        let (pixels, n, real) = verification_inputs(dir, &cfg, count);
+        write_verified(&model, &vs, &meta, &target, &Inputs { samples: Samples::Normalised(&pixels), n, real })
+    } else {
+        // Raw-pixel and fp16 graphs are checked on u8 images, as a client feeds them.
+        let (images, n, real) = crate::deploy::verification_images(dir, &cfg, count);
+        write_verified(&model, &vs, &meta, &target, &Inputs { samples: Samples::Pixels(&images), n, real })
+    }
+}
+
+/// Where an export goes and how it is checked.
+#[derive(Debug)]
+pub(crate) struct Target<'a> {
+    /// The ONNX file.
+    pub path: PathBuf,
+    /// Force ONNX external data.
+    pub external_data: bool,
+    /// Verification tolerance on |tch - tract| logits.
+    pub atol: f32,
+    /// The weights exported, for messages.
+    pub source: &'a Path,
+    /// Input kind and precision of the file.
+    pub format: vit::format::ModelFormat,
+}
+
+/// Verification images `[n, C, H, W]`, flattened, in the form the format is checked with.
+#[derive(Debug)]
+pub(crate) enum Samples<'a> {
+    /// Normalised floats (the default float32 graph).
+    Normalised(&'a [f32]),
+    /// Decoded u8 pixels (raw-pixel and fp16 graphs: tch sees them normalised).
+    Pixels(&'a [u8]),
+}
+
+/// What an export is verified on.
+#[derive(Debug)]
+pub(crate) struct Inputs<'a> {
+    /// The images.
+    pub samples: Samples<'a>,
+    /// Number of images.
+    pub n: usize,
+    /// True when they are real validation images.
+    pub real: bool,
+}
+
+/// Writes `vs` as ONNX under a side name, verifies it against `model` with
+/// tract, and moves it (with `config.json` and `preprocessor_config.json`
+/// beside it) into place only when it passes.
+pub(crate) fn write_verified(
+    model: &ViT,
+    vs: &nn::VarStore,
+    meta: &ModelMetadata,
+    target: &Target,
+    inputs: &Inputs,
+) -> Result<ExportReport> {
+    let (cfg, path) = (&meta.config, &target.path);
+    let weights = named_tensors(vs)?;
     let write = |to: &Path| {
-        write_model(to, &meta, &weights, &ExportOptions { external_data: req.external_data, format: req.format })
-            .with_context(|| format!("cannot export {}", ckpt.display()))
+        write_model(to, meta, &weights, &ExportOptions { external_data: target.external_data, format: target.format })
+            .with_context(|| format!("cannot export {}", target.source.display()))
     };
     // Verify first, replace after: the file at `path` changes only to a verified one.
-    let staged = Staged::new(&path)?;
+    let staged = Staged::new(path)?;
     write(&staged.file)?;
-    let (verified, n, real) = if req.format.is_default() {
-        let (pixels, n, real) = verification_inputs(dir, &cfg, req.verify_images.max(1));
-        (verify_export(&model, &cfg, &staged.file, &pixels, n, req.atol), n, real)
-    } else {
-        let (images, n, real) = crate::deploy::verification_images(dir, &cfg, req.verify_images.max(1));
-        (crate::deploy::verify_format(&model, &cfg, &staged.file, req.format, &images, n, req.atol), n, real)
+    let verified = match inputs.samples {
+        Samples::Normalised(pixels) => verify_export(model, cfg, &staged.file, pixels, inputs.n, target.atol),
+        Samples::Pixels(images) => {
+            crate::deploy::verify_format(model, cfg, &staged.file, target.format, images, inputs.n, target.atol)
+        }
     };
     let why = match verified {
         Ok(comparison) if comparison.ok() => {
-            staged.commit(&path)?;
-            let bytes = [path.clone(), with_data_suffix(&path)]
+            staged.commit(path)?;
+            crate::hf_files::write_beside(path, meta)?;
+            let bytes = [path.clone(), with_data_suffix(path)]
                 .iter()
                 .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
                 .sum();
-            return Ok(ExportReport { path, bytes, comparison, images: n, real_images: real });
+            return Ok(ExportReport {
+                path: path.clone(),
+                bytes,
+                comparison,
+                images: inputs.n,
+                real_images: inputs.real,
+            });
         }
-        Ok(comparison) => format!("tract and tch logits differ beyond atol {:e} ({comparison})", req.atol),
+        Ok(comparison) => format!("tract and tch logits differ beyond atol {:e} ({comparison})", target.atol),
         Err(e) => format!("{e:#}"),
     };
     drop(staged);
-    let failed = failed_path(&path);
+    let failed = failed_path(path);
     let kept = match write(&failed) {
         Ok(()) => format!("the failing file is {} for inspection", failed.display()),
         Err(e) => format!("the failing file could not be kept either ({e:#})"),

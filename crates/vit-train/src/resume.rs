@@ -173,7 +173,13 @@ mod tests {
     fn more_epochs_extend_and_everything_else_that_differs_is_listed() {
         let mut saved = ViTConfig { num_classes: 5, ..Default::default() };
         saved.train.epochs = 3;
-        let run = RunOptions { data: "data".into(), val_fraction: 0.2, max_per_class: Some(40), allow_skipped: false };
+        let run = RunOptions {
+            data: "data".into(),
+            val_fraction: 0.2,
+            max_per_class: Some(40),
+            allow_skipped: false,
+            init: None,
+        };
         let dir = Path::new("runs/r");
         let same = ResumeRequest { epochs: Some(3), max_per_class: Some(40), ..request(&saved) };
         assert_eq!(reconcile(dir, &saved, &run, &same).unwrap(), saved);

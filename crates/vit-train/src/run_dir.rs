@@ -35,6 +35,19 @@ pub struct RunOptions {
     /// set is an error, so no run silently trains on part of its data.
     #[serde(default)]
     pub allow_skipped: bool,
+    /// Checkpoint trained elsewhere the run started from (`fit --init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSource>,
+}
+
+/// Where a run's initial weights came from (`run.json`'s `init`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitSource {
+    /// The checkpoint (`.safetensors` or `save_pretrained` folder).
+    pub weights: PathBuf,
+    /// `--num-heads`, when the checkpoint does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_heads: Option<usize>,
 }
 
 /// Which model-only checkpoint of a run.
@@ -343,7 +356,13 @@ mod tests {
     fn run_options_round_trip_and_missing_folders_are_named() {
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(tmp.path().join("a/b")).unwrap();
-        let opts = RunOptions { data: "data".into(), val_fraction: 0.25, max_per_class: Some(3), allow_skipped: true };
+        let opts = RunOptions {
+            data: "data".into(),
+            val_fraction: 0.25,
+            max_per_class: Some(3),
+            allow_skipped: true,
+            init: None,
+        };
         run.write_run_options(&opts).unwrap();
         let back = RunDir::inspect(run.path()).unwrap().read_run_options().unwrap();
         assert_eq!((back.data, back.val_fraction, back.max_per_class), (opts.data, 0.25, Some(3)));

@@ -122,6 +122,10 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
     } else if opts.resume {
         log::warn!("no complete epoch checkpoint yet ({} is missing): starting from epoch 1", resume_path.display());
     }
+    if let (0, Some(init)) = (start_epoch, &run.init) {
+        trainer.load_init(&crate::init::tensors_for(&init.weights, init.num_heads, &cfg)?)?;
+        log::info!("initial weights: {}", init.weights.display());
+    }
     dir.write_records(&records)?;
 
     let t = &cfg.train;

@@ -121,6 +121,16 @@ impl Trainer {
         })
     }
 
+    /// Starts from `tensors` (see [`crate::init`]) instead of the random
+    /// initialisation; the weight average restarts from them too.
+    pub fn load_init(&mut self, tensors: &std::collections::BTreeMap<String, tch::Tensor>) -> anyhow::Result<()> {
+        crate::init::copy_into(&self.vs, tensors)?;
+        if self.ema.is_some() {
+            self.ema = Some(Ema::new(&self.vs, self.cfg.train.ema_decay));
+        }
+        Ok(())
+    }
+
     /// True when every trained weight is finite (one reduction per tensor: cheap
     /// once per epoch), so a checkpoint of them is worth keeping.
     pub fn weights_finite(&self) -> bool {

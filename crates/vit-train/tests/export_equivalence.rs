@@ -54,6 +54,8 @@ fn standard_variant_table() {
         (32, 8, 3, 3, 2, Pooling::Cls),
         (64, 16, 3, 1, 4, Pooling::Cls),
         (64, 8, 1, 3, 1, Pooling::Mean),
+        (32, 8, 3, 2, 2, Pooling::Avg),
+        (28, 7, 1, 1, 1, Pooling::Avg),
     ] {
         table.push(standard(image, patch, channels, depth, heads, pooling));
     }

@@ -141,7 +141,13 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
     let data = coco5();
     let run = tmp.path().join("run");
     let opts = FitOptions {
-        run: RunOptions { data: data.clone(), val_fraction: 0.2, max_per_class: Some(30), allow_skipped: false },
+        run: RunOptions {
+            data: data.clone(),
+            val_fraction: 0.2,
+            max_per_class: Some(30),
+            allow_skipped: false,
+            init: None,
+        },
         device: tch::Device::Cpu,
         resume: false,
         eval_batch: 64,

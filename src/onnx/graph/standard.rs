@@ -1,6 +1,7 @@
 //! The standard (timm) variant's encoder: pre-LN blocks `blocks.{i}` with a
 //! fused q/k/v projection (optionally locality self-attention), the final
-//! `norm`, class-token or mean pooling, then the shared head. Mirrors
+//! `norm`, class-token or mean pooling (or timm's avg pooling over the patch
+//! tokens followed by `fc_norm`), then the shared head. Mirrors
 //! `vit_train::model::StandardViT`.
 
 use super::{head, layer_norm, Specs};
@@ -22,7 +23,7 @@ pub(super) fn tensor_specs(cfg: &ViTConfig, s: &mut Specs) {
         s.linear(&format!("{b}.mlp.fc1"), e, hidden, true);
         s.linear(&format!("{b}.mlp.fc2"), hidden, e, true);
     }
-    s.layer_norm("norm", e);
+    s.layer_norm(if cfg.pooling == Pooling::Avg { "fc_norm" } else { "norm" }, e);
 }
 
 /// Blocks, final norm, pooling and head: `[B, L, E]` -> `[B, K]`.
@@ -31,10 +32,21 @@ pub(super) fn body(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
     for i in 0..cfg.depth {
         x = block(b, cfg, &format!("blocks.{i}"), &x);
     }
-    let x = layer_norm(b, cfg, "norm", &x);
     let pooled = match cfg.pooling {
-        Pooling::Cls => b.gather_index("pool", &x, 0, 1),
-        Pooling::Mean => b.reduce_mean("pool", &x, &[1], false),
+        Pooling::Cls => {
+            let x = layer_norm(b, cfg, "norm", &x);
+            b.gather_index("pool", &x, 0, 1)
+        }
+        Pooling::Mean => {
+            let x = layer_norm(b, cfg, "norm", &x);
+            b.reduce_mean("pool", &x, &[1], false)
+        }
+        Pooling::Avg => {
+            // The patch tokens only ([B, 1.., E]), then fc_norm on the mean.
+            let patches = b.slice("pool", &x, 1, 1, i64_of(cfg.num_tokens()));
+            let mean = b.reduce_mean("pool", &patches, &[1], false);
+            layer_norm(b, cfg, "fc_norm", &mean)
+        }
     };
     head(b, &pooled)
 }

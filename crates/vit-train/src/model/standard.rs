@@ -2,7 +2,9 @@
 //! timm's `VisionTransformer` so names match its state dict:
 //! `patch_embed.proj.*`, `cls_token`, `pos_embed`, `blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*`,
 //! `norm.*`, `head.*`; with locality self-attention also `blocks.{i}.attn.scale`
-//! (`[H]`, not a timm tensor).
+//! (`[H]`, not a timm tensor). With `pooling = "avg"` the final norm is
+//! `fc_norm.*` after pooling, as timm's `global_pool = "avg"` (its `norm` is
+//! then an Identity, without tensors).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -195,11 +197,21 @@ impl Block {
     }
 }
 
+/// The final LayerNorm's name: `norm` over the tokens, or timm's `fc_norm`
+/// over the pooled vector with avg pooling.
+pub fn final_norm_name(pooling: Pooling) -> &'static str {
+    match pooling {
+        Pooling::Avg => "fc_norm",
+        Pooling::Cls | Pooling::Mean => "norm",
+    }
+}
+
 /// The whole network.
 #[derive(Debug)]
 pub struct StandardViT {
     embed: PatchEmbed,
     blocks: Vec<Block>,
+    /// `norm` before pooling, or (avg pooling) `fc_norm` after it.
     norm: nn::LayerNorm,
     head: nn::Linear,
     pooling: Pooling,
@@ -217,7 +229,7 @@ impl StandardViT {
         Self {
             embed: PatchEmbed::new(p, cfg, tok, tok),
             blocks,
-            norm: layer_norm(p / "norm", cfg),
+            norm: layer_norm(p / final_norm_name(cfg.pooling), cfg),
             head: linear(p / "head", cfg.embed_dim, cfg.num_classes, true),
             pooling: cfg.pooling,
             dropout: cfg.dropout,
@@ -231,10 +243,10 @@ impl ModuleT for StandardViT {
         for block in &self.blocks {
             x = block.forward_t(&x, train);
         }
-        let x = x.apply(&self.norm);
         let pooled = match self.pooling {
-            Pooling::Cls => x.select(1, 0),                     // [B, E]
-            Pooling::Mean => x.mean_dim(1, false, Kind::Float), // [B, E]
+            Pooling::Cls => x.apply(&self.norm).select(1, 0), // [B, E]
+            Pooling::Mean => x.apply(&self.norm).mean_dim(1, false, Kind::Float), // [B, E]
+            Pooling::Avg => x.narrow(1, 1, x.size()[1] - 1).mean_dim(1, false, Kind::Float).apply(&self.norm),
         };
         pooled.apply(&self.head)
     }

@@ -1,0 +1,80 @@
+//! `vit-train export --weights`: a timm or Hugging Face checkpoint trained
+//! elsewhere, imported ([`crate::import`]), exported to ONNX and verified with
+//! tract against tch on seeded random inputs, like every export.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use tch::{nn, Device};
+use vit::{ModelMetadata, ViTConfig};
+
+use crate::export::{random_inputs, write_verified, ExportReport, Inputs, Samples, Target};
+use crate::import::{self, ImportOptions, Imported};
+use crate::model::ViT;
+
+/// What to import and where to write it.
+#[derive(Debug, Clone)]
+pub struct WeightsExportRequest {
+    /// A `.safetensors` file, or a `save_pretrained` folder.
+    pub weights: PathBuf,
+    /// The ONNX file.
+    pub out: PathBuf,
+    /// What the checkpoint does not say.
+    pub import: ImportOptions,
+    /// Force ONNX external data.
+    pub external_data: bool,
+    /// Verification tolerance on |tch - tract| logits.
+    pub atol: f32,
+    /// Random images used for the verification.
+    pub verify_images: usize,
+}
+
+/// Reads a foreign checkpoint into a model of its inferred config.
+pub fn load_model(weights: &std::path::Path, opts: &ImportOptions) -> Result<(Imported, nn::VarStore, ViT)> {
+    let imported = import::load(weights, opts).with_context(|| format!("cannot import {}", weights.display()))?;
+    log::info!("{:?} checkpoint {}: {}", imported.format, imported.weights.display(), describe(&imported.cfg));
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = ViT::new(&vs.root(), &imported.cfg);
+    crate::checkpoint::load_into(&mut vs, &imported.weights, &imported.tensors)?;
+    Ok((imported, vs, model))
+}
+
+/// One line with the inferred architecture.
+pub fn describe(cfg: &ViTConfig) -> String {
+    format!(
+        "image_size {}, patch_size {}, in_channels {}, embed_dim {}, depth {}, num_heads {}, mlp_ratio {}, \
+         pooling {:?}, qkv_bias {}, layer_norm_eps {:e}, num_classes {}, mean {:?}, std {:?}",
+        cfg.image_size,
+        cfg.patch_size,
+        cfg.in_channels,
+        cfg.embed_dim,
+        cfg.depth,
+        cfg.num_heads,
+        cfg.mlp_ratio,
+        cfg.pooling,
+        cfg.qkv_bias,
+        cfg.layer_norm_eps,
+        cfg.num_classes,
+        cfg.preprocess.mean,
+        cfg.preprocess.std
+    )
+}
+
+/// Imports, exports and verifies; errors name the tensor or file at fault.
+pub fn export_weights(req: &WeightsExportRequest) -> Result<ExportReport> {
+    let (imported, vs, model) = load_model(&req.weights, &req.import)?;
+    if let Some(folder) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).with_context(|| format!("cannot create {}", folder.display()))?;
+    }
+    let meta = ModelMetadata { config: imported.cfg.clone(), labels: imported.labels, val_accuracy: None };
+    let n = req.verify_images.max(1);
+    let pixels = random_inputs(&meta.config, n);
+    let target = Target {
+        path: req.out.clone(),
+        external_data: req.external_data,
+        atol: req.atol,
+        source: &imported.weights,
+        format: Default::default(),
+    };
+    write_verified(&model, &vs, &meta, &target, &Inputs { samples: Samples::Normalised(&pixels), n, real: false })
+}
