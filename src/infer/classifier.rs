@@ -122,9 +122,19 @@ impl Classifier {
             return Err(size_error(&self.prep, "pixels".into(), pixels.len(), batch));
         }
         let (c, s) = (self.prep.channels, self.prep.image_size);
-        let k = self.meta.labels.len();
         let input = TensorRef::from_array_view(([batch, c, s, s], pixels))
             .map_err(InferError::ort("wrapping the pixels in a tensor"))?;
+        self.run(input.into(), batch)
+    }
+
+    /// Runs the model on its one input and returns the `[batch, num_classes]`
+    /// logits, checking the output's type and shape.
+    pub(super) fn run(
+        &mut self,
+        input: ort::session::SessionInputValue<'_>,
+        batch: usize,
+    ) -> Result<Vec<f32>, InferError> {
+        let k = self.meta.labels.len();
         let outputs = self
             .session
             .run(ort::inputs![self.input_name.as_str() => input])

@@ -40,23 +40,7 @@ impl Classifier {
         let nhwc = to_nhwc(images_chw, c, s * s);
         let input = TensorRef::from_array_view(([batch, s, s, c], &nhwc[..]))
             .map_err(InferError::ort("wrapping the pixels in a tensor"))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => input])
-            .map_err(InferError::ort("running the model"))?;
-        if outputs.len() == 0 {
-            return Err(InferError::Output("the model produced no output".into()));
-        }
-        let (shape, data) =
-            outputs[0].try_extract_tensor::<f32>().map_err(InferError::ort("reading the output as f32 logits"))?;
-        let k = self.meta.labels.len();
-        if **shape != [batch as i64, k as i64] {
-            return Err(InferError::Output(format!(
-                "output has shape {:?}, expected [{batch}, {k}] (batch, classes in the metadata)",
-                &**shape
-            )));
-        }
-        Ok(data.to_vec())
+        self.run(input.into(), batch)
     }
 }
 
