@@ -11,16 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::cli::{run_err, run_ok};
-
-/// The toolchain venv's python; the test fails (never skips) without it.
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("VIT_VENV").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/vit-toolchain/venv")
-    });
-    let python = venv.join("bin/python");
-    assert!(python.exists(), "{} not found: run scripts/setup.sh (or set VIT_VENV)", python.display());
-    python
-}
+use common::venv_python;
 
 /// `python tests/foreign/checkpoints.py ARGS...`, asserting success.
 fn python(args: &[&std::ffi::OsStr]) -> String {

@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::cli::{bin, run_ok, write_config};
-use common::{coco5, repo_root};
+use common::{coco5, repo_root, venv_python};
 
 const STANDARD: &str = r#"
 variant = "standard"
@@ -52,17 +51,6 @@ batch_size = 8
 lr = 1e-3
 seed = 1
 "#;
-
-/// The toolchain venv's python (`$VIT_VENV`, else scripts/env.sh's default); panics when absent.
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("VIT_VENV").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").expect("HOME is set");
-        Path::new(&home).join(".cache/vit-toolchain/venv")
-    });
-    let python = venv.join("bin/python");
-    assert!(python.exists(), "no toolchain venv at {} (run scripts/setup.sh or set VIT_VENV)", venv.display());
-    python
-}
 
 fn reference_matches_onnx(config: &str) {
     let dir = tempfile::tempdir().unwrap();

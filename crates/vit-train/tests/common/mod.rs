@@ -14,6 +14,17 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The toolchain venv's python (`$VIT_VENV`, else scripts/env.sh's default); the
+/// tests that need it fail (never skip) without it.
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("VIT_VENV").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/vit-toolchain/venv")
+    });
+    let python = venv.join("bin/python");
+    assert!(python.exists(), "{} not found: run scripts/setup.sh (or set VIT_VENV)", python.display());
+    python
+}
+
 /// `../shared/data/coco5` beside the repository (or `$VIT_COCO5`); the tests need it.
 pub fn coco5() -> PathBuf {
     let dir =
