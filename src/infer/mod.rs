@@ -39,6 +39,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "export")]
+mod calibrate;
 mod classifier;
 mod cuda;
 mod error;
@@ -49,6 +51,8 @@ mod runtime;
 mod session;
 mod signature;
 
+#[cfg(feature = "export")]
+pub use calibrate::{calibrate, CalibrationImages, RangeMethod};
 pub use classifier::Classifier;
 pub use cuda::{
     check_cuda, resolve, CudaCheck, CudaError, CudaLibrary, CudaSearch, DirSource, FoundLibrary, LibraryStatus,

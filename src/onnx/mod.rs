@@ -40,6 +40,7 @@ mod graph;
 mod input;
 mod precision;
 pub mod proto;
+mod quantize;
 mod write;
 
 /// Suffix of the external data file written beside `<model>.onnx` (`<model>.onnx.data`).
@@ -47,10 +48,12 @@ pub const EXTERNAL_DATA_SUFFIX: &str = ".data";
 pub use builder::CONST_PREFIX;
 pub use graph::{BATCH_DIM, INPUT_NAME, OUTPUT_NAME};
 pub use input::PIXELS_U8_NAME;
+pub use quantize::Ranges;
 
 use builder::GraphBuilder;
 use graph::Layout;
-use proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
+use proto::tensor_proto::DataType;
+use proto::{type_proto, ModelProto, OperatorSetIdProto, StringStringEntryProto, TypeProto, ValueInfoProto};
 
 /// ONNX IR version written into the model.
 pub const IR_VERSION: i64 = 8;
@@ -66,7 +69,8 @@ pub struct ExportOptions {
     /// there anyway when the inline model would exceed 2 GiB).
     pub external_data: bool,
     /// Input kind and precision of the graph (default: normalised f32 input, fp32).
-    /// int8 is refused here ([`ExportError::Format`]): it needs calibration ranges.
+    /// int8 is refused by [`write_model`] ([`ExportError::Format`]): it needs
+    /// calibration ranges, which [`write_quantized_model`] takes.
     pub format: ModelFormat,
 }
 
@@ -140,6 +144,12 @@ pub enum ExportError {
         /// Why, and what to use instead.
         reason: &'static str,
     },
+    /// An int8 export lacks the calibrated range of an activation it quantises.
+    #[error("no calibration range for the activation `{name}`: calibrate with the graph of calibration_model for this same config and format")]
+    MissingRange {
+        /// The activation tensor.
+        name: String,
+    },
     /// Writing a file failed.
     #[error("cannot write `{path}`: {source} (check that the directory exists and is writable)")]
     Io {
@@ -160,7 +170,7 @@ pub fn expected_tensors(cfg: &crate::ViTConfig) -> Vec<(String, Vec<usize>)> {
 /// Builds the ModelProto bytes (weights inline). Checks every expected tensor
 /// is present with the right shape and that there are no extra tensors.
 pub fn export_to_bytes(meta: &ModelMetadata, weights: &NamedTensors) -> Result<Vec<u8>, ExportError> {
-    let model = build_model(meta, weights, ModelFormat::default())?;
+    let model = build_model(meta, weights, ModelFormat::default(), None)?;
     let bytes = model.encoded_len();
     if bytes > INLINE_LIMIT {
         return Err(ExportError::TooLarge { bytes });
@@ -201,12 +211,60 @@ pub fn write_model(
     weights: &NamedTensors,
     opts: &ExportOptions,
 ) -> Result<(), ExportError> {
-    let model = build_model(meta, weights, opts.format)?;
+    let model = build_model(meta, weights, opts.format, None)?;
     write::write_model_proto(path, model, opts.external_data)
 }
 
+/// [`write_model`] for an int8 format (`opts.format.precision` must be
+/// [`Precision::Int8`]): the graph in QDQ form with the activation ranges
+/// `ranges`, measured by running [`calibration_model`] on training images.
+pub fn write_quantized_model(
+    path: &Path,
+    meta: &ModelMetadata,
+    weights: &NamedTensors,
+    opts: &ExportOptions,
+    ranges: &Ranges,
+) -> Result<(), ExportError> {
+    if opts.format.precision != Precision::Int8 {
+        return Err(ExportError::Format {
+            format: opts.format,
+            reason: "write_quantized_model writes int8 graphs only",
+        });
+    }
+    let model = build_model(meta, weights, opts.format, Some(ranges))?;
+    write::write_model_proto(path, model, opts.external_data)
+}
+
+/// The float32 graph that an int8 export of `meta` and `weights` starts from
+/// (normalised float input, batch norms folded into convolutions), with every
+/// activation the int8 graph quantises as an extra float output: the model
+/// bytes, and the names of those outputs, whose (min, max) over calibration
+/// images are the [`Ranges`] that [`write_quantized_model`] takes.
+pub fn calibration_model(meta: &ModelMetadata, weights: &NamedTensors) -> Result<(Vec<u8>, Vec<String>), ExportError> {
+    let mut model = build_model(meta, weights, ModelFormat::default(), None)?;
+    let graph = model.graph.as_mut().expect("build_model sets the graph");
+    quantize::fold_batch_norms(graph);
+    let targets = quantize::calibration_targets(graph);
+    let float = type_proto::Tensor { elem_type: Some(DataType::Float as i32), shape: None };
+    graph.output.extend(targets.iter().map(|name| ValueInfoProto {
+        name: Some(name.clone()),
+        r#type: Some(TypeProto { value: Some(type_proto::Value::TensorType(float.clone())), denotation: None }),
+        ..Default::default()
+    }));
+    let bytes = model.encoded_len();
+    if bytes > INLINE_LIMIT {
+        return Err(ExportError::TooLarge { bytes });
+    }
+    Ok((model.encode_to_vec(), targets))
+}
+
 /// Validates the checkpoint against the config and assembles the model.
-fn build_model(meta: &ModelMetadata, weights: &NamedTensors, format: ModelFormat) -> Result<ModelProto, ExportError> {
+fn build_model(
+    meta: &ModelMetadata,
+    weights: &NamedTensors,
+    format: ModelFormat,
+    ranges: Option<&Ranges>,
+) -> Result<ModelProto, ExportError> {
     let cfg = &meta.config;
     cfg.validate()?;
     if meta.labels.len() != cfg.num_classes {
@@ -248,10 +306,14 @@ fn build_model(meta: &ModelMetadata, weights: &NamedTensors, format: ModelFormat
         Precision::Fp32 => {}
         Precision::Fp16 => precision::to_float16(&mut graph),
         Precision::Int8 => {
-            return Err(ExportError::Format {
-                format,
-                reason: "int8 needs calibration ranges measured on training images",
-            })
+            let Some(ranges) = ranges else {
+                return Err(ExportError::Format {
+                    format,
+                    reason: "int8 needs calibration ranges measured on training images: use write_quantized_model",
+                });
+            };
+            quantize::fold_batch_norms(&mut graph);
+            quantize::to_int8(&mut graph, ranges).map_err(|m| ExportError::MissingRange { name: m.0 })?;
         }
     }
     let props = meta.to_props().into_iter().chain(format.to_props());
