@@ -33,6 +33,9 @@ use super::proto::{GraphProto, NodeProto, TensorProto};
 /// Activation ranges measured by calibration: tensor name -> (min, max).
 pub type Ranges = BTreeMap<String, (f32, f32)>;
 
+/// The classifier head's weight, left in float32 (see [`weight_op`]).
+const HEAD_WEIGHT: &str = "head.weight";
+
 /// Largest magnitude of a symmetric int8 weight (-127..=127: the -128 code is
 /// left out so that negating a weight never saturates).
 const INT8_MAX: f32 = 127.0;
@@ -188,7 +191,10 @@ pub(super) fn to_int8(graph: &mut GraphProto, ranges: &Ranges) -> Result<(), Mis
             domain: Some(String::new()),
             ..Default::default()
         }];
-        for (k, &(node, slot)) in readers.get(t).into_iter().flatten().enumerate() {
+        // `Shape` only reads the dimensions: it keeps the float tensor.
+        let value_readers =
+            readers.get(t).into_iter().flatten().filter(|(n, _)| graph.node[*n].op_type.as_deref() != Some("Shape"));
+        for (k, &(node, slot)) in value_readers.enumerate() {
             let out = format!("{t}/dq{k}");
             nodes.push(dq_node(&q_out, &out, None));
             rewired.insert((node, slot), out);
@@ -225,8 +231,13 @@ enum WeightOp {
 }
 
 /// `Some` for a `MatMul` by a rank-2 float initializer or a `Conv` with a
-/// rank-4 float weight initializer.
+/// rank-4 float weight initializer, except the classifier head: a few
+/// hundred weights on pooled features, where ONNX Runtime fuses `MatMul` and
+/// bias into a float `Gemm` before any QDQ fusion could apply.
 fn weight_op(graph: &GraphProto, n: &NodeProto) -> Option<WeightOp> {
+    if n.input.get(1).is_some_and(|w| w == HEAD_WEIGHT) {
+        return None;
+    }
     let (op, rank) = match n.op_type.as_deref()? {
         "MatMul" => (WeightOp::MatMul, 2),
         "Conv" => (WeightOp::Conv, 4),

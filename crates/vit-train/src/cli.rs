@@ -207,7 +207,7 @@ pub struct ExportArgs {
     /// differs from the run's config records no val_accuracy.
     #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
     pub test_time_flip: Option<bool>,
-    /// Deployment format: --input, --precision.
+    /// Deployment format: --input, --precision, --quantize.
     #[command(flatten)]
     pub deploy: crate::deploy::DeployArgs,
 }
@@ -412,6 +412,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     verify_images: a.verify_images,
                     test_time_flip: a.test_time_flip,
                     format: a.deploy.format(),
+                    int8: a.deploy.int8(),
                 };
                 export_and_print(&RunDir::open(&req.run)?, &req)
             }
@@ -493,6 +494,21 @@ fn run_fit(a: &FitArgs) -> Result<()> {
 
 fn export_and_print(dir: &RunDir, req: &ExportRequest) -> Result<()> {
     let report = export_in(dir, req).context("export failed")?;
+    if let Some(acc) = report.int8 {
+        println!(
+            "exported {} ({:.1} KiB, int8, calibrated on {} training images); validation accuracy on {} images: \
+             float32 {:.4}, int8 {:.4} (drop {:.2} points); max |int8 - float32| logit {:.2e}",
+            report.path.display(),
+            report.bytes as f64 / 1024.0,
+            acc.calibration_images,
+            acc.images,
+            acc.float,
+            acc.int8,
+            acc.drop_points(),
+            report.comparison.max_abs_diff
+        );
+        return Ok(());
+    }
     println!(
         "exported {} ({:.1} KiB); tract vs tch on {} {} images: max |diff| {:.2e}",
         report.path.display(),

@@ -1,6 +1,6 @@
-//! `vit-train export --input uint8 --precision fp16`: the deployment formats
-//! of an export ([`ModelFormat`]) as command-line flags, and their
-//! verification. A raw-pixel graph is fed the same decoded u8 images that tch
+//! `vit-train export --input uint8 --precision fp16 --quantize int8`: the
+//! deployment formats of an export ([`ModelFormat`]) as command-line flags,
+//! and their verification (int8: [`int8`]). A raw-pixel graph is fed the same decoded u8 images that tch
 //! sees normalised; an fp16 graph is held to a float16 tolerance instead of
 //! the float32 one.
 
@@ -15,8 +15,11 @@ use vit::format::{InputKind, ModelFormat, Precision};
 use vit::{Preprocessor, ViTConfig};
 
 use crate::model::ViT;
+
+pub mod int8;
 use crate::run_dir::RunDir;
 use crate::verify::{compare, Comparison};
+use int8::{CalibrationArg, Int8Options, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_PERCENTILE};
 
 /// Tolerance of an fp16 graph against tch's float32 logits: float16 keeps
 /// about 3 significant digits through every layer.
@@ -40,6 +43,16 @@ pub enum PrecisionArg {
     Fp32,
     /// float16 weights and activations, float32 input/output, LayerNorm and Softmax in float32.
     Fp16,
+    /// Same as --quantize int8.
+    Int8,
+}
+
+/// `--quantize` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QuantizeArg {
+    /// Static int8 in QDQ form: int8 weights per output channel, uint8
+    /// activations with calibrated ranges.
+    Int8,
 }
 
 /// The deployment flags of `vit-train export`.
@@ -52,6 +65,23 @@ pub struct DeployArgs {
     /// Weights and activations: fp32, or fp16 with float32 input and output.
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     pub precision: PrecisionArg,
+    /// Quantise: int8 weights and activations, calibrated on training images and
+    /// written only when its validation accuracy is within --max-accuracy-drop of float32's.
+    #[arg(long, value_enum, conflicts_with = "precision")]
+    pub quantize: Option<QuantizeArg>,
+    /// With --quantize: training images the activation ranges are measured on (seeded choice).
+    #[arg(long, default_value_t = DEFAULT_CALIBRATION_IMAGES)]
+    pub calibration_images: usize,
+    /// With --quantize: range of an activation: all values seen (minmax), or the
+    /// (100 - p)th to pth percentiles (percentile, p from --calibration-percentile).
+    #[arg(long, value_enum, default_value_t = CalibrationArg::Minmax)]
+    pub calibration_method: CalibrationArg,
+    /// With --calibration-method percentile: p, in (50, 100].
+    #[arg(long, default_value_t = DEFAULT_PERCENTILE, value_parser = percentile)]
+    pub calibration_percentile: f32,
+    /// With --quantize: largest accepted drop of validation accuracy, in points (percent).
+    #[arg(long, default_value_t = DEFAULT_MAX_ACCURACY_DROP)]
+    pub max_accuracy_drop: f64,
 }
 
 impl DeployArgs {
@@ -61,11 +91,31 @@ impl DeployArgs {
             InputArg::Float32 => InputKind::Float32Nchw,
             InputArg::Uint8 => InputKind::Uint8Nhwc,
         };
-        let precision = match self.precision {
-            PrecisionArg::Fp32 => Precision::Fp32,
-            PrecisionArg::Fp16 => Precision::Fp16,
+        let precision = match (self.quantize, self.precision) {
+            (Some(QuantizeArg::Int8), _) | (_, PrecisionArg::Int8) => Precision::Int8,
+            (None, PrecisionArg::Fp32) => Precision::Fp32,
+            (None, PrecisionArg::Fp16) => Precision::Fp16,
         };
         ModelFormat { input, precision }
+    }
+
+    /// The calibration and gate of an int8 export.
+    pub fn int8(&self) -> Int8Options {
+        Int8Options {
+            calibration_images: self.calibration_images,
+            method: self.calibration_method.method(self.calibration_percentile),
+            max_accuracy_drop: self.max_accuracy_drop,
+        }
+    }
+}
+
+/// Parses `--calibration-percentile`.
+fn percentile(s: &str) -> Result<f32, String> {
+    let p: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    if p > 50.0 && p <= 100.0 {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not in (50, 100]"))
     }
 }
 

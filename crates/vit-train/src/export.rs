@@ -16,6 +16,7 @@ use vit::{ModelMetadata, NamedTensors, Preprocessor, TensorData, ViTConfig};
 
 use crate::batches::{make_batch, Augment};
 use crate::checkpoint;
+use crate::deploy::int8::{Int8Accuracy, Int8Options};
 use crate::memory::catch_allocation;
 use crate::model::ViT;
 use crate::run_dir::{Checkpoint, RunDir};
@@ -47,6 +48,8 @@ pub struct ExportRequest {
     pub test_time_flip: Option<bool>,
     /// Input kind and precision of the graph (default: normalised f32, fp32).
     pub format: vit::format::ModelFormat,
+    /// Calibration and accuracy gate of an int8 `format`.
+    pub int8: Int8Options,
 }
 
 impl ExportRequest {
@@ -62,6 +65,7 @@ impl ExportRequest {
             verify_images: DEFAULT_VERIFY_IMAGES,
             test_time_flip: None,
             format: Default::default(),
+            int8: Int8Options::default(),
         }
     }
 }
@@ -79,6 +83,10 @@ pub struct ExportReport {
     pub images: usize,
     /// True when real images were used.
     pub real_images: bool,
+    /// An int8 export: its validation accuracy next to the float graph's
+    /// (then `comparison` is int8 against float32 logits in ONNX Runtime, not
+    /// held to a tolerance).
+    pub int8: Option<Int8Accuracy>,
 }
 
 /// A VarStore's variables as plain tensors for the writer.
@@ -179,6 +187,10 @@ pub fn export_in(dir: &RunDir, req: &ExportRequest) -> Result<ExportReport> {
     let meta = ModelMetadata { config: cfg.clone(), labels, val_accuracy };
     let target = Target { path, external_data: req.external_data, atol: req.atol, source: &ckpt, format: req.format };
     let count = req.verify_images.max(1);
+    if req.format.precision == vit::format::Precision::Int8 {
+        // int8 is judged by validation accuracy against the float graph, not by a logit tolerance.
+        return crate::deploy::int8::export(dir, &meta, &named_tensors(&vs)?, &target, &req.int8, count);
+    }
     if req.format.is_default() {
         let (pixels, n, real) = verification_inputs(dir, &cfg, count);
         write_verified(&model, &vs, &meta, &target, &Inputs { samples: Samples::Normalised(&pixels), n, real })
@@ -263,6 +275,7 @@ pub(crate) fn write_verified(
                 comparison,
                 images: inputs.n,
                 real_images: inputs.real,
+                int8: None,
             });
         }
         Ok(comparison) => format!("tract and tch logits differ beyond atol {:e} ({comparison})", target.atol),
@@ -283,13 +296,15 @@ pub(crate) fn write_verified(
 /// names the file, stays valid when the verified file moves into place. The
 /// folder is removed on drop; a kill leaves it to the run folder's cleanup.
 #[derive(Debug)]
-struct Staged {
+pub(crate) struct Staged {
     folder: PathBuf,
-    file: PathBuf,
+    /// The file to write and verify.
+    pub file: PathBuf,
 }
 
 impl Staged {
-    fn new(target: &Path) -> Result<Self> {
+    /// Creates the hidden folder for `target`.
+    pub(crate) fn new(target: &Path) -> Result<Self> {
         let name = target
             .file_name()
             .with_context(|| format!("cannot export to {}: it has no file name", target.display()))?;
@@ -303,7 +318,7 @@ impl Staged {
     }
 
     /// Moves the file (and its external data, if any) over `target`.
-    fn commit(&self, target: &Path) -> Result<()> {
+    pub(crate) fn commit(&self, target: &Path) -> Result<()> {
         let moves =
             [(with_data_suffix(&self.file), with_data_suffix(target)), (self.file.clone(), target.to_path_buf())];
         for (from, to) in moves.iter().filter(|(from, _)| from.exists()) {
