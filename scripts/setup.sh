@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Python venv with libtorch (torch==2.11.0) and ONNX Runtime
 # (onnxruntime==1.31.1, or onnxruntime-gpu with --gpu) in a cache outside the
-# repo, Debian's Fashion-MNIST package when apt is available, then a build.
+# repo, Debian's Fashion-MNIST package and Chromium when apt is available, the
+# browser example's npm packages (examples/web: npm ci, onnxruntime-web vendored
+# into examples/web/vendor), then a build.
 #   scripts/setup.sh [--gpu] [--no-build] [--release]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +73,36 @@ if [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -e "$FASHION_
   else
     say "warning: no apt-get; Fashion-MNIST not installed (set FASHION_MNIST_DIR to IDX files)"
   fi
+fi
+
+# Chromium runs the browser example's test (tests/web_page.rs) headless.
+if ! command -v chromium >/dev/null; then
+  if command -v apt-get >/dev/null; then
+    say "installing Debian package chromium"
+    SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null || die "apt-get install chromium failed"
+  else
+    say "warning: no apt-get; Chromium not installed (tests/web_page.rs needs /usr/bin/chromium)"
+  fi
+fi
+
+# The browser example: onnxruntime-web and puppeteer-core at the versions of
+# package-lock.json; the runtime files the page loads are copied into vendor/
+# (git-ignored), so the page needs no CDN.
+WEB=examples/web
+if command -v npm >/dev/null; then
+  if [ ! -d "$WEB/node_modules" ] || [ "$WEB/package-lock.json" -nt "$WEB/node_modules/.package-lock.json" ]; then
+    say "npm ci in $WEB"
+    (cd "$WEB" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in $WEB failed"
+  fi
+  mkdir -p "$WEB/vendor"
+  for f in ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm; do
+    cmp -s "$WEB/node_modules/onnxruntime-web/dist/$f" "$WEB/vendor/$f" \
+      || cp "$WEB/node_modules/onnxruntime-web/dist/$f" "$WEB/vendor/$f" || die "cannot vendor $f"
+  done
+else
+  say "warning: no npm (node 20); the browser example (examples/web) is not set up"
 fi
 
 if [ "$BUILD" = 1 ]; then
