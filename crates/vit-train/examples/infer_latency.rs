@@ -1,7 +1,8 @@
 //! Inference latency and throughput of one exported model, ONNX Runtime (the
 //! `vit` crate's `Classifier`, as `vit-infer` runs it) against tract, on the
 //! same seeded normalised inputs: p50/p99 latency at batch 1 and images/s at a
-//! large batch. Preprocessing is not timed (it is the same code for both).
+//! large batch. Preprocessing is not timed (it is the same code for both). A
+//! raw-pixel model is fed seeded u8 pixels instead (ONNX Runtime only).
 //!
 //! `cargo run -p vit-train --example infer_latency -- --model models/fashion-mnist.onnx`
 //! (scripts/bench-infer.sh adds the cold-start time and the binary size).
@@ -104,12 +105,19 @@ fn main() -> Result<()> {
         clf.provider()
     );
 
+    let raw = clf.format().input == vit::format::InputKind::Uint8Nhwc;
+    let big_u8: Vec<u8> = big.iter().map(|v| ((v + 1.0) * 127.5) as u8).collect();
     let clf = std::cell::RefCell::new(clf);
-    let ort_single: Runner<'_> = Box::new(|p: &[f32], b: usize| Ok(clf.borrow_mut().logits(p, b)?));
-    let ort_batched: Runner<'_> = Box::new(|p: &[f32], b: usize| Ok(clf.borrow_mut().logits(p, b)?));
+    // A raw-pixel model gets the same images as u8, prepared before the clock starts.
+    let run = |p: &[f32], b: usize| -> Result<Vec<f32>> {
+        let mut clf = clf.borrow_mut();
+        Ok(if raw { clf.logits_u8(&big_u8[..p.len()], b)? } else { clf.logits(p, b)? })
+    };
+    let ort_single: Runner<'_> = Box::new(run);
+    let ort_batched: Runner<'_> = Box::new(run);
     let provider = clf.borrow().provider();
     let mut backends: Vec<(&str, Runner<'_>, Runner<'_>)> = vec![("ort", ort_single, ort_batched)];
-    if !args.no_tract {
+    if !args.no_tract && !raw {
         backends.push((
             "tract",
             tract_runner(&args.model, [1, c, s, s])?,

@@ -71,13 +71,15 @@ fn open(cli: &Cli) -> Result<Classifier, InferError> {
     let clf = Classifier::open(&cli.model, &cli.classifier_options())?;
     let c = &clf.metadata().config;
     log::info!(
-        "vit-infer: model {} ({} classes, {}x{}x{} input{}), execution provider: {}",
+        "vit-infer: model {} ({} classes, {}x{}x{} input{}{}), execution provider: {}",
         cli.model.display(),
         clf.labels().len(),
         c.in_channels,
         c.image_size,
         c.image_size,
         if c.test_time_flip { ", averages each image with its mirror" } else { "" },
+        // The deployment format, when it is not the float32 graph.
+        if clf.format().is_default() { String::new() } else { format!(", format {}", clf.format()) },
         clf.provider()
     );
     if let Some(reason) = clf.cuda_fallback_reason() {
