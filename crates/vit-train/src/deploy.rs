@@ -74,7 +74,7 @@ pub struct DeployArgs {
     pub calibration_images: usize,
     /// With --quantize: range of an activation: all values seen (minmax), or the
     /// (100 - p)th to pth percentiles (percentile, p from --calibration-percentile).
-    #[arg(long, value_enum, default_value_t = CalibrationArg::Minmax)]
+    #[arg(long, value_enum, default_value_t = CalibrationArg::Percentile)]
     pub calibration_method: CalibrationArg,
     /// With --calibration-method percentile: p, in (50, 100].
     #[arg(long, default_value_t = DEFAULT_PERCENTILE, value_parser = percentile)]

@@ -336,7 +336,7 @@ impl Drop for Staged {
 }
 
 /// `<file>.data`: where the writer puts external weights.
-fn with_data_suffix(path: &Path) -> PathBuf {
+pub(crate) fn with_data_suffix(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(vit::onnx::EXTERNAL_DATA_SUFFIX);
     PathBuf::from(s)

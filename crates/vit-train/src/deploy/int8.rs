@@ -17,7 +17,7 @@ use vit::infer::{calibrate, CalibrationImages, Classifier, ClassifierOptions, Pr
 use vit::onnx::{calibration_model, write_model, write_quantized_model, ExportOptions};
 use vit::{ModelMetadata, NamedTensors, Preprocessor};
 
-use crate::export::{ExportReport, Staged, Target};
+use crate::export::{with_data_suffix, ExportReport, Staged, Target};
 use crate::run_dir::RunDir;
 use crate::verify::compare;
 
@@ -62,7 +62,7 @@ impl Default for Int8Options {
     fn default() -> Self {
         Self {
             calibration_images: DEFAULT_CALIBRATION_IMAGES,
-            method: CalibrationArg::Minmax.method(DEFAULT_PERCENTILE),
+            method: CalibrationArg::Percentile.method(DEFAULT_PERCENTILE),
             max_accuracy_drop: DEFAULT_MAX_ACCURACY_DROP,
         }
     }
@@ -153,7 +153,10 @@ pub(crate) fn export(
     }
     staged.commit(&target.path)?;
     crate::hf_files::write_beside(&target.path, meta)?;
-    let bytes = std::fs::metadata(&target.path).map(|m| m.len()).unwrap_or(0);
+    let bytes = [target.path.clone(), with_data_suffix(&target.path)]
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
     Ok(ExportReport {
         path: target.path.clone(),
         bytes,
