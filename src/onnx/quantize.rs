@@ -98,7 +98,7 @@ pub(super) fn fold_batch_norms(graph: &mut GraphProto) {
 /// The activations [`to_int8`] quantises, in graph order: the float input of
 /// every weight `MatMul` and `Conv`, and the output of every such `Conv`
 /// (after its `Relu`, when one follows it alone).
-pub fn calibration_targets(graph: &GraphProto) -> Vec<String> {
+pub(super) fn calibration_targets(graph: &GraphProto) -> Vec<String> {
     let readers = readers(graph);
     let mut targets = Vec::new();
     let mut push = |t: &String| {
@@ -121,7 +121,7 @@ pub fn calibration_targets(graph: &GraphProto) -> Vec<String> {
 
 /// Why a graph could not be quantised.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MissingRange(pub String);
+pub(super) struct MissingRange(pub String);
 
 /// Quantises `graph` in place (see the module docs). `graph` has had
 /// [`fold_batch_norms`] applied, as the calibration graph had.
