@@ -136,3 +136,33 @@ fn int8_needs_ranges_for_every_quantised_activation() {
     assert!(matches!(err, ExportError::MissingRange { .. }), "{err}");
     assert!(!path.exists());
 }
+
+#[test]
+fn the_calibration_graph_computes_the_float_graph() {
+    // Batch norms folded into the convolutions, extra outputs added: the logits must not move.
+    let cfg = &configs()[1].1;
+    let weights = common::random_weights(cfg, 3, 0.3);
+    let (bytes, targets) = onnx::calibration_model(&common::metadata(cfg), &weights).expect("calibration graph");
+    let float = onnx::export_to_bytes(&common::metadata(cfg), &weights).expect("float graph");
+    let graph = ModelProto::decode(&bytes[..]).unwrap().graph.unwrap();
+    assert!(graph.node.iter().all(|n| n.op_type.as_deref() != Some("BatchNormalization")));
+    assert_eq!(graph.output.len(), 1 + targets.len());
+    let prep = vit::Preprocessor::from_config(cfg);
+    let pixels = prep.normalize(&images(cfg, 4, 3));
+    let shape = [4, cfg.in_channels, cfg.image_size, cfg.image_size];
+    let run = |model: &[u8]| -> Vec<f32> {
+        use tract_onnx::prelude::*;
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(model))
+            .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .expect("tract runs the graph");
+        let out = plan.run(tvec!(Tensor::from_shape(&shape, &pixels).unwrap().into())).expect("run");
+        out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+    };
+    let (folded, reference) = (run(&bytes), run(&float));
+    for (a, e) in folded.iter().zip(&reference) {
+        assert!((a - e).abs() <= 1e-4 + 1e-4 * e.abs(), "folded {a} vs float {e}");
+    }
+}

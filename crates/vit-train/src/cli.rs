@@ -397,27 +397,30 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Export(a) => match (&a.run, &a.weights) {
-            (_, Some(_)) if !a.deploy.format().is_default() => {
-                bail!("--input and --precision apply to run folders only (export --run); --weights writes float32 input, fp32")
+        Command::Export(a) => {
+            a.deploy.check()?;
+            match (&a.run, &a.weights) {
+                (_, Some(_)) if !a.deploy.format().is_default() => {
+                    bail!("--input, --precision and --quantize apply to run folders only (export --run); --weights writes float32 input, fp32")
+                }
+                (_, Some(weights)) => export_weights_and_print(&a, weights),
+                (Some(run), None) => {
+                    let req = ExportRequest {
+                        run: run.clone(),
+                        out: a.out,
+                        checkpoint: a.checkpoint,
+                        external_data: a.external_data,
+                        atol: a.atol,
+                        verify_images: a.verify_images,
+                        test_time_flip: a.test_time_flip,
+                        format: a.deploy.format(),
+                        int8: a.deploy.int8(),
+                    };
+                    export_and_print(&RunDir::open(&req.run)?, &req)
+                }
+                (None, None) => bail!("pass --run or --weights"),
             }
-            (_, Some(weights)) => export_weights_and_print(&a, weights),
-            (Some(run), None) => {
-                let req = ExportRequest {
-                    run: run.clone(),
-                    out: a.out,
-                    checkpoint: a.checkpoint,
-                    external_data: a.external_data,
-                    atol: a.atol,
-                    verify_images: a.verify_images,
-                    test_time_flip: a.test_time_flip,
-                    format: a.deploy.format(),
-                    int8: a.deploy.int8(),
-                };
-                export_and_print(&RunDir::open(&req.run)?, &req)
-            }
-            (None, None) => bail!("pass --run or --weights"),
-        },
+        }
     }
 }
 

@@ -43,7 +43,8 @@ pub enum PrecisionArg {
     Fp32,
     /// float16 weights and activations, float32 input/output, LayerNorm and Softmax in float32.
     Fp16,
-    /// Same as --quantize int8.
+    /// Not a precision of its own: refused with a pointer to --quantize int8,
+    /// which calibrates and gates on accuracy.
     Int8,
 }
 
@@ -70,17 +71,17 @@ pub struct DeployArgs {
     #[arg(long, value_enum, conflicts_with = "precision")]
     pub quantize: Option<QuantizeArg>,
     /// With --quantize: training images the activation ranges are measured on (seeded choice).
-    #[arg(long, default_value_t = DEFAULT_CALIBRATION_IMAGES)]
+    #[arg(long, default_value_t = DEFAULT_CALIBRATION_IMAGES, requires = "quantize")]
     pub calibration_images: usize,
     /// With --quantize: range of an activation: all values seen (minmax), or the
     /// (100 - p)th to pth percentiles (percentile, p from --calibration-percentile).
-    #[arg(long, value_enum, default_value_t = CalibrationArg::Percentile)]
+    #[arg(long, value_enum, default_value_t = CalibrationArg::Percentile, requires = "quantize")]
     pub calibration_method: CalibrationArg,
     /// With --calibration-method percentile: p, in (50, 100].
-    #[arg(long, default_value_t = DEFAULT_PERCENTILE, value_parser = percentile)]
+    #[arg(long, default_value_t = DEFAULT_PERCENTILE, value_parser = percentile, requires = "quantize")]
     pub calibration_percentile: f32,
     /// With --quantize: largest accepted drop of validation accuracy, in points (percent).
-    #[arg(long, default_value_t = DEFAULT_MAX_ACCURACY_DROP)]
+    #[arg(long, default_value_t = DEFAULT_MAX_ACCURACY_DROP, requires = "quantize")]
     pub max_accuracy_drop: f64,
 }
 
@@ -97,6 +98,17 @@ impl DeployArgs {
             (None, PrecisionArg::Fp16) => Precision::Fp16,
         };
         ModelFormat { input, precision }
+    }
+
+    /// Refuses `--precision int8`, naming the flag that writes int8.
+    pub fn check(&self) -> Result<()> {
+        if self.precision == PrecisionArg::Int8 {
+            anyhow::bail!(
+                "int8 is written by --quantize int8 (it calibrates on training images and checks validation \
+                 accuracy): vit-train export --run RUN --quantize int8 [--calibration-images N] [--max-accuracy-drop POINTS]"
+            );
+        }
+        Ok(())
     }
 
     /// The calibration and gate of an int8 export.

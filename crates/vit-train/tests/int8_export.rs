@@ -40,4 +40,8 @@ fn int8_export_is_gated_on_validation_accuracy() {
 
     let err = run_err(export(&run).args(["--quantize", "int8", "--precision", "fp16"]));
     assert!(err.contains("--precision"), "{err}");
+    let err = run_err(export(&run).args(["--precision", "int8"]));
+    assert!(err.contains("--quantize int8"), "{err}");
+    let err = run_err(export(&run).args(["--calibration-images", "8"]));
+    assert!(err.contains("--quantize"), "{err}");
 }
