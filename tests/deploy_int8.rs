@@ -84,6 +84,14 @@ fn int8_logits_follow_the_float_graph() {
             let spread = e.iter().fold(0f32, |m, v| m.max(v.abs()));
             let worst = a.iter().zip(&e).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
             assert!(worst <= 0.1 * spread, "{what} {input}: int8 logits differ by {worst}, logits reach {spread}");
+            // What `vit-infer --eval` runs.
+            let data = vit::data::Dataset {
+                pixels: px,
+                labels: vec![0, 1, 2, 0, 1, 2, 0, 1],
+                image_len: 3 * 16 * 16,
+                ..Default::default()
+            };
+            assert_eq!(int8.evaluate(&data, 3).expect("int8 evaluation").total, 8, "{what} {input}");
         }
     }
 }

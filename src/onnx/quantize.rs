@@ -163,7 +163,7 @@ pub(super) fn to_int8(graph: &mut GraphProto, ranges: &Ranges) -> Result<(), Mis
             let s_x = act[&n.input[0]].0;
             let b_scales: Vec<f32> = scales.iter().map(|s| s * s_x).collect();
             let qb = b.iter().zip(&b_scales).flat_map(|(v, s)| ((v / s).round() as i32).to_le_bytes());
-            let bb = format!("{}.int32", b_name.trim_end_matches(".bn_folded.bias"));
+            let bb = format!("{}.int32", b_name.replace(".weight.bn_folded.bias", ".bias"));
             new_inits.push(raw_tensor(&bb, n_ch.clone(), DataType::Int32, qb.collect()));
             new_inits.push(f32_tensor(&format!("{bb}.scale"), n_ch.clone(), &b_scales));
             new_inits.push(raw_tensor(&format!("{bb}.zero_point"), n_ch, DataType::Int32, vec![0; 4 * channels]));
