@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The shim's translation units (csrc/README.md lists what each owns).
-const SHIM_SOURCES: &[&str] = &["csrc/optim.cpp"];
+const SHIM_SOURCES: &[&str] = &["csrc/optim.cpp", "csrc/dist.cpp"];
 
 /// Include dirs and `_GLIBCXX_USE_CXX11_ABI` value of the libtorch torch-sys uses.
 fn libtorch_headers() -> (Vec<PathBuf>, String) {
@@ -61,6 +61,9 @@ fn build_shim() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        // c10d's Gloo process group (the Gloo headers come from Debian's libgloo-dev).
+        .flag("-DUSE_DISTRIBUTED")
+        .flag("-DUSE_C10D_GLOO")
         .files(SHIM_SOURCES)
         .compile("vit_shim");
 }

@@ -1,0 +1,145 @@
+// Collective communication over PyTorch's own c10d (see vit_shim.h): a TCPStore
+// rendezvous and a Gloo process group, with bucket-sized all-reduce and broadcast
+// of tensor lists (flattened into one buffer: one collective per call).
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shim_error.h"
+#include "vit_shim.h"
+
+struct vit_dist {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> group;
+  int rank;
+  int world;
+  std::chrono::milliseconds timeout;
+};
+
+namespace {
+
+std::vector<at::Tensor> gather(vit_tensor *const *tensors, size_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    out.push_back(*tensors[i]);
+  }
+  return out;
+}
+
+// One contiguous buffer holding every tensor (all of one dtype and device).
+at::Tensor flatten(const std::vector<at::Tensor> &ts) {
+  std::vector<at::Tensor> flat;
+  flat.reserve(ts.size());
+  for (const auto &t : ts) {
+    TORCH_CHECK(t.scalar_type() == ts[0].scalar_type() && t.device() == ts[0].device(),
+                "tensors of one collective must share dtype and device: ", t.scalar_type(), " on ", t.device(),
+                " vs ", ts[0].scalar_type(), " on ", ts[0].device());
+    flat.push_back(t.reshape({-1}));
+  }
+  return at::cat(flat);
+}
+
+void unflatten(const at::Tensor &flat, std::vector<at::Tensor> &ts) {
+  int64_t offset = 0;
+  for (auto &t : ts) {
+    const auto n = t.numel();
+    t.copy_(flat.narrow(0, offset, n).view(t.sizes()));
+    offset += n;
+  }
+}
+
+void wait(vit_dist *d, const c10::intrusive_ptr<c10d::Work> &work, const char *what) {
+  try {
+    work->wait(d->timeout);
+  } catch (const std::exception &e) {
+    throw std::runtime_error(std::string(what) + " on rank " + std::to_string(d->rank) + " of " +
+                             std::to_string(d->world) + " failed (a peer rank died or stopped answering): " +
+                             e.what());
+  }
+}
+
+}  // namespace
+
+extern "C" char *vit_dist_init(const char *master_addr, int master_port, int rank, int world, int store_is_client,
+                               double timeout_s, vit_dist **out) {
+  *out = nullptr;
+  return vit_shim::guard([&] {
+    TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " is not in a world of size ", world);
+    TORCH_CHECK(master_port > 0 && master_port < 65536, "MASTER_PORT ", master_port, " is not a TCP port");
+    auto d = std::make_unique<vit_dist>();
+    d->rank = rank;
+    d->world = world;
+    d->timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000.0));
+    c10d::TCPStoreOptions opts;
+    opts.port = static_cast<uint16_t>(master_port);
+    // Under torchrun's agent store the launcher already serves the store: every rank is a client.
+    opts.isServer = rank == 0 && !store_is_client;
+    opts.numWorkers = store_is_client ? std::nullopt : std::optional<std::size_t>(world);
+    opts.waitWorkers = !store_is_client;
+    opts.timeout = d->timeout;
+    c10::intrusive_ptr<c10d::Store> tcp;
+    try {
+      tcp = c10::make_intrusive<c10d::TCPStore>(master_addr, opts);
+    } catch (const std::exception &e) {
+      throw std::runtime_error(std::string("rendezvous at ") + master_addr + ":" + std::to_string(master_port) +
+                               (opts.isServer ? " (serving the store: is the port in use?)"
+                                              : " (connecting to rank 0's store: is MASTER_ADDR right?)") +
+                               " failed: " + e.what());
+    }
+    d->store = c10::make_intrusive<c10d::PrefixStore>("vit-train/", tcp);
+    auto options = c10d::ProcessGroupGloo::Options::create_default(d->timeout);
+    d->group = c10::make_intrusive<c10d::ProcessGroupGloo>(d->store, rank, world, options);
+    *out = d.release();
+  });
+}
+
+extern "C" char *vit_dist_all_reduce(vit_dist *d, vit_tensor *const *tensors, size_t n, int average) {
+  return vit_shim::guard([&] {
+    if (n == 0) {
+      return;
+    }
+    c10::NoGradGuard no_grad;
+    auto ts = gather(tensors, n);
+    std::vector<at::Tensor> flat{flatten(ts)};
+    // Gloo has no AVG: sum, then divide by the world size.
+    wait(d, d->group->allreduce(flat), "all-reduce");
+    if (average) {
+      flat[0].div_(d->world);
+    }
+    unflatten(flat[0], ts);
+  });
+}
+
+extern "C" char *vit_dist_broadcast(vit_dist *d, vit_tensor *const *tensors, size_t n, int root) {
+  return vit_shim::guard([&] {
+    if (n == 0) {
+      return;
+    }
+    c10::NoGradGuard no_grad;
+    auto ts = gather(tensors, n);
+    std::vector<at::Tensor> flat{flatten(ts)};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    wait(d, d->group->broadcast(flat, opts), "broadcast");
+    unflatten(flat[0], ts);
+  });
+}
+
+extern "C" char *vit_dist_barrier(vit_dist *d) {
+  return vit_shim::guard([&] {
+    c10d::BarrierOptions opts;
+    opts.timeout = d->timeout;
+    // Rank 0 names the ranks that did not arrive; the others learn of a failure from rank 0.
+    d->group->monitoredBarrier(opts, true);
+  });
+}
+
+extern "C" void vit_dist_destroy(vit_dist *d) { delete d; }
