@@ -10,6 +10,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "shim_error.h"
@@ -56,13 +57,64 @@ void unflatten(const at::Tensor &flat, std::vector<at::Tensor> &ts) {
   }
 }
 
+// c10::Error's what() carries a C++ backtrace: the Rust caller gets the message alone.
+std::string describe(const std::exception &e) {
+  if (const auto *c = dynamic_cast<const c10::Error *>(&e)) {
+    return c->what_without_backtrace();
+  }
+  return e.what();
+}
+
+template <typename F>
+char *guarded(F &&f) noexcept {
+  return vit_shim::guard([&] {
+    try {
+      f();
+    } catch (const c10::Error &e) {
+      throw std::runtime_error(describe(e));
+    }
+  });
+}
+
+// After a failed collective every surviving rank checks in at the store; the ranks
+// that have not within a few seconds are named as the failed ones (Gloo's own
+// message names only a peer address).
+std::string absent_ranks(vit_dist *d) {
+  const auto key = [](int r) { return "failed-collective/" + std::to_string(r); };
+  try {
+    d->store->set(key(d->rank), std::vector<uint8_t>{1});
+    const auto deadline = std::chrono::steady_clock::now() + std::min(d->timeout, std::chrono::milliseconds(5000));
+    std::vector<int> absent;
+    do {
+      absent.clear();
+      for (int r = 0; r < d->world; ++r) {
+        if (!d->store->check({key(r)})) {
+          absent.push_back(r);
+        }
+      }
+      if (absent.empty()) {
+        return "";
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    } while (std::chrono::steady_clock::now() < deadline);
+    std::string names;
+    for (int r : absent) {
+      names += (names.empty() ? "" : ", ") + std::to_string(r);
+    }
+    return "; failed rank" + std::string(absent.size() > 1 ? "s " : " ") + names + " (not answering after the failure)";
+  } catch (const std::exception &) {
+    // The store is served by rank 0 unless torchrun's agent serves it.
+    return "; the store is unreachable too: rank 0 failed (or the launcher's store is gone)";
+  }
+}
+
 void wait(vit_dist *d, const c10::intrusive_ptr<c10d::Work> &work, const char *what) {
   try {
     work->wait(d->timeout);
   } catch (const std::exception &e) {
+    const auto message = describe(e);
     throw std::runtime_error(std::string(what) + " on rank " + std::to_string(d->rank) + " of " +
-                             std::to_string(d->world) + " failed (a peer rank died or stopped answering): " +
-                             e.what());
+                             std::to_string(d->world) + " failed: " + message + absent_ranks(d));
   }
 }
 
@@ -71,7 +123,7 @@ void wait(vit_dist *d, const c10::intrusive_ptr<c10d::Work> &work, const char *w
 extern "C" char *vit_dist_init(const char *master_addr, int master_port, int rank, int world, int store_is_client,
                                double timeout_s, vit_dist **out) {
   *out = nullptr;
-  return vit_shim::guard([&] {
+  return guarded([&] {
     TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " is not in a world of size ", world);
     TORCH_CHECK(master_port > 0 && master_port < 65536, "MASTER_PORT ", master_port, " is not a TCP port");
     auto d = std::make_unique<vit_dist>();
@@ -92,7 +144,7 @@ extern "C" char *vit_dist_init(const char *master_addr, int master_port, int ran
       throw std::runtime_error(std::string("rendezvous at ") + master_addr + ":" + std::to_string(master_port) +
                                (opts.isServer ? " (serving the store: is the port in use?)"
                                               : " (connecting to rank 0's store: is MASTER_ADDR right?)") +
-                               " failed: " + e.what());
+                               " failed: " + describe(e));
     }
     d->store = c10::make_intrusive<c10d::PrefixStore>("vit-train/", tcp);
     auto options = c10d::ProcessGroupGloo::Options::create_default(d->timeout);
@@ -102,7 +154,7 @@ extern "C" char *vit_dist_init(const char *master_addr, int master_port, int ran
 }
 
 extern "C" char *vit_dist_all_reduce(vit_dist *d, vit_tensor *const *tensors, size_t n, int average) {
-  return vit_shim::guard([&] {
+  return guarded([&] {
     if (n == 0) {
       return;
     }
@@ -119,7 +171,7 @@ extern "C" char *vit_dist_all_reduce(vit_dist *d, vit_tensor *const *tensors, si
 }
 
 extern "C" char *vit_dist_broadcast(vit_dist *d, vit_tensor *const *tensors, size_t n, int root) {
-  return vit_shim::guard([&] {
+  return guarded([&] {
     if (n == 0) {
       return;
     }
@@ -134,7 +186,7 @@ extern "C" char *vit_dist_broadcast(vit_dist *d, vit_tensor *const *tensors, siz
 }
 
 extern "C" char *vit_dist_barrier(vit_dist *d) {
-  return vit_shim::guard([&] {
+  return guarded([&] {
     c10d::BarrierOptions opts;
     opts.timeout = d->timeout;
     // Rank 0 names the ranks that did not arrive; the others learn of a failure from rank 0.
