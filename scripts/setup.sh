@@ -61,6 +61,19 @@ fi
 source scripts/env.sh   # picks up VIT_ORT_GPU_DYLIB
 [ -n "${VIT_ORT_GPU_DYLIB:-}" ] || die "libonnxruntime.so not found in $ORT_GPU_DIR"
 
+# Gloo's headers for the C++ shim's c10d process group (the torch wheel ships c10d's, not Gloo's).
+if [ ! -e /usr/include/gloo/config.h ]; then
+  if command -v apt-get >/dev/null; then
+    say "installing Debian package libgloo-dev"
+    SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libgloo-dev >/dev/null \
+      || die "apt-get install libgloo-dev failed"
+  else
+    die "Gloo headers missing (/usr/include/gloo): install libgloo-dev"
+  fi
+fi
+
 if [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte" ]; then
   if command -v apt-get >/dev/null; then
     say "installing Debian package dataset-fashion-mnist"

@@ -1,6 +1,6 @@
 //! Two jobs, both about linking libtorch:
 //!
-//! - builds the C++ shim of `csrc/` (ATen operations tch does not bind) against
+//! - builds the C++ shim of `csrc/` (ATen operations and c10d, which tch does not bind) against
 //!   the same libtorch headers and C++ ABI as torch-sys: `$LIBTORCH/include`, or
 //!   with `LIBTORCH_USE_PYTORCH` the venv's torch as python reports it;
 //! - links libtorch_cuda even though no symbol of it is referenced directly

@@ -283,6 +283,7 @@ impl Trainer {
             self.opt.unfuse();
             let _ = self.opt.step(lr);
         }
+        self.broadcast_buffers()?;
         if let Some(ema) = &mut self.ema {
             ema.update();
         }
@@ -299,6 +300,22 @@ impl Trainer {
         let grads: Vec<Tensor> = vars.iter().map(Tensor::grad).filter(Tensor::defined).collect();
         let refs: Vec<&Tensor> = grads.iter().chain(std::iter::once(loss)).collect();
         group.all_reduce_mean(&refs)
+    }
+
+    /// DDP's `broadcast_buffers`: after each step every rank takes rank 0's
+    /// BatchNorm running statistics (each rank's forward normalised with its own
+    /// batch's statistics and updated its own copy), so the buffers, the weight
+    /// average and evaluation agree on every rank. Without buffers: nothing.
+    fn broadcast_buffers(&self) -> Result<(), DistError> {
+        let Some(group) = &self.group else { return Ok(()) };
+        let mut buffers: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).collect();
+        if buffers.is_empty() {
+            return Ok(());
+        }
+        buffers.sort_by(|a, b| a.0.cmp(&b.0));
+        let refs: Vec<&Tensor> = buffers.iter().map(|(_, t)| t).collect();
+        group.broadcast_from_rank0(&refs)
     }
 
     /// Runs `f` with the weights that are evaluated, checkpointed as
