@@ -276,26 +276,30 @@ impl Drop for ProcessGroup {
 /// Groups `tensors` by dtype and device, in order, into buckets of at most
 /// `cap` bytes (a tensor larger than `cap` is a bucket of its own).
 pub fn buckets<'a>(tensors: &[&'a Tensor], cap: usize) -> Vec<Vec<&'a Tensor>> {
-    let mut by_kind: Vec<((Kind, tch::Device), Vec<Vec<&'a Tensor>>, usize)> = Vec::new();
-    for &t in tensors {
-        let key = (t.kind(), t.device());
-        let bytes = t.numel() * t.kind().elt_size_in_bytes();
-        let slot = match by_kind.iter().position(|(k, ..)| *k == key) {
-            Some(i) => i,
-            None => {
-                by_kind.push((key, vec![Vec::new()], 0));
-                by_kind.len() - 1
-            }
-        };
-        let (_, list, filled) = &mut by_kind[slot];
-        if *filled + bytes > cap && !list.last().is_some_and(Vec::is_empty) {
-            list.push(Vec::new());
-            *filled = 0;
+    let key = |t: &Tensor| (t.kind(), t.device());
+    let mut keys: Vec<(Kind, tch::Device)> = Vec::new();
+    for t in tensors {
+        if !keys.contains(&key(t)) {
+            keys.push(key(t));
         }
-        list.last_mut().map(|b| b.push(t));
-        *filled += bytes;
     }
-    by_kind.into_iter().flat_map(|(_, list, _)| list).filter(|b| !b.is_empty()).collect()
+    let mut out = Vec::new();
+    for k in keys {
+        let (mut bucket, mut filled) = (Vec::new(), 0);
+        for &t in tensors.iter().filter(|t| key(t) == k) {
+            let bytes = t.numel() * t.kind().elt_size_in_bytes();
+            if filled + bytes > cap && !bucket.is_empty() {
+                out.push(std::mem::take(&mut bucket));
+                filled = 0;
+            }
+            bucket.push(t);
+            filled += bytes;
+        }
+        if !bucket.is_empty() {
+            out.push(bucket);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
