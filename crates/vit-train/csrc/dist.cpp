@@ -13,16 +13,13 @@
 #include <thread>
 #include <vector>
 
+#include "dist_internal.h"
 #include "shim_error.h"
 #include "vit_shim.h"
 
-struct vit_dist {
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::Backend> group;
-  int rank;
-  int world;
-  std::chrono::milliseconds timeout;
-};
+using vit_dist_internal::describe;
+using vit_dist_internal::guarded;
+using vit_dist_internal::wait_for;
 
 namespace {
 
@@ -57,25 +54,6 @@ void unflatten(const at::Tensor &flat, std::vector<at::Tensor> &ts) {
   }
 }
 
-// c10::Error's what() carries a C++ backtrace: the Rust caller gets the message alone.
-std::string describe(const std::exception &e) {
-  if (const auto *c = dynamic_cast<const c10::Error *>(&e)) {
-    return c->what_without_backtrace();
-  }
-  return e.what();
-}
-
-template <typename F>
-char *guarded(F &&f) noexcept {
-  return vit_shim::guard([&] {
-    try {
-      f();
-    } catch (const c10::Error &e) {
-      throw std::runtime_error(describe(e));
-    }
-  });
-}
-
 // After a failed collective every surviving rank checks in at the store; the ranks
 // that have not within a few seconds are named as the failed ones (Gloo's own
 // message names only a peer address).
@@ -108,7 +86,9 @@ std::string absent_ranks(vit_dist *d) {
   }
 }
 
-void wait(vit_dist *d, const c10::intrusive_ptr<c10d::Work> &work, const char *what) {
+}  // namespace
+
+void vit_dist_internal::wait_for(vit_dist *d, const c10::intrusive_ptr<c10d::Work> &work, const char *what) {
   try {
     work->wait(d->timeout);
   } catch (const std::exception &e) {
@@ -117,8 +97,6 @@ void wait(vit_dist *d, const c10::intrusive_ptr<c10d::Work> &work, const char *w
                              std::to_string(d->world) + " failed: " + message + absent_ranks(d));
   }
 }
-
-}  // namespace
 
 extern "C" char *vit_dist_init(const char *master_addr, int master_port, int rank, int world, int store_is_client,
                                double timeout_s, vit_dist **out) {
@@ -162,7 +140,7 @@ extern "C" char *vit_dist_all_reduce(vit_dist *d, vit_tensor *const *tensors, si
     auto ts = gather(tensors, n);
     std::vector<at::Tensor> flat{flatten(ts)};
     // Gloo has no AVG: sum, then divide by the world size.
-    wait(d, d->group->allreduce(flat), "all-reduce");
+    wait_for(d, d->group->allreduce(flat), "all-reduce");
     if (average) {
       flat[0].div_(d->world);
     }
@@ -180,7 +158,7 @@ extern "C" char *vit_dist_broadcast(vit_dist *d, vit_tensor *const *tensors, siz
     std::vector<at::Tensor> flat{flatten(ts)};
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
-    wait(d, d->group->broadcast(flat, opts), "broadcast");
+    wait_for(d, d->group->broadcast(flat, opts), "broadcast");
     unflatten(flat[0], ts);
   });
 }

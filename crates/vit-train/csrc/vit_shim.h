@@ -52,6 +52,16 @@ char *vit_dist_barrier(vit_dist *d);
 // Leaves the group and frees it.
 void vit_dist_destroy(vit_dist *d);
 
+// ---- SyncBatchNorm (dist_bn.cpp) ----
+
+// Training-mode BatchNorm of x [N, C, H, W] over the batches of all ranks of d
+// (statistics all-reduced in forward, gradient sums in backward), with affine
+// weight and bias [C]; updates running_mean / running_var (unbiased variance over
+// all ranks' images) with `momentum`. *out is a new tensor owned by the caller.
+char *vit_dist_sync_batch_norm(vit_dist *d, vit_tensor *x, vit_tensor *weight, vit_tensor *bias,
+                               vit_tensor *running_mean, vit_tensor *running_var, double eps, double momentum,
+                               vit_tensor **out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -17,6 +17,7 @@ use crate::checkpoint::{self, CheckpointError};
 use crate::dist::{DistError, ProcessGroup};
 use crate::ema::Ema;
 use crate::evaluate::{evaluate, evaluate_part, to_device, Evaluation};
+use crate::fused::ShimError;
 use crate::memory::{catch_allocation, MemoryError};
 use crate::metrics::Confusion;
 use crate::model::{parameter_count, ViT};
@@ -183,7 +184,7 @@ impl Trainer {
         group.broadcast_from_rank0(&tensors)?;
         // Weights and moments are shared with the model; the counters are copies, so load them back.
         let map: BTreeMap<String, Tensor> = state.into_iter().collect();
-        let restore = |m: String| DistError::C10d(crate::fused::ShimError { op: "broadcast", message: m });
+        let restore = |message: String| DistError::C10d(ShimError { op: "broadcast", message });
         self.opt.load_state(&map).map_err(restore)?;
         if let Some(ema) = &mut self.ema {
             ema.load_state(&map).map_err(restore)?;
@@ -269,8 +270,10 @@ impl Trainer {
             Some(lam) => ce(&y) * f64::from(lam) + ce(&y.flip([0])) * (1.0 - f64::from(lam)),
             None => ce(&y),
         };
+        crate::dist::take_forward_error()?;
         self.opt.zero_grad();
-        loss.backward();
+        // A collective inside backward (SyncBatchNorm) may fail: an error, not a panic.
+        loss.f_backward().map_err(|e| ShimError { op: "backward", message: e.to_string() })?;
         // Averaged with the gradients, so every rank logs and checks the same global loss.
         let loss = loss.detach().reshape([1]).copy();
         self.reduce_gradients(&loss)?;
@@ -283,7 +286,6 @@ impl Trainer {
             self.opt.unfuse();
             let _ = self.opt.step(lr);
         }
-        self.broadcast_buffers()?;
         if let Some(ema) = &mut self.ema {
             ema.update();
         }
@@ -300,22 +302,6 @@ impl Trainer {
         let grads: Vec<Tensor> = vars.iter().map(Tensor::grad).filter(Tensor::defined).collect();
         let refs: Vec<&Tensor> = grads.iter().chain(std::iter::once(loss)).collect();
         group.all_reduce_mean(&refs)
-    }
-
-    /// DDP's `broadcast_buffers`: after each step every rank takes rank 0's
-    /// BatchNorm running statistics (each rank's forward normalised with its own
-    /// batch's statistics and updated its own copy), so the buffers, the weight
-    /// average and evaluation agree on every rank. Without buffers: nothing.
-    fn broadcast_buffers(&self) -> Result<(), DistError> {
-        let Some(group) = &self.group else { return Ok(()) };
-        let mut buffers: Vec<(String, Tensor)> =
-            self.vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).collect();
-        if buffers.is_empty() {
-            return Ok(());
-        }
-        buffers.sort_by(|a, b| a.0.cmp(&b.0));
-        let refs: Vec<&Tensor> = buffers.iter().map(|(_, t)| t).collect();
-        group.broadcast_from_rank0(&refs)
     }
 
     /// Runs `f` with the weights that are evaluated, checkpointed as

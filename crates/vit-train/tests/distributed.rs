@@ -39,6 +39,9 @@ log_every = 5
 seed = 3
 "#;
 
+/// The conv stem (3x3 convolutions with BatchNorm) in front of PLAIN's transformer.
+const STEM: &str = "stem = \"conv\"\nstem_channels = [8, 16, 16]\nstem_strides = [2, 2, 2]\n";
+
 fn torchrun() -> PathBuf {
     venv_python().with_file_name("torchrun")
 }
@@ -90,10 +93,10 @@ fn max_diff(a: &Path, b: &Path) -> f64 {
         .fold(0.0, f64::max)
 }
 
-#[test]
-fn two_ranks_match_one_process_with_the_global_batch() {
+/// Two ranks with half the batch each against one process with the whole batch.
+fn assert_two_ranks_match_one_process(config: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), PLAIN);
+    let cfg = write_config(tmp.path(), config);
     let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
     let mut reference = Command::new(env!("CARGO_BIN_EXE_vit-train"));
     run_ok(reference.args(fit_args(&cfg, &one, "3", "32")));
@@ -108,6 +111,17 @@ fn two_ranks_match_one_process_with_the_global_batch() {
     let (s1, s2) = (summary(&one), summary(&two));
     assert_eq!(s1["val_accuracy"], s2["val_accuracy"]);
     assert_eq!(s1["confusion_matrix"], s2["confusion_matrix"]);
+}
+
+#[test]
+fn two_ranks_match_one_process_with_the_global_batch() {
+    assert_two_ranks_match_one_process(PLAIN);
+}
+
+#[test]
+fn two_ranks_with_sync_batch_norm_match_one_process() {
+    // BatchNorm statistics over both ranks' images, the weight average on.
+    assert_two_ranks_match_one_process(&PLAIN.replace("pooling = \"mean\"\n", &format!("pooling = \"mean\"\n{STEM}")));
 }
 
 #[test]

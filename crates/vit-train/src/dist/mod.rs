@@ -6,10 +6,12 @@
 
 pub mod sampler;
 
+use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CString};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::{Duration, Instant};
 
-use tch::{Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::fused::ShimError;
 
@@ -137,6 +139,18 @@ mod ffi {
             -> *mut c_char;
         pub fn vit_dist_barrier(d: *mut VitDist) -> *mut c_char;
         pub fn vit_dist_destroy(d: *mut VitDist);
+        #[allow(clippy::too_many_arguments)] // mirrors the C API one to one
+        pub fn vit_dist_sync_batch_norm(
+            d: *mut VitDist,
+            x: *mut AtTensor,
+            weight: *mut AtTensor,
+            bias: *mut AtTensor,
+            running_mean: *mut AtTensor,
+            running_var: *mut AtTensor,
+            eps: f64,
+            momentum: f64,
+            out: *mut *mut AtTensor,
+        ) -> *mut c_char;
     }
 }
 
@@ -183,6 +197,7 @@ impl ProcessGroup {
         };
         check("c10d rendezvous", err)?;
         sampler::set_rank(launch.rank, launch.world_size);
+        SYNC_BN_GROUP.store(raw, Ordering::SeqCst);
         Ok(Self { raw, launch: launch.clone(), stats: Default::default() })
     }
 
@@ -268,9 +283,61 @@ fn check(op: &'static str, err: *mut c_char) -> Result<(), ShimError> {
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
+        let _ = SYNC_BN_GROUP.compare_exchange(self.raw, std::ptr::null_mut(), Ordering::SeqCst, Ordering::SeqCst);
         // SAFETY: raw came from vit_dist_init and is freed once.
         unsafe { ffi::vit_dist_destroy(self.raw) };
     }
+}
+
+/// The group BatchNorm layers synchronise over: the live [`ProcessGroup`] of this
+/// process (a process is one rank), null outside one.
+static SYNC_BN_GROUP: AtomicPtr<ffi::VitDist> = AtomicPtr::new(std::ptr::null_mut());
+
+thread_local! {
+    /// A SyncBatchNorm failure inside a forward pass (which cannot return it), for
+    /// [`take_forward_error`].
+    static FORWARD_ERROR: RefCell<Option<DistError>> = const { RefCell::new(None) };
+}
+
+/// Training-mode BatchNorm of `x` [N, C, H, W] with `bn`'s affine weights and running
+/// statistics over the batches of all ranks (SyncBatchNorm), when this process is in
+/// a process group; `None` outside one (the caller applies `bn` itself). A failed
+/// collective is kept for [`take_forward_error`] and the input comes back unchanged.
+pub fn sync_batch_norm(x: &Tensor, bn: &nn::BatchNorm, eps: f64, momentum: f64) -> Option<Tensor> {
+    let group = SYNC_BN_GROUP.load(Ordering::SeqCst);
+    if group.is_null() {
+        return None;
+    }
+    let (Some(ws), Some(bs)) = (&bn.ws, &bn.bs) else { return None };
+    let p = |t: &Tensor| t.as_ptr() as *mut ffi::AtTensor;
+    let mut out = std::ptr::null_mut();
+    // SAFETY: the group is live while it is registered; every tensor outlives the call.
+    let err = unsafe {
+        ffi::vit_dist_sync_batch_norm(
+            group,
+            p(x),
+            p(ws),
+            p(bs),
+            p(&bn.running_mean),
+            p(&bn.running_var),
+            eps,
+            momentum,
+            &mut out,
+        )
+    };
+    match check("SyncBatchNorm", err) {
+        // SAFETY: on success `out` is a new at::Tensor the caller owns, as tch's own tensors.
+        Ok(()) => Some(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) }),
+        Err(e) => {
+            FORWARD_ERROR.with(|slot| *slot.borrow_mut() = Some(e.into()));
+            Some(x.shallow_clone())
+        }
+    }
+}
+
+/// The SyncBatchNorm failure of the last forward pass on this thread, if any.
+pub fn take_forward_error() -> Result<(), DistError> {
+    FORWARD_ERROR.with(|slot| slot.borrow_mut().take()).map_or(Ok(()), Err)
 }
 
 /// Groups `tensors` by dtype and device, in order, into buckets of at most
