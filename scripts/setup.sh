@@ -46,6 +46,14 @@ if [ "$(have torch)" != "2.11.0" ] || [ "$(have "$ORT_PKG")" != "1.31.1" ] || [ 
 else
   say "venv ready: torch $(have torch), $ORT_PKG $(have "$ORT_PKG")"
 fi
+# Headers only, for the C++ shim's NCCL process group: ProcessGroupNCCL includes the CUDA
+# runtime headers (nvidia-cuda-runtime, with torch), which need crt/ and CCCL's nv/target;
+# matched to torch 2.11's CUDA 13.0. Without them vit-train builds with Gloo only.
+if [ "$(have nvidia-cuda-crt)" != "13.0.88" ] || [ "$(have nvidia-cuda-cccl)" != "13.0.85" ]; then
+  say "installing the CUDA crt and CCCL headers (NCCL process group)"
+  "$VIT_VENV/bin/python" -m pip install -q "nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85" \
+    || die "pip install of the CUDA headers failed: check access to PyPI"
+fi
 source scripts/env.sh   # picks up ORT_DYLIB_PATH now that it exists
 [ -n "${ORT_DYLIB_PATH:-}" ] || die "libonnxruntime.so not found in $VIT_VENV"
 

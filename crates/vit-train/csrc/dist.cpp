@@ -45,6 +45,14 @@ at::Tensor flatten(const std::vector<at::Tensor> &ts) {
   return at::cat(flat);
 }
 
+// NCCL reduces CUDA tensors only: CPU ones (counters, evaluation sums) go through this rank's GPU.
+at::Tensor staged(vit_dist *d, at::Tensor flat) {
+  if (d->cuda_device >= 0 && !flat.is_cuda()) {
+    return flat.to(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(d->cuda_device)));
+  }
+  return flat;
+}
+
 void unflatten(const at::Tensor &flat, std::vector<at::Tensor> &ts) {
   int64_t offset = 0;
   for (auto &t : ts) {
@@ -99,7 +107,7 @@ void vit_dist_internal::wait_for(vit_dist *d, const c10::intrusive_ptr<c10d::Wor
 }
 
 extern "C" char *vit_dist_init(const char *master_addr, int master_port, int rank, int world, int store_is_client,
-                               double timeout_s, vit_dist **out) {
+                               double timeout_s, int cuda_device, vit_dist **out) {
   *out = nullptr;
   return guarded([&] {
     TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " is not in a world of size ", world);
@@ -107,6 +115,7 @@ extern "C" char *vit_dist_init(const char *master_addr, int master_port, int ran
     auto d = std::make_unique<vit_dist>();
     d->rank = rank;
     d->world = world;
+    d->cuda_device = cuda_device;
     d->timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000.0));
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<uint16_t>(master_port);
@@ -125,8 +134,12 @@ extern "C" char *vit_dist_init(const char *master_addr, int master_port, int ran
                                " failed: " + describe(e));
     }
     d->store = c10::make_intrusive<c10d::PrefixStore>("vit-train/", tcp);
-    auto options = c10d::ProcessGroupGloo::Options::create_default(d->timeout);
-    d->group = c10::make_intrusive<c10d::ProcessGroupGloo>(d->store, rank, world, options);
+    if (cuda_device >= 0) {
+      d->group = vit_dist_internal::make_nccl(d->store, rank, world, d->timeout);
+    } else {
+      auto options = c10d::ProcessGroupGloo::Options::create_default(d->timeout);
+      d->group = c10::make_intrusive<c10d::ProcessGroupGloo>(d->store, rank, world, options);
+    }
     *out = d.release();
   });
 }
@@ -138,7 +151,7 @@ extern "C" char *vit_dist_all_reduce(vit_dist *d, vit_tensor *const *tensors, si
     }
     c10::NoGradGuard no_grad;
     auto ts = gather(tensors, n);
-    std::vector<at::Tensor> flat{flatten(ts)};
+    std::vector<at::Tensor> flat{staged(d, flatten(ts))};
     // Gloo has no AVG: sum, then divide by the world size.
     wait_for(d, d->group->allreduce(flat), "all-reduce");
     if (average) {
@@ -155,7 +168,7 @@ extern "C" char *vit_dist_broadcast(vit_dist *d, vit_tensor *const *tensors, siz
     }
     c10::NoGradGuard no_grad;
     auto ts = gather(tensors, n);
-    std::vector<at::Tensor> flat{flatten(ts)};
+    std::vector<at::Tensor> flat{staged(d, flatten(ts))};
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
     wait_for(d, d->group->broadcast(flat, opts), "broadcast");

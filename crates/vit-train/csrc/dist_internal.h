@@ -1,4 +1,4 @@
-// What dist.cpp and dist_bn.cpp share: the process group behind `vit_dist*`,
+// What dist.cpp, dist_bn.cpp and dist_nccl.cpp share: the process group behind `vit_dist*`,
 // error messages without C++ backtraces, and the collective wait that names
 // failed ranks.
 #pragma once
@@ -19,6 +19,8 @@ struct vit_dist {
   int rank;
   int world;
   std::chrono::milliseconds timeout;
+  // NCCL: the CUDA device of this rank, where CPU tensors are staged for a collective; -1 with Gloo.
+  int cuda_device;
 };
 
 namespace vit_dist_internal {
@@ -45,5 +47,9 @@ char *guarded(F &&f) noexcept {
 // Waits for `work` up to the group's timeout; a failure becomes an exception whose
 // message names this rank, c10d's reason and the ranks that stopped answering.
 void wait_for(vit_dist *d, const c10::intrusive_ptr<c10d::Work> &work, const char *what);
+
+// A ProcessGroupNCCL (dist_nccl.cpp); throws "this build has no NCCL" when built without its headers.
+c10::intrusive_ptr<c10d::Backend> make_nccl(const c10::intrusive_ptr<c10d::Store> &store, int rank, int world,
+                                            std::chrono::milliseconds timeout);
 
 }  // namespace vit_dist_internal

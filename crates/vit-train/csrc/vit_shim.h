@@ -31,13 +31,14 @@ char *vit_fused_adam_step(vit_tensor *const *params, vit_tensor *const *grads, v
 // ---- collective communication (dist.cpp) ----
 
 // A process group of `world` ranks over c10d: a TCPStore at master_addr:master_port
-// (served by rank 0, or by the launcher when store_is_client != 0) and Gloo.
+// (served by rank 0, or by the launcher when store_is_client != 0), and Gloo, or
+// NCCL on CUDA device cuda_device when that is >= 0.
 typedef struct vit_dist vit_dist;
 
 // Joins the group as `rank`; every store wait and collective gives up after
 // timeout_s seconds. On success *out is the group (free with vit_dist_destroy).
 char *vit_dist_init(const char *master_addr, int master_port, int rank, int world, int store_is_client,
-                    double timeout_s, vit_dist **out);
+                    double timeout_s, int cuda_device, vit_dist **out);
 
 // Sums (average != 0: averages) the n tensors, all of one dtype and device, across
 // ranks in place, as one collective over their flattened concatenation.

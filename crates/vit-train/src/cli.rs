@@ -463,6 +463,7 @@ fn run_fit(a: &FitArgs) -> Result<()> {
     if let Some((launch, _)) = ranked.as_ref().filter(|(l, _)| l.rank != 0) {
         return dist::fit_other_rank(a, launch, device);
     }
+    let group = ranked.map(|(launch, _)| dist::join(&a.dist, &launch, device)).transpose()?;
     let (dir, cfg, run) = if a.resume {
         let dir = RunDir::open(&a.out)?;
         let cfg = resume_config(&dir, a)?;
@@ -477,7 +478,6 @@ fn run_fit(a: &FitArgs) -> Result<()> {
         (RunDir::create(&a.out)?, cfg, run)
     };
     let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet };
-    let group = ranked.map(|(launch, _)| dist::join(&a.dist, &launch, device)).transpose()?;
     let summary = fit_rank(Some(&dir), cfg, &opts, group)?;
     let accuracy = match (summary.val_accuracy, summary.best_val_accuracy, summary.best_epoch) {
         (Some(acc), Some(best), Some(epoch)) => format!("{acc:.4} (best {best:.4} at epoch {epoch})"),

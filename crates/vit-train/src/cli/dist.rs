@@ -42,8 +42,14 @@ pub fn launch(device: Device) -> Result<Option<(Launch, Device)>> {
 /// Joins the process group of `launch` for training on `device`.
 pub fn join(a: &DistArgs, launch: &Launch, device: Device) -> Result<ProcessGroup> {
     let backend = a.dist_backend.unwrap_or(if device.is_cuda() { Backend::Nccl } else { Backend::Gloo });
-    if backend == Backend::Gloo && device.is_cuda() {
-        bail!("--dist-backend gloo reduces CPU tensors only; train on the CPU (--device cpu) or use nccl");
+    match backend {
+        Backend::Gloo if device.is_cuda() => {
+            bail!("--dist-backend gloo reduces CPU tensors only: train on the CPU (--device cpu) or use nccl")
+        }
+        Backend::Nccl if !device.is_cuda() => {
+            bail!("--dist-backend nccl reduces CUDA tensors only: train on CUDA (--device cuda) or use gloo")
+        }
+        _ => {}
     }
     let group = ProcessGroup::join(launch, backend, Duration::from_secs_f64(a.dist_timeout))?;
     log::debug!(

@@ -29,9 +29,6 @@ pub enum DistError {
         /// What is wrong with it.
         message: String,
     },
-    /// The requested backend is not in this build.
-    #[error("this build has no NCCL: the C++ shim is compiled with c10d's Gloo process group only (ProcessGroupNCCL's headers need the CUDA toolkit headers, which the build does not have); use --dist-backend gloo")]
-    NoNccl,
     /// c10d raised an error (rendezvous, collective, timeout, dead peer).
     #[error(transparent)]
     C10d(#[from] ShimError),
@@ -127,6 +124,7 @@ mod ffi {
             world: c_int,
             store_is_client: c_int,
             timeout_s: f64,
+            cuda_device: c_int,
             out: *mut *mut VitDist,
         ) -> *mut c_char;
         pub fn vit_dist_all_reduce(
@@ -174,12 +172,14 @@ pub struct ProcessGroup {
 }
 
 impl ProcessGroup {
-    /// Joins the group `launch` describes over `backend`; every rendezvous wait and
-    /// collective fails after `timeout` instead of hanging.
+    /// Joins the group `launch` describes over `backend` (NCCL on CUDA device
+    /// `cuda:LOCAL_RANK`); every rendezvous wait and collective fails after
+    /// `timeout` instead of hanging.
     pub fn join(launch: &Launch, backend: Backend, timeout: Duration) -> Result<Self, DistError> {
-        if backend == Backend::Nccl {
-            return Err(DistError::NoNccl);
-        }
+        let cuda_device = match backend {
+            Backend::Nccl => launch.local_rank as c_int,
+            Backend::Gloo => -1,
+        };
         let addr = CString::new(launch.master_addr.clone())
             .map_err(|_| DistError::Env { name: "MASTER_ADDR", message: "contains a NUL byte".into() })?;
         let mut raw = std::ptr::null_mut();
@@ -192,6 +192,7 @@ impl ProcessGroup {
                 launch.world_size as c_int,
                 c_int::from(launch.agent_store),
                 timeout.as_secs_f64(),
+                cuda_device,
                 &mut raw,
             )
         };
