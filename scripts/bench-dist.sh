@@ -35,7 +35,7 @@ for round in $(seq "$ROUNDS"); do
   RUST_LOG=debug torchrun --standalone --nproc-per-node 2 --no-python "$BIN" "${common[@]}" --out "$RUNS/two" \
     --threads 1 --batch-size $((batch / 2)) >"$RUNS/two.log" 2>&1 || { cat "$RUNS/two.log" >&2; exit 1; }
   one+=("$(ips "$RUNS/one")"); two+=("$(ips "$RUNS/two")")
-  comm=$(grep -o 'collectives, .* in collectives' "$RUNS/two.log" | tail -1 || true)
+  comm=$(grep -o '[0-9]* collectives, .* in collectives' "$RUNS/two.log" | tail -1 || true)
   printf '[bench-dist] round %d: 1x2 threads %.1f img/s, 2 ranks x 1 thread %.1f img/s (rank 0: %s)\n' \
     "$round" "${one[-1]}" "${two[-1]}" "$comm"
 done
