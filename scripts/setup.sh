@@ -48,6 +48,14 @@ if [ "$(have torch)" != "2.11.0" ] || [ "$(have "$ORT_PKG")" != "1.31.1" ] || [ 
 else
   say "venv ready: torch $(have torch), $ORT_PKG $(have "$ORT_PKG")"
 fi
+# Headers only, for the C++ shim's NCCL process group: ProcessGroupNCCL includes the CUDA
+# runtime headers (nvidia-cuda-runtime, with torch), which need crt/ and CCCL's nv/target;
+# matched to torch 2.11's CUDA 13.0. Without them vit-train builds with Gloo only.
+if [ "$(have nvidia-cuda-crt)" != "13.0.88" ] || [ "$(have nvidia-cuda-cccl)" != "13.0.85" ]; then
+  say "installing the CUDA crt and CCCL headers (NCCL process group)"
+  "$VIT_VENV/bin/python" -m pip install -q "nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85" \
+    || die "pip install of the CUDA headers failed: check access to PyPI"
+fi
 source scripts/env.sh   # picks up ORT_DYLIB_PATH now that it exists
 [ -n "${ORT_DYLIB_PATH:-}" ] || die "libonnxruntime.so not found in $VIT_VENV"
 
@@ -62,6 +70,19 @@ if [ ! -d "$ORT_GPU_DIR/onnxruntime_gpu-1.31.1.dist-info" ]; then
 fi
 source scripts/env.sh   # picks up VIT_ORT_GPU_DYLIB
 [ -n "${VIT_ORT_GPU_DYLIB:-}" ] || die "libonnxruntime.so not found in $ORT_GPU_DIR"
+
+# Gloo's headers for the C++ shim's c10d process group (the torch wheel ships c10d's, not Gloo's).
+if [ ! -e /usr/include/gloo/config.h ]; then
+  if command -v apt-get >/dev/null; then
+    say "installing Debian package libgloo-dev"
+    SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libgloo-dev >/dev/null \
+      || die "apt-get install libgloo-dev failed"
+  else
+    die "Gloo headers missing (/usr/include/gloo): install libgloo-dev"
+  fi
+fi
 
 if [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte" ]; then
   if command -v apt-get >/dev/null; then

@@ -1,6 +1,6 @@
 //! Two jobs, both about linking libtorch:
 //!
-//! - builds the C++ shim of `csrc/` (ATen operations tch does not bind) against
+//! - builds the C++ shim of `csrc/` (ATen operations and c10d, which tch does not bind) against
 //!   the same libtorch headers and C++ ABI as torch-sys: `$LIBTORCH/include`, or
 //!   with `LIBTORCH_USE_PYTORCH` the venv's torch as python reports it;
 //! - links libtorch_cuda even though no symbol of it is referenced directly
@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The shim's translation units (csrc/README.md lists what each owns).
-const SHIM_SOURCES: &[&str] = &["csrc/optim.cpp"];
+const SHIM_SOURCES: &[&str] = &["csrc/optim.cpp", "csrc/dist.cpp", "csrc/dist_bn.cpp"];
+
+/// The NCCL process group, built apart with the CUDA headers when they are there.
+const NCCL_SOURCE: &str = "csrc/dist_nccl.cpp";
 
 /// Include dirs and `_GLIBCXX_USE_CXX11_ABI` value of the libtorch torch-sys uses.
 fn libtorch_headers() -> (Vec<PathBuf>, String) {
@@ -49,20 +52,49 @@ fn libtorch_headers() -> (Vec<PathBuf>, String) {
     (vec![root.join("include"), root.join("include/torch/csrc/api/include")], abi)
 }
 
-fn build_shim() {
-    println!("cargo:rerun-if-changed=csrc");
-    let (includes, abi) = libtorch_headers();
-    cc::Build::new()
+/// The CUDA runtime (with `crt/`), CCCL and NCCL include dirs of the nvidia-* PyPI
+/// packages beside the venv's torch, when all are there (ProcessGroupNCCL needs them).
+fn nccl_headers(torch_includes: &[PathBuf]) -> Option<Vec<PathBuf>> {
+    // .../site-packages/torch/include -> .../site-packages/nvidia
+    let nvidia = torch_includes.first()?.parent()?.parent()?.join("nvidia");
+    let cuda =
+        ["cu13", "cu12"].iter().map(|v| nvidia.join(v).join("include")).find(|d| d.join("cuda_runtime.h").exists())?;
+    let nccl = nvidia.join("nccl/include");
+    let found =
+        cuda.join("crt/host_config.h").exists() && cuda.join("nv/target").exists() && nccl.join("nccl.h").exists();
+    found.then(|| vec![cuda, nccl])
+}
+
+fn shim_build(includes: &[PathBuf], abi: &str) -> cc::Build {
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .pic(true)
         .warnings(false)
-        .includes(&includes)
+        .includes(includes)
         .include("csrc")
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .files(SHIM_SOURCES)
-        .compile("vit_shim");
+        // c10d's Gloo process group (the Gloo headers come from Debian's libgloo-dev).
+        .flag("-DUSE_DISTRIBUTED")
+        .flag("-DUSE_C10D_GLOO");
+    build
+}
+
+fn build_shim() {
+    println!("cargo:rerun-if-changed=csrc");
+    let (includes, abi) = libtorch_headers();
+    shim_build(&includes, &abi).files(SHIM_SOURCES).compile("vit_shim");
+    // NCCL in its own archive: only it needs the CUDA headers (and compiles to a stub without them).
+    let mut nccl = shim_build(&includes, &abi);
+    match nccl_headers(&includes) {
+        Some(dirs) => {
+            nccl.includes(dirs).flag("-DVIT_HAVE_NCCL").flag("-DUSE_C10D_NCCL").flag("-DUSE_CUDA");
+        }
+        None => println!("cargo:warning=CUDA/NCCL headers not found beside torch: building without NCCL (scripts/setup.sh installs them)"),
+    }
+    nccl.file(NCCL_SOURCE).compile("vit_shim_nccl");
 }
 
 fn main() {

@@ -28,6 +28,41 @@ char *vit_fused_adam_step(vit_tensor *const *params, vit_tensor *const *grads, v
                           vit_tensor *const *exp_avg_sqs, size_t n, vit_tensor *step, double lr, double beta1,
                           double beta2, double weight_decay, double eps, int decoupled);
 
+// ---- collective communication (dist.cpp) ----
+
+// A process group of `world` ranks over c10d: a TCPStore at master_addr:master_port
+// (served by rank 0, or by the launcher when store_is_client != 0), and Gloo, or
+// NCCL on CUDA device cuda_device when that is >= 0.
+typedef struct vit_dist vit_dist;
+
+// Joins the group as `rank`; every store wait and collective gives up after
+// timeout_s seconds. On success *out is the group (free with vit_dist_destroy).
+char *vit_dist_init(const char *master_addr, int master_port, int rank, int world, int store_is_client,
+                    double timeout_s, int cuda_device, vit_dist **out);
+
+// Sums (average != 0: averages) the n tensors, all of one dtype and device, across
+// ranks in place, as one collective over their flattened concatenation.
+char *vit_dist_all_reduce(vit_dist *d, vit_tensor *const *tensors, size_t n, int average);
+
+// Overwrites the n tensors with rank `root`'s, as one collective.
+char *vit_dist_broadcast(vit_dist *d, vit_tensor *const *tensors, size_t n, int root);
+
+// Waits until every rank arrives; rank 0 names the ranks that did not.
+char *vit_dist_barrier(vit_dist *d);
+
+// Leaves the group and frees it.
+void vit_dist_destroy(vit_dist *d);
+
+// ---- SyncBatchNorm (dist_bn.cpp) ----
+
+// Training-mode BatchNorm of x [N, C, H, W] over the batches of all ranks of d
+// (statistics all-reduced in forward, gradient sums in backward), with affine
+// weight and bias [C]; updates running_mean / running_var (unbiased variance over
+// all ranks' images) with `momentum`. *out is a new tensor owned by the caller.
+char *vit_dist_sync_batch_norm(vit_dist *d, vit_tensor *x, vit_tensor *weight, vit_tensor *bias,
+                               vit_tensor *running_mean, vit_tensor *running_var, double eps, double momentum,
+                               vit_tensor **out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -73,7 +73,7 @@ fn main() -> Result<()> {
     let mut times = Vec::with_capacity(a.steps);
     for i in 0..a.warmup + a.steps {
         let started = Instant::now();
-        let loss = trainer.step(&batch, lr);
+        let loss = trainer.step(&batch, lr)?;
         anyhow::ensure!(loss.is_finite(), "step {i}: loss {loss}");
         if i >= a.warmup {
             times.push(started.elapsed().as_secs_f64());

@@ -71,6 +71,7 @@ pub fn make_batch(
 pub fn epoch_order(len: usize, batch_size: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..len).collect();
     order.shuffle(rng);
+    let order = crate::dist::sampler::shard(order);
     order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
 }
 

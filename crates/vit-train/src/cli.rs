@@ -14,7 +14,7 @@ use crate::export_weights::{export_weights, WeightsExportRequest};
 use crate::import::ImportOptions;
 use crate::resume::{reconcile, ResumeRequest};
 use crate::run_dir::{Checkpoint, InitSource, RunDir, RunOptions};
-use crate::train::{fit, FitOptions};
+use crate::train::{fit_rank, FitOptions};
 
 /// Train, evaluate and export Vision Transformers (tch / libtorch).
 #[derive(Debug, Parser)]
@@ -165,6 +165,9 @@ pub struct FitArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Data-parallel training under torchrun.
+    #[command(flatten)]
+    pub dist: dist::DistArgs,
 }
 
 /// `vit-train export` flags.
@@ -459,6 +462,12 @@ fn run_fit(a: &FitArgs) -> Result<()> {
     set_threads(a.threads)?;
     let _ = crate::cpu_memory::keep_freed_memory(); // only speed depends on it
     let device = a.device.resolve()?;
+    let ranked = dist::launch(device)?;
+    let device = ranked.as_ref().map_or(device, |(_, d)| *d);
+    if let Some((launch, _)) = ranked.as_ref().filter(|(l, _)| l.rank != 0) {
+        return dist::fit_other_rank(a, launch, device);
+    }
+    let group = ranked.map(|(launch, _)| dist::join(&a.dist, &launch, device)).transpose()?;
     let (dir, cfg, run) = if a.resume {
         let dir = RunDir::open(&a.out)?;
         let cfg = resume_config(&dir, a)?;
@@ -469,17 +478,11 @@ fn run_fit(a: &FitArgs) -> Result<()> {
     } else {
         let cfg = resolve_config(a)?;
         crate::memory::check(&cfg, device)?;
-        let Some(data) = a.data.clone() else { bail!("--data is required (an image folder or a folder of IDX files)") };
-        let val_fraction = a.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION);
-        // An absolute path in run.json, so --resume finds the weights from any folder.
-        let absolute = |w: &PathBuf| std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
-        let init = a.init.as_ref().map(|w| InitSource { weights: absolute(w), num_heads: a.num_heads });
-        let run =
-            RunOptions { data, val_fraction, max_per_class: a.max_per_class, allow_skipped: a.allow_skipped, init };
+        let run = new_run_options(a)?;
         (RunDir::create(&a.out)?, cfg, run)
     };
     let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet };
-    let summary = fit(&dir, cfg, &opts)?;
+    let summary = fit_rank(Some(&dir), cfg, &opts, group)?;
     let accuracy = match (summary.val_accuracy, summary.best_val_accuracy, summary.best_epoch) {
         (Some(acc), Some(best), Some(epoch)) => format!("{acc:.4} (best {best:.4} at epoch {epoch})"),
         (Some(acc), ..) => format!("{acc:.4}"),
@@ -493,6 +496,16 @@ fn run_fit(a: &FitArgs) -> Result<()> {
         export_and_print(&dir, &ExportRequest::new(&a.out))?;
     }
     Ok(())
+}
+
+/// The data options of a new run, from the flags.
+fn new_run_options(a: &FitArgs) -> Result<RunOptions> {
+    let Some(data) = a.data.clone() else { bail!("--data is required (an image folder or a folder of IDX files)") };
+    let val_fraction = a.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION);
+    // An absolute path in run.json, so --resume finds the weights from any folder.
+    let absolute = |w: &PathBuf| std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
+    let init = a.init.as_ref().map(|w| InitSource { weights: absolute(w), num_heads: a.num_heads });
+    Ok(RunOptions { data, val_fraction, max_per_class: a.max_per_class, allow_skipped: a.allow_skipped, init })
 }
 
 fn export_and_print(dir: &RunDir, req: &ExportRequest) -> Result<()> {
@@ -523,5 +536,6 @@ fn export_and_print(dir: &RunDir, req: &ExportRequest) -> Result<()> {
     Ok(())
 }
 
+mod dist;
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,18 @@ pub fn to_device(pixels: &[f32], labels: &[i64], prep: &Preprocessor, device: De
 /// Logits of the whole data set, in order ([N, K] on the CPU).
 pub fn predict(model: &impl ModuleT, data: &Dataset, prep: &Preprocessor, device: Device, batch: usize) -> Tensor {
     let indices: Vec<usize> = (0..data.len()).collect();
+    predict_indices(model, data, &indices, prep, device, batch)
+}
+
+/// Logits of the images `indices` of `data`, in that order ([len, K] on the CPU).
+pub fn predict_indices(
+    model: &impl ModuleT,
+    data: &Dataset,
+    indices: &[usize],
+    prep: &Preprocessor,
+    device: Device,
+    batch: usize,
+) -> Tensor {
     let outs: Vec<Tensor> = tch::no_grad(|| {
         indices
             .chunks(batch.max(1))
@@ -62,4 +74,32 @@ pub fn evaluate(
         confusion.add(t as usize, p as usize);
     }
     Evaluation { loss, accuracy: confusion.accuracy(), confusion }
+}
+
+/// The additive part of an evaluation of the images `indices` of `data`: the sum of
+/// their cross-entropies and their confusion counts (ranks add these up exactly).
+pub fn evaluate_part(
+    model: &impl ModuleT,
+    data: &Dataset,
+    indices: &[usize],
+    prep: &Preprocessor,
+    num_classes: usize,
+    device: Device,
+    batch: usize,
+) -> (f64, Confusion) {
+    let mut confusion = Confusion::new(num_classes);
+    if indices.is_empty() {
+        return (0.0, confusion);
+    }
+    let logits = predict_indices(model, data, indices, prep, device, batch);
+    let truth: Vec<i64> = indices.iter().map(|&i| data.labels[i]).collect();
+    let loss_sum = logits
+        .log_softmax(-1, Kind::Float)
+        .g_nll_loss::<Tensor>(&Tensor::from_slice(&truth), None, tch::Reduction::Sum, -100)
+        .double_value(&[]);
+    let predicted = Vec::<i64>::try_from(logits.argmax(-1, false).to_kind(Kind::Int64)).unwrap_or_default();
+    for (&t, &p) in truth.iter().zip(&predicted) {
+        confusion.add(t as usize, p as usize);
+    }
+    (loss_sum, confusion)
 }

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cpu_memory;
 pub mod deploy;
+pub mod dist;
 pub mod ema;
 pub mod evaluate;
 pub mod export;

@@ -12,6 +12,7 @@ use tch::Device;
 use vit::data::{load_splits, LoadOptions, Splits};
 use vit::{Preprocessor, ViTConfig};
 
+use crate::dist::ProcessGroup;
 use crate::evaluate::Evaluation;
 use crate::metrics::{Record, Summary};
 use crate::run_dir::{Checkpoint, RunDir, RunOptions};
@@ -75,18 +76,34 @@ pub fn load_data(cfg: &mut ViTConfig, run: &RunOptions) -> Result<Splits> {
 
 /// Trains `cfg` on the options' data, filling the run folder `dir` (made by
 /// [`RunDir::create`], or [`RunDir::open`] to resume); returns the summary.
-pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
+pub fn fit(dir: &RunDir, cfg: ViTConfig, opts: &FitOptions) -> Result<Summary> {
+    fit_rank(Some(dir), cfg, opts, None)
+}
+
+/// [`fit`] as one rank of `group` (data-parallel training): rank 0 passes the run
+/// folder and is the only one to read checkpoints or write anything; the other
+/// ranks pass `None` (with the run's options in `opts.run`, also on `--resume`)
+/// and receive rank 0's state. Without a group, `dir` is required.
+pub fn fit_rank(
+    dir: Option<&RunDir>,
+    mut cfg: ViTConfig,
+    opts: &FitOptions,
+    group: Option<ProcessGroup>,
+) -> Result<Summary> {
     let started = Instant::now();
     if cfg.train.epochs == 0 {
         bail!("train.epochs = 0: train for at least 1 epoch");
     }
-    let run = if opts.resume {
-        dir.read_run_options().context("--resume needs the run's run.json")?
-    } else if dir.holds_run() {
-        bail!("{} already holds a run; pass --resume to continue it or choose another --out", dir.path().display());
-    } else {
-        opts.run.clone()
+    let run = match dir {
+        Some(dir) if opts.resume => dir.read_run_options().context("--resume needs the run's run.json")?,
+        Some(dir) if dir.holds_run() => {
+            bail!("{} already holds a run; pass --resume to continue it or choose another --out", dir.path().display())
+        }
+        _ => opts.run.clone(),
     };
+    if dir.is_none() && group.as_ref().map_or(true, |g| g.rank() == 0) {
+        bail!("only ranks other than 0 train without the run folder");
+    }
 
     let estimate = crate::memory::check(&cfg, opts.device)?;
     log::debug!("memory estimate: {:.0} MiB", estimate.total() / (1u64 << 20) as f64);
@@ -104,29 +121,44 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
         run.data.display()
     );
     // run.json first: with it, the folder is recognisably a run however early a kill comes.
-    dir.write_run_options(&run)?;
-    dir.write_config(&cfg)?;
-    dir.write_labels(&splits.classes)?;
+    if let Some(dir) = dir {
+        dir.write_run_options(&run)?;
+        dir.write_config(&cfg)?;
+        dir.write_labels(&splits.classes)?;
+    }
 
-    let mut trainer = Trainer::new(&cfg, opts.device, splits.train.len(), opts.eval_batch)?;
+    let shard = crate::dist::sampler::shard_len(splits.train.len());
+    let mut trainer = Trainer::new(&cfg, opts.device, shard, opts.eval_batch)?;
     let parameters = trainer.parameters();
     log::info!("model: {:?} variant, {parameters} parameters, device {}", cfg.variant, device_name(opts.device));
 
     let mut records = Vec::new();
     let mut start_epoch = 0;
-    let resume_path = dir.resume_path();
-    if opts.resume && resume_path.exists() {
-        start_epoch = trainer.load_resume(&resume_path)?;
-        records = dir.read_records().into_iter().filter(|r| r.epoch() < start_epoch).collect();
-        log::info!("resuming after epoch {start_epoch} from {}", resume_path.display());
-    } else if opts.resume {
-        log::warn!("no complete epoch checkpoint yet ({} is missing): starting from epoch 1", resume_path.display());
+    if let Some(dir) = dir {
+        let resume_path = dir.resume_path();
+        if opts.resume && resume_path.exists() {
+            start_epoch = trainer.load_resume(&resume_path)?;
+            records = dir.read_records().into_iter().filter(|r| r.epoch() < start_epoch).collect();
+            log::info!("resuming after epoch {start_epoch} from {}", resume_path.display());
+        } else if opts.resume {
+            log::warn!(
+                "no complete epoch checkpoint yet ({} is missing): starting from epoch 1",
+                resume_path.display()
+            );
+        }
     }
     if let (0, Some(init)) = (start_epoch, &run.init) {
         trainer.load_init(&crate::init::tensors_for(&init.weights, init.num_heads, &cfg)?)?;
         log::info!("initial weights: {}", init.weights.display());
     }
-    dir.write_records(&records)?;
+    if let Some(group) = group {
+        log::info!("rank {} of {}: training on {shard} images per epoch", group.rank(), group.world_size());
+        trainer.join(group);
+        start_epoch = trainer.sync_from_rank0(start_epoch)?;
+    }
+    if let Some(dir) = dir {
+        dir.write_records(&records)?;
+    }
 
     let t = &cfg.train;
     // Evaluation of the current weights; the last epoch always evaluates, so the summary reuses it.
@@ -142,7 +174,7 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
             }
             bar.set_message(format!("loss {:.4}  {:.0} img/s", s.loss, s.images as f64 / s.train_seconds.max(1e-9)));
             bar.inc(1);
-        });
+        })?;
         bar.finish_and_clear();
         if let Some(d) = stats.diverged {
             bail!(
@@ -165,10 +197,11 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
         let due = measured && ((epoch + 1) % t.eval_every == 0 || epoch + 1 == t.epochs);
         let best_so_far = records.iter().filter_map(Record::val_accuracy).fold(f64::NEG_INFINITY, f64::max);
         let eval = trainer.with_eval_weights(|tr| -> Result<Option<Evaluation>> {
-            let eval = due.then(|| tr.evaluate(&splits.val));
+            let eval = if due { Some(tr.evaluate(&splits.val)?) } else { None };
             let rec = epoch_record(epoch, &stats, eval.as_ref(), epoch_start.elapsed().as_secs_f64());
             log_epoch(&rec, t.epochs);
             records.push(rec);
+            let Some(dir) = dir else { return Ok(eval) };
             dir.write_records(&records)?;
             tr.save_weights(&dir.checkpoint_path(Checkpoint::Last))?;
             if eval.as_ref().is_some_and(|e| e.accuracy > best_so_far) {
@@ -176,14 +209,16 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
             }
             Ok(eval)
         })?;
-        trainer.save_resume(&resume_path, epoch + 1)?;
+        if let Some(dir) = dir {
+            trainer.save_resume(&dir.resume_path(), epoch + 1)?;
+        }
         last_eval = eval;
     }
 
     // Only a resumed run that had already finished has no evaluation of its final weights yet.
     let eval = match last_eval {
         Some(eval) => Some(eval),
-        None if measured => Some(trainer.with_eval_weights(|tr| tr.evaluate(&splits.val))),
+        None if measured => Some(trainer.with_eval_weights(|tr| tr.evaluate(&splits.val))?),
         None => None,
     };
     let summary = summarize(&SummaryInputs {
@@ -195,6 +230,7 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
         wall_seconds: started.elapsed().as_secs_f64(),
         epochs: t.epochs,
     });
+    let Some(dir) = dir else { return Ok(summary) };
     dir.write_summary(&summary)?;
     if let Some(eval) = &eval {
         dir.write_confusion_csv(&eval.confusion, &splits.classes)?;
@@ -204,11 +240,15 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
 }
 
 /// What a run stopped in `epoch` (0-based) keeps: nothing of the broken epoch is saved.
-fn kept_checkpoint(dir: &RunDir, epoch: usize) -> String {
-    if epoch == 0 {
-        "no epoch completed, so no checkpoint was written".into()
-    } else {
-        format!("{} still holds epoch {}, the last good one", dir.checkpoint_path(Checkpoint::Last).display(), epoch)
+fn kept_checkpoint(dir: Option<&RunDir>, epoch: usize) -> String {
+    match dir {
+        _ if epoch == 0 => "no epoch completed, so no checkpoint was written".into(),
+        Some(dir) => format!(
+            "{} still holds epoch {}, the last good one",
+            dir.checkpoint_path(Checkpoint::Last).display(),
+            epoch
+        ),
+        None => format!("rank 0's run folder still holds epoch {epoch}, the last good one"),
     }
 }
 

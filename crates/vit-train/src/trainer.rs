@@ -14,9 +14,12 @@ use vit::{Preprocessor, ViTConfig};
 
 use crate::batches::{for_each_train_batch, Augment, HostBatch};
 use crate::checkpoint::{self, CheckpointError};
+use crate::dist::{DistError, ProcessGroup};
 use crate::ema::Ema;
-use crate::evaluate::{evaluate, to_device, Evaluation};
+use crate::evaluate::{evaluate, evaluate_part, to_device, Evaluation};
+use crate::fused::ShimError;
 use crate::memory::{catch_allocation, MemoryError};
+use crate::metrics::Confusion;
 use crate::model::{parameter_count, ViT};
 use crate::optim::{learning_rate, Adam};
 
@@ -88,6 +91,7 @@ pub struct Trainer {
     steps_per_epoch: usize,
     warmup_steps: usize,
     total_steps: usize,
+    group: Option<ProcessGroup>,
 }
 
 impl Trainer {
@@ -118,6 +122,7 @@ impl Trainer {
             steps_per_epoch,
             warmup_steps: (t.warmup_epochs * steps_per_epoch as f64).round() as usize,
             total_steps: steps_per_epoch * t.epochs,
+            group: None,
         })
     }
 
@@ -152,10 +157,52 @@ impl Trainer {
         self.steps_per_epoch
     }
 
+    /// Makes this trainer one rank of `group` (data-parallel training): gradients
+    /// are averaged across ranks from now on, evaluation is sharded. Call
+    /// [`sync_from_rank0`](Self::sync_from_rank0) next so every rank starts alike.
+    pub fn join(&mut self, group: ProcessGroup) {
+        self.group = Some(group);
+    }
+
+    /// The process group this trainer is a rank of, if any.
+    pub fn group(&self) -> Option<&ProcessGroup> {
+        self.group.as_ref()
+    }
+
+    /// True unless this is a rank other than 0 (only rank 0 writes files).
+    pub fn is_rank0(&self) -> bool {
+        self.group.as_ref().map_or(true, |g| g.rank() == 0)
+    }
+
+    /// Overwrites every rank's whole training state (weights, BatchNorm buffers,
+    /// optimiser moments and step, weight average) with rank 0's, and returns rank
+    /// 0's `epochs_done`: after a fresh start or a resume on rank 0, all ranks agree.
+    pub fn sync_from_rank0(&mut self, epochs_done: usize) -> Result<usize, DistError> {
+        let Some(group) = &self.group else { return Ok(epochs_done) };
+        let state = self.resume_state(epochs_done);
+        let tensors: Vec<&Tensor> = state.iter().map(|(_, t)| t).collect();
+        group.broadcast_from_rank0(&tensors)?;
+        // Weights and moments are shared with the model; the counters are copies, so load them back.
+        let map: BTreeMap<String, Tensor> = state.into_iter().collect();
+        let restore = |message: String| DistError::C10d(ShimError { op: "broadcast", message });
+        self.opt.load_state(&map).map_err(restore)?;
+        if let Some(ema) = &mut self.ema {
+            ema.load_state(&map).map_err(restore)?;
+        }
+        Ok(map[EPOCH_TENSOR].int64_value(&[0]) as usize)
+    }
+
     /// Trains one epoch (0-based) on `data` in the seeded order of that epoch;
     /// `on_step` sees every step after its update. A step whose loss is not
     /// finite ends the epoch at once ([`EpochStats::diverged`]; `on_step` does not see it).
-    pub fn train_epoch(&mut self, data: &Dataset, epoch: usize, mut on_step: impl FnMut(&StepReport)) -> EpochStats {
+    /// In a process group each rank trains on its shard, and the returned loss
+    /// and image count are the sums over all ranks.
+    pub fn train_epoch(
+        &mut self,
+        data: &Dataset,
+        epoch: usize,
+        mut on_step: impl FnMut(&StepReport),
+    ) -> Result<EpochStats, DistError> {
         let t = &self.cfg.train;
         // Dropout, drop-path and augmentation draws of an epoch depend only on the seed and the epoch,
         // so a resumed run continues exactly.
@@ -164,11 +211,18 @@ impl Trainer {
         let (batch_size, seed) = (t.batch_size, t.seed);
         let mut stats = EpochStats { loss_sum: 0.0, images: 0, train_seconds: 0.0, diverged: None };
         let prep = self.prep.clone();
+        let mut failed = None;
         for_each_train_batch(data, &prep, aug, batch_size, seed, epoch, |i, batch| {
             let started = Instant::now();
             let step = epoch * self.steps_per_epoch + i;
             let lr = learning_rate(&self.cfg.train, step, self.warmup_steps, self.total_steps);
-            let loss = self.step(&batch, lr);
+            let loss = match self.step(&batch, lr) {
+                Ok(loss) => loss,
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            };
             stats.train_seconds += started.elapsed().as_secs_f64();
             if !loss.is_finite() {
                 stats.diverged = Some(Divergence { step_in_epoch: i, step, loss });
@@ -179,13 +233,32 @@ impl Trainer {
             on_step(&StepReport { step, loss, lr, images: stats.images, train_seconds: stats.train_seconds });
             true
         });
-        stats
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Some(group) = &self.group {
+            let comm = group.take_stats();
+            log::debug!(
+                "epoch {}: {} collectives, {:.1} MiB per step, {:.3} s per step in collectives",
+                epoch + 1,
+                comm.calls,
+                comm.bytes as f64 / self.steps_per_epoch.max(1) as f64 / (1 << 20) as f64,
+                comm.seconds / self.steps_per_epoch.max(1) as f64
+            );
+            // A rank that diverged stops early: the sums then cover fewer steps, which the others see.
+            let sums = Tensor::from_slice(&[stats.loss_sum, stats.images as f64]);
+            group.all_reduce_sum(&[&sums])?;
+            let v = Vec::<f64>::try_from(&sums).unwrap_or_default();
+            (stats.loss_sum, stats.images) = (v[0], v[1] as usize);
+        }
+        Ok(stats)
     }
 
     /// One optimiser step on `batch` at learning rate `lr` (forward, loss,
     /// backward, clipping, update, weight average); returns the loss. The epoch
-    /// loop calls it; benchmarks time it alone.
-    pub fn step(&mut self, batch: &HostBatch, lr: f64) -> f64 {
+    /// loop calls it; benchmarks time it alone. Fails only when averaging the
+    /// gradients across ranks fails (a dead peer, a timeout).
+    pub fn step(&mut self, batch: &HostBatch, lr: f64) -> Result<f64, DistError> {
         let (label_smoothing, grad_clip) = (self.cfg.train.label_smoothing, self.cfg.train.grad_clip);
         let (x, y) = to_device(&batch.pixels, &batch.labels, &self.prep, self.device);
         let logits = self.model.forward_t(&x, true);
@@ -197,9 +270,13 @@ impl Trainer {
             Some(lam) => ce(&y) * f64::from(lam) + ce(&y.flip([0])) * (1.0 - f64::from(lam)),
             None => ce(&y),
         };
+        crate::dist::take_forward_error()?;
         self.opt.zero_grad();
-        loss.backward();
-        self.reduce_gradients();
+        // A collective inside backward (SyncBatchNorm) may fail: an error, not a panic.
+        loss.f_backward().map_err(|e| ShimError { op: "backward", message: e.to_string() })?;
+        // Averaged with the gradients, so every rank logs and checks the same global loss.
+        let loss = loss.detach().reshape([1]).copy();
+        self.reduce_gradients(&loss)?;
         if grad_clip > 0.0 {
             self.opt.clip_grad_norm(grad_clip);
         }
@@ -212,14 +289,20 @@ impl Trainer {
         if let Some(ema) = &mut self.ema {
             ema.update();
         }
-        loss.double_value(&[])
+        Ok(loss.double_value(&[]))
     }
 
-    /// The one place where, between `backward` and gradient clipping, data-parallel
-    /// training will average the gradients of all ranks (all-reduce, divide by the
-    /// world size), so clipping, the update and the weight average see the global
-    /// gradient. With a single process there is nothing to combine: a no-op.
-    pub fn reduce_gradients(&mut self) {}
+    /// Between `backward` and gradient clipping: averages the gradients of all
+    /// ranks, and `loss` (a detached copy) with them, flattened into buckets of
+    /// about 25 MB with one all-reduce each, so clipping, the update and the weight
+    /// average see the global gradient. With a single process: a no-op.
+    pub fn reduce_gradients(&mut self, loss: &Tensor) -> Result<(), DistError> {
+        let Some(group) = &self.group else { return Ok(()) };
+        let vars = self.vs.trainable_variables();
+        let grads: Vec<Tensor> = vars.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+        let refs: Vec<&Tensor> = grads.iter().chain(std::iter::once(loss)).collect();
+        group.all_reduce_mean(&refs)
+    }
 
     /// Runs `f` with the weights that are evaluated, checkpointed as
     /// `last`/`best` and exported: the weight average when the recipe keeps one,
@@ -235,9 +318,30 @@ impl Trainer {
         result
     }
 
-    /// Loss, accuracy and confusion matrix of the current weights on `data`.
-    pub fn evaluate(&self, data: &Dataset) -> Evaluation {
-        evaluate(&self.model, data, &self.prep, self.cfg.num_classes, self.device, self.eval_batch)
+    /// Loss, accuracy and confusion matrix of the current weights on `data`. In a
+    /// process group each rank evaluates every world-size-th image and the sums are
+    /// all-reduced: every rank gets the same, exact counts.
+    pub fn evaluate(&self, data: &Dataset) -> Result<Evaluation, DistError> {
+        let Some(group) = &self.group else {
+            return Ok(evaluate(&self.model, data, &self.prep, self.cfg.num_classes, self.device, self.eval_batch));
+        };
+        let k = self.cfg.num_classes;
+        if data.is_empty() {
+            return Ok(evaluate(&self.model, data, &self.prep, k, self.device, self.eval_batch));
+        }
+        let mine: Vec<usize> = (group.rank()..data.len()).step_by(group.world_size()).collect();
+        let (loss_sum, part) = evaluate_part(&self.model, data, &mine, &self.prep, k, self.device, self.eval_batch);
+        let mut sums = vec![loss_sum];
+        sums.extend(part.matrix.iter().flatten().map(|&c| c as f64));
+        let sums = Tensor::from_slice(&sums);
+        group.all_reduce_sum(&[&sums])?;
+        let sums = Vec::<f64>::try_from(&sums).unwrap_or_default();
+        let mut confusion = Confusion::new(k);
+        for (row, counts) in confusion.matrix.iter_mut().zip(sums[1..].chunks(k)) {
+            *row = counts.iter().map(|&c| c as u64).collect();
+        }
+        let loss = sums[0] / data.len() as f64;
+        Ok(Evaluation { loss, accuracy: confusion.accuracy(), confusion })
     }
 
     /// Writes the model's current weights (a `last`/`best` checkpoint).
@@ -248,11 +352,16 @@ impl Trainer {
     /// Writes everything `--resume` needs after `epochs_done` completed epochs:
     /// trained weights, optimiser moments, the weight average and the epoch count.
     pub fn save_resume(&self, path: &Path, epochs_done: usize) -> Result<(), CheckpointError> {
+        checkpoint::write_atomic(path, &self.resume_state(epochs_done))
+    }
+
+    /// Everything a resume file holds; weights and moments share storage with the live state.
+    fn resume_state(&self, epochs_done: usize) -> Vec<(String, Tensor)> {
         let mut state = checkpoint::model_tensors(&self.vs);
         state.extend(self.opt.state_tensors());
         state.extend(self.ema.iter().flat_map(Ema::state_tensors));
         state.push((EPOCH_TENSOR.into(), Tensor::from_slice(&[epochs_done as i64])));
-        checkpoint::write_atomic(path, &state)
+        state
     }
 
     /// Restores a [`save_resume`](Self::save_resume) file; returns the completed epochs.

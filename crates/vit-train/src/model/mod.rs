@@ -61,6 +61,10 @@ impl nn::ModuleT for ViT {
     }
 }
 
+/// PyTorch's BatchNorm2d defaults.
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
 /// One conv-stem stage: 3x3 convolution (no bias, stride 1 or 2), BatchNorm, ReLU.
 /// Names: `patch_embed.stem.{i}.conv.weight`, `patch_embed.stem.{i}.bn.{weight,bias,running_mean,running_var}`.
 #[derive(Debug)]
@@ -72,14 +76,16 @@ struct StemStage {
 impl StemStage {
     fn new(p: nn::Path, inp: i64, out: i64, stride: i64) -> Self {
         let conv = nn::ConvConfig { stride, padding: 1, bias: false, ..Default::default() };
-        // PyTorch's BatchNorm2d defaults: eps 1e-5, momentum 0.1.
-        let bn = nn::BatchNormConfig { eps: 1e-5, momentum: 0.1, ..Default::default() };
+        let bn = nn::BatchNormConfig { eps: BN_EPS, momentum: BN_MOMENTUM, ..Default::default() };
         Self { conv: nn::conv2d(&p / "conv", inp, out, 3, conv), bn: nn::batch_norm2d(&p / "bn", out, bn) }
     }
 
-    /// [B, C, H, W] -> [B, C', H/s, W/s]
+    /// [B, C, H, W] -> [B, C', H/s, W/s]; in training, BatchNorm runs over the
+    /// batches of all ranks when data-parallel (SyncBatchNorm).
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv).apply_t(&self.bn, train).relu()
+        let y = xs.apply(&self.conv);
+        let synced = train.then(|| crate::dist::sync_batch_norm(&y, &self.bn, BN_EPS, BN_MOMENTUM)).flatten();
+        synced.unwrap_or_else(|| y.apply_t(&self.bn, train)).relu()
     }
 }
 
