@@ -199,15 +199,18 @@ impl Block {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut a = self.attn.forward_t(&xs.apply(&self.norm1), train);
-        if let Some((ls1, _)) = &self.layer_scale {
-            a = a * ls1;
-        }
+        // Out of place: `*=` would modify a tensor autograd may have kept for the backward pass.
+        let a = self.attn.forward_t(&xs.apply(&self.norm1), train);
+        let a = match &self.layer_scale {
+            Some((ls1, _)) => a * ls1,
+            None => a,
+        };
         let xs = xs + drop_path(&a, self.drop_path, train);
-        let mut m = self.mlp.forward_t(&xs.apply(&self.norm2), train);
-        if let Some((_, ls2)) = &self.layer_scale {
-            m = m * ls2;
-        }
+        let m = self.mlp.forward_t(&xs.apply(&self.norm2), train);
+        let m = match &self.layer_scale {
+            Some((_, ls2)) => m * ls2,
+            None => m,
+        };
         &xs + drop_path(&m, self.drop_path, train)
     }
 }
@@ -225,8 +228,9 @@ pub fn final_norm_name(pooling: Pooling) -> &'static str {
 #[derive(Debug)]
 pub struct StandardViT {
     embed: PatchEmbed,
-    /// timm's `norm_pre`: a LayerNorm before the blocks.
-    norm_pre: Option<nn::LayerNorm>,
+    /// timm's `norm_pre`: a LayerNorm before the blocks (boxed: rarely
+    /// present, it would otherwise double the size of every model value).
+    norm_pre: Option<Box<nn::LayerNorm>>,
     blocks: Vec<Block>,
     /// `norm` before pooling, or (avg pooling) `fc_norm` after it.
     norm: nn::LayerNorm,
@@ -247,7 +251,7 @@ impl StandardViT {
         let blocks = (0..cfg.depth).map(|i| Block::new(p / "blocks" / i, cfg, rate(i))).collect();
         Self {
             embed: PatchEmbed::new(p, cfg, tok, tok),
-            norm_pre: cfg.norm_pre.then(|| layer_norm(p / "norm_pre", cfg)),
+            norm_pre: cfg.norm_pre.then(|| Box::new(layer_norm(p / "norm_pre", cfg))),
             blocks,
             norm: layer_norm(p / final_norm_name(cfg.pooling), cfg),
             head: linear(p / "head", cfg.embed_dim, cfg.num_classes, true),
@@ -262,7 +266,7 @@ impl ModuleT for StandardViT {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut x = self.embed.forward_t(xs, train).dropout(self.dropout, train); // [B, L, E]
         if let Some(norm_pre) = &self.norm_pre {
-            x = x.apply(norm_pre);
+            x = x.apply(norm_pre.as_ref());
         }
         for block in &self.blocks {
             x = block.forward_t(&x, train);
