@@ -118,7 +118,9 @@ impl Default for Preprocess {
 }
 
 mod preset;
+mod timm_options;
 mod train;
+use timm_options::{is_false, is_true};
 pub use train::{Optimizer, TrainConfig};
 
 /// Added to the attention scores' diagonal by locality self-attention, in
@@ -177,6 +179,20 @@ pub struct ViTConfig {
     /// each image and its mirror image (horizontal flip), at twice the
     /// inference cost; training is unchanged. Suits data trained with `hflip`.
     pub test_time_flip: bool,
+    /// LayerScale (Touvron et al. 2021, "Going deeper with image transformers";
+    /// timm's `init_values`; standard variant): each residual branch is
+    /// multiplied by a learnable per-channel vector `blocks.{i}.ls1.gamma` /
+    /// `ls2.gamma` `[E]`, initialised to this value. Absent: no LayerScale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_scale: Option<f64>,
+    /// A LayerNorm `norm_pre` after the position embedding, before the blocks
+    /// (timm's `pre_norm = True`, as CLIP's ViTs; standard variant).
+    #[serde(skip_serializing_if = "is_false")]
+    pub norm_pre: bool,
+    /// A class token before the patch tokens (timm's `class_token`); without
+    /// one, `pooling` must be `"avg"` (standard variant).
+    #[serde(skip_serializing_if = "is_true")]
+    pub class_token: bool,
     /// Pixel preprocessing.
     pub preprocess: Preprocess,
     /// Training recipe.
@@ -206,6 +222,9 @@ impl Default for ViTConfig {
             locality_attention: false,
             drop_path: 0.0,
             test_time_flip: false,
+            layer_scale: None,
+            norm_pre: false,
+            class_token: true,
             preprocess: Preprocess::default(),
             train: TrainConfig::default(),
         }
@@ -286,9 +305,14 @@ impl ViTConfig {
         self.grid_size() * self.grid_size()
     }
 
-    /// Tokens per image: the patches plus the class token.
+    /// Tokens per image: the patches plus the class token (if any).
     pub fn num_tokens(&self) -> usize {
-        self.num_patches() + 1
+        self.num_patches() + self.num_prefix_tokens()
+    }
+
+    /// Tokens before the patch tokens: 1 with a class token, else 0.
+    pub fn num_prefix_tokens(&self) -> usize {
+        usize::from(self.class_token)
     }
 
     /// Per-head width.
@@ -375,6 +399,7 @@ impl ViTConfig {
             return Err(invalid("pooling", value, "the dlstudio variant pools by mean, as ViTHelper"));
         }
         self.validate_stem()?;
+        self.validate_timm_options()?;
         if !(0.0..1.0).contains(&self.drop_path) {
             return Err(invalid("drop_path", self.drop_path, "must be in [0, 1)"));
         }

@@ -43,7 +43,8 @@ pub fn load_model(weights: &std::path::Path, opts: &ImportOptions) -> Result<(Im
 pub fn describe(cfg: &ViTConfig) -> String {
     format!(
         "image_size {}, patch_size {}, in_channels {}, embed_dim {}, depth {}, num_heads {}, mlp_ratio {}, \
-         pooling {:?}, qkv_bias {}, layer_norm_eps {:e}, num_classes {}, mean {:?}, std {:?}",
+         pooling {:?}, qkv_bias {}, layer_norm_eps {:e}, num_classes {}, mean {:?}, std {:?}, \
+         class_token {}, norm_pre {}, layer_scale {:?}",
         cfg.image_size,
         cfg.patch_size,
         cfg.in_channels,
@@ -56,7 +57,10 @@ pub fn describe(cfg: &ViTConfig) -> String {
         cfg.layer_norm_eps,
         cfg.num_classes,
         cfg.preprocess.mean,
-        cfg.preprocess.std
+        cfg.preprocess.std,
+        cfg.class_token,
+        cfg.norm_pre,
+        cfg.layer_scale
     )
 }
 

@@ -25,6 +25,8 @@ fn is_hf_vit(cfg: &ViTConfig) -> bool {
         && cfg.pooling == Pooling::Cls
         && !cfg.locality_attention
         && !cfg.test_time_flip
+        && cfg.layer_scale.is_none()
+        && !cfg.norm_pre
 }
 
 /// The `config.json` object for a model.

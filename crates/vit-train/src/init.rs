@@ -6,14 +6,33 @@
 //! naming the tensor.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use tch::{nn, Tensor};
 use vit::ViTConfig;
 
 use crate::import::resample::resample_abs_pos_embed;
-use crate::import::{self, ImportOptions};
+use crate::import::{self, ImportOptions, Imported};
+
+/// The checkpoint [`run_config`] read (with the `--num-heads` it was read
+/// with), kept for [`tensors_for`] so a new run reads its `--init` file once.
+static LAST_READ: Mutex<Option<(PathBuf, Option<usize>, Imported)>> = Mutex::new(None);
+
+/// The checkpoint kept by [`run_config`] if it is `weights` read with
+/// `num_heads`, else `weights` read now. The tensors do not depend on the
+/// options beyond `num_heads`, only the inferred config does.
+fn read_once(weights: &Path, num_heads: Option<usize>) -> Result<Imported> {
+    let mut last = LAST_READ.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match last.take() {
+        Some((path, heads, imported)) if path == weights && heads == num_heads => Ok(imported),
+        _ => {
+            let opts = ImportOptions { num_heads, ..Default::default() };
+            import::load(weights, &opts).with_context(|| format!("cannot import {}", weights.display()))
+        }
+    }
+}
 
 /// The run's config: the checkpoint's architecture, with `image_size`,
 /// `num_classes`, preprocessing, test-time flip and training recipe from
@@ -22,8 +41,10 @@ pub fn run_config(weights: &Path, num_heads: Option<usize>, preset: Option<&ViTC
     let flip = preset.map(|p| p.test_time_flip);
     let opts = ImportOptions { num_heads, base: preset.cloned(), test_time_flip: flip, ..Default::default() };
     let imported = import::load(weights, &opts).with_context(|| format!("cannot import {}", weights.display()))?;
-    let mut cfg = imported.cfg;
+    let mut cfg = imported.cfg.clone();
     log::info!("--init {:?} checkpoint: {}", imported.format, crate::export_weights::describe(&cfg));
+    *LAST_READ.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+        Some((weights.to_path_buf(), num_heads, imported));
     if let Some(p) = preset {
         if p.image_size % cfg.patch_size != 0 {
             bail!(
@@ -45,8 +66,7 @@ pub fn run_config(weights: &Path, num_heads: Option<usize>, preset: Option<&ViTC
 /// count are left out (the model keeps its fresh ones) and the position
 /// embedding is resampled to the new grid.
 pub fn tensors_for(weights: &Path, num_heads: Option<usize>, cfg: &ViTConfig) -> Result<BTreeMap<String, Tensor>> {
-    let opts = ImportOptions { num_heads, ..Default::default() };
-    let imported = import::load(weights, &opts).with_context(|| format!("cannot import {}", weights.display()))?;
+    let imported = read_once(weights, num_heads)?;
     let mut tensors = imported.tensors;
     if imported.cfg.num_classes != cfg.num_classes {
         tensors.retain(|name, _| !name.starts_with("head."));
@@ -59,7 +79,8 @@ pub fn tensors_for(weights: &Path, num_heads: Option<usize>, cfg: &ViTConfig) ->
     let (old, new) = (imported.cfg.grid_size(), cfg.grid_size());
     if old != new {
         let pos = tensors.remove("pos_embed").context("the checkpoint has no pos_embed")?;
-        tensors.insert("pos_embed".into(), resample_abs_pos_embed(&pos, new as i64, 1));
+        let prefix = cfg.num_prefix_tokens() as i64;
+        tensors.insert("pos_embed".into(), resample_abs_pos_embed(&pos, new as i64, prefix));
         log::info!(
             "--init: position embeddings resampled from a {old}x{old} to a {new}x{new} patch grid (image size {})",
             cfg.image_size

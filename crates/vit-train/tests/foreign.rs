@@ -3,6 +3,8 @@
 //! transformers: scripts/setup.sh), imported and exported by `vit-train
 //! export --weights`; Python onnxruntime on our ONNX equals their PyTorch
 //! forward, and every unsupported or mismatched tensor is refused by name.
+//! timm's LayerScale, `norm_pre` and class-token-free models are covered too,
+//! imported and trained from scratch.
 
 mod common;
 
@@ -55,12 +57,15 @@ fn timm_and_hugging_face_exports_equal_their_pytorch_forward() {
         ("hf", &[][..]),
         ("timm_tiny_token", &[][..]),
         ("timm_tiny_avg", &[][..]),
+        ("timm_custom_ls_prenorm", &["--num-heads", "4"][..]),
+        ("timm_custom_nocls", &["--num-heads", "4"][..]),
     ];
     for (case, extra) in cases {
         let out = tempfile::tempdir().unwrap();
         let log = run_ok(&mut export(case, out.path(), extra));
         let stderr = String::from_utf8_lossy(&log.stderr);
-        let pooling = if case.ends_with("avg") { "pooling Avg" } else { "pooling Cls" };
+        let avg = case.ends_with("avg") || case.ends_with("nocls");
+        let pooling = if avg { "pooling Avg" } else { "pooling Cls" };
         assert!(stderr.contains(pooling), "{case}: the inferred config is printed: {stderr}");
         let onnx = out.path().join("model.onnx");
         let report = python(&["check".as_ref(), checkpoints().join(case).as_os_str(), onnx.as_os_str()]);
@@ -74,8 +79,14 @@ fn timm_and_hugging_face_exports_equal_their_pytorch_forward() {
             assert_eq!(config["label2id"]["dog"], 3);
             assert_eq!(config["architectures"][0], "ViTForImageClassification");
         }
-        if case.ends_with("avg") {
-            assert!(config.get("architectures").is_none(), "avg pooling is not transformers' ViT");
+        if case.ends_with("ls_prenorm") {
+            assert!(stderr.contains("norm_pre true, layer_scale Some("), "{case}: {stderr}");
+        }
+        if case.ends_with("nocls") {
+            assert!(stderr.contains("class_token false"), "{case}: {stderr}");
+        }
+        if avg || case.ends_with("ls_prenorm") {
+            assert!(config.get("architectures").is_none(), "{case} is not transformers' ViT");
         }
     }
 }
@@ -83,8 +94,8 @@ fn timm_and_hugging_face_exports_equal_their_pytorch_forward() {
 #[test]
 fn unsupported_or_mismatched_tensors_are_refused_by_name() {
     let cases = [
-        ("layer_scale", "`blocks.0.ls1.gamma` is not supported: LayerScale"),
-        ("norm_pre", "`norm_pre.bias` is not supported"),
+        ("no_embed_class", "`pos_embed` is not supported: shape [1, 16, 64] has no position for the class token"),
+        ("half_layer_scale", "`blocks.0.ls2.gamma` is missing"),
         ("unknown", "`blocks.0.extra.weight` is not supported"),
         ("head_shape", "`head.bias` has shape [4], the inferred config needs [3]"),
     ];
@@ -108,24 +119,29 @@ fn resampled_position_embeddings_equal_timms() {
     assert_eq!(ours.size(), t["resampled"].size());
     let diff = (&ours - &t["resampled"]).abs().max().double_value(&[]);
     assert!(diff <= 1e-5, "max |ours - timm| = {diff:e}");
+    let ours = vit_train::import::resample::resample_abs_pos_embed(&t["grid_only"], 7, 0);
+    assert_eq!(ours.size(), t["grid_only_resampled"].size());
+    let diff = (&ours - &t["grid_only_resampled"]).abs().max().double_value(&[]);
+    assert!(diff <= 1e-5, "no class token: max |ours - timm| = {diff:e}");
 }
 
-#[test]
-fn fit_init_from_timm_with_other_classes_and_image_size_lowers_the_loss_and_exports() {
+/// `fit --init CASE` at image size 32 on COCO-5 (5 classes): the head is
+/// re-initialised, the position embedding resampled, the loss falls, the run exports.
+fn fit_init_lowers_the_loss_and_exports(case: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let preset = common::cli::write_config(
         tmp.path(),
         "image_size = 32\n[train]\nepochs = 3\nbatch_size = 30\nlr = 1e-3\noptimizer = \"adamw\"\nlog_every = 1\nseed = 3\n",
     );
     let run = tmp.path().join("run");
-    let weights = checkpoints().join("timm_custom_token/model.safetensors");
+    let weights = checkpoints().join(case).join("model.safetensors");
     let mut cmd = common::cli::bin();
     cmd.arg("--init").arg(&weights).args(["--num-heads", "4"]).arg("--config").arg(&preset);
     cmd.arg("--data").arg(common::coco5()).arg("--out").arg(&run).args(["--max-per-class", "30"]);
     let out = run_ok(&mut cmd);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("head re-initialised for 5 classes (the checkpoint has 3)"), "{stderr}");
-    assert!(stderr.contains("resampled from a 8x8 to a 4x4 patch grid"), "{stderr}");
+    assert!(stderr.contains("head re-initialised for 5 classes (the checkpoint has 3)"), "{case}: {stderr}");
+    assert!(stderr.contains("resampled from a 8x8 to a 4x4 patch grid"), "{case}: {stderr}");
     let run_json = json(run.join("run.json"));
     assert_eq!(PathBuf::from(run_json["init"]["weights"].as_str().unwrap()), weights.canonicalize().unwrap());
     let losses: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -133,6 +149,56 @@ fn fit_init_from_timm_with_other_classes_and_image_size_lowers_the_loss_and_expo
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["train_loss"].as_f64())
         .collect();
-    assert!(losses.len() >= 2 && losses.last() < losses.first(), "train loss per epoch: {losses:?}");
+    assert!(losses.len() >= 2 && losses.last() < losses.first(), "{case}: train loss per epoch: {losses:?}");
     assert!(run.join("model.onnx").exists() && run.join("config.json").exists());
+}
+
+#[test]
+fn fit_init_from_timm_with_other_classes_and_image_size_lowers_the_loss_and_exports() {
+    fit_init_lowers_the_loss_and_exports("timm_custom_token");
+}
+
+#[test]
+fn fit_init_without_class_token_with_layer_scale_lowers_the_loss_and_exports() {
+    fit_init_lowers_the_loss_and_exports("timm_custom_nocls");
+}
+
+#[test]
+fn timm_options_from_scratch_start_as_configured_and_export_the_same_function() {
+    use tch::nn::ModuleT;
+
+    let cfg = vit::ViTConfig {
+        layer_scale: Some(0.25),
+        norm_pre: true,
+        class_token: false,
+        ..common::standard(32, 8, 3, 2, 2, vit::config::Pooling::Avg)
+    };
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _model = vit_train::model::ViT::new(&vs.root(), &cfg);
+    let vars = vs.variables();
+    assert!(!vars.contains_key("cls_token") && vars.contains_key("norm_pre.weight"));
+    assert_eq!(vars["pos_embed"].size(), [1, 16, 32]);
+    for name in ["blocks.0.ls1.gamma", "blocks.1.ls2.gamma"] {
+        let gamma = &vars[name];
+        assert_eq!(gamma.size(), [32]);
+        assert!(gamma.eq(0.25).all().int64_value(&[]) == 1, "{name} starts at layer_scale");
+    }
+    let (vs, model) = common::random_model(&cfg, 11);
+    let meta = vit::ModelMetadata {
+        config: cfg.clone(),
+        labels: (0..5).map(|i| format!("c{i}")).collect(),
+        val_accuracy: None,
+    };
+    let bytes = vit::onnx::export_to_bytes(&meta, &vit_train::export::named_tensors(&vs).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, bytes).unwrap();
+    for batch in [1usize, 7] {
+        let x = common::random_input(&cfg, batch, 20 + batch as i64);
+        let expected = common::to_vec(&tch::no_grad(|| model.forward_t(&x, false)));
+        let shape = [batch, 3, 32, 32];
+        let actual = vit_train::verify::tract_logits(&path, &common::to_vec(&x), shape).unwrap();
+        let cmp = vit_train::verify::compare(&actual, &expected, 1e-5, 1e-4);
+        assert!(cmp.ok(), "batch {batch}: {cmp}");
+    }
 }

@@ -139,11 +139,13 @@ fn embed_specs(cfg: &ViTConfig, s: &mut Specs) {
     let e = cfg.embed_dim;
     s.plain("patch_embed.proj.weight", &[e, c, p, p]);
     s.plain("patch_embed.proj.bias", &[e]);
-    s.plain("cls_token", &[1, 1, e]);
+    if cfg.class_token {
+        s.plain("cls_token", &[1, 1, e]);
+    }
     s.plain("pos_embed", &[1, cfg.num_tokens(), e]);
 }
 
-/// Patch embedding, class token, position embedding: `[B, C, H, W]` -> `[B, L, E]`.
+/// Patch embedding, class token (if any), position embedding: `[B, C, H, W]` -> `[B, L, E]`.
 fn embed(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
     let (e, n) = (i64_of(cfg.embed_dim), i64_of(cfg.num_patches()));
     let mut x_in = x.to_owned();
@@ -167,6 +169,9 @@ fn embed(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
     let y = b.conv(scope, &x_in, "patch_embed.proj.weight", Some("patch_embed.proj.bias"), k, k, 0);
     let y = b.reshape(scope, &y, &[-1, e, n]); // [B, E, N]
     let patches = b.transpose(scope, &y, &[0, 2, 1]); // [B, N, E]
+    if !cfg.class_token {
+        return b.add("pos_embed", &patches, "pos_embed");
+    }
 
     // cls_token [1, 1, E] broadcast to [B, 1, E]; B read from the input.
     let batch = b.shape("cls_token", x, 0, 1); // [B]

@@ -1,5 +1,6 @@
-//! The standard (timm) variant's encoder: pre-LN blocks `blocks.{i}` with a
-//! fused q/k/v projection (optionally locality self-attention), the final
+//! The standard (timm) variant's encoder: an optional `norm_pre`, pre-LN
+//! blocks `blocks.{i}` with a fused q/k/v projection (optionally locality
+//! self-attention, optionally LayerScale `ls1`/`ls2`), the final
 //! `norm`, class-token or mean pooling (or timm's avg pooling over the patch
 //! tokens followed by `fc_norm`), then the shared head. Mirrors
 //! `vit_train::model::StandardViT`.
@@ -11,6 +12,9 @@ use crate::onnx::builder::{i64_of, GraphBuilder};
 /// The blocks' and the final norm's tensors (patch embedding and head are shared).
 pub(super) fn tensor_specs(cfg: &ViTConfig, s: &mut Specs) {
     let (e, hidden) = (cfg.embed_dim, cfg.mlp_hidden());
+    if cfg.norm_pre {
+        s.layer_norm("norm_pre", e);
+    }
     for i in 0..cfg.depth {
         let b = format!("blocks.{i}");
         s.layer_norm(&format!("{b}.norm1"), e);
@@ -19,16 +23,22 @@ pub(super) fn tensor_specs(cfg: &ViTConfig, s: &mut Specs) {
             s.plain(format!("{b}.attn.scale"), &[cfg.num_heads]);
         }
         s.linear(&format!("{b}.attn.proj"), e, e, true);
+        if cfg.layer_scale.is_some() {
+            s.plain(format!("{b}.ls1.gamma"), &[e]);
+        }
         s.layer_norm(&format!("{b}.norm2"), e);
         s.linear(&format!("{b}.mlp.fc1"), e, hidden, true);
         s.linear(&format!("{b}.mlp.fc2"), hidden, e, true);
+        if cfg.layer_scale.is_some() {
+            s.plain(format!("{b}.ls2.gamma"), &[e]);
+        }
     }
     s.layer_norm(if cfg.pooling == Pooling::Avg { "fc_norm" } else { "norm" }, e);
 }
 
 /// Blocks, final norm, pooling and head: `[B, L, E]` -> `[B, K]`.
 pub(super) fn body(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
-    let mut x = x.to_owned();
+    let mut x = if cfg.norm_pre { layer_norm(b, cfg, "norm_pre", x) } else { x.to_owned() };
     for i in 0..cfg.depth {
         x = block(b, cfg, &format!("blocks.{i}"), &x);
     }
@@ -42,8 +52,12 @@ pub(super) fn body(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
             b.reduce_mean("pool", &x, &[1], false)
         }
         Pooling::Avg => {
-            // The patch tokens only ([B, 1.., E]), then fc_norm on the mean.
-            let patches = b.slice("pool", &x, 1, 1, i64_of(cfg.num_tokens()));
+            // The patch tokens only ([B, prefix.., E]), then fc_norm on the mean.
+            let patches = if cfg.class_token {
+                b.slice("pool", &x, 1, i64_of(cfg.num_prefix_tokens()), i64_of(cfg.num_tokens()))
+            } else {
+                x
+            };
             let mean = b.reduce_mean("pool", &patches, &[1], false);
             layer_norm(b, cfg, "fc_norm", &mean)
         }
@@ -51,17 +65,28 @@ pub(super) fn body(b: &mut GraphBuilder, cfg: &ViTConfig, x: &str) -> String {
     head(b, &pooled)
 }
 
-/// Pre-LN block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+/// Pre-LN block: `x + ls1(attn(norm1(x)))`, then `x + ls2(mlp(norm2(x)))`
+/// (`ls*`: LayerScale, a `Mul` by `{p}.ls*.gamma` `[E]`, if configured).
 fn block(b: &mut GraphBuilder, cfg: &ViTConfig, p: &str, x: &str) -> String {
     let y = layer_norm(b, cfg, &format!("{p}.norm1"), x);
     let out = attention(b, cfg, &format!("{p}.attn"), &y);
+    let out = layer_scale(b, cfg, &format!("{p}.ls1"), &out);
     let x = b.add(&format!("{p}.residual1"), x, &out);
 
     let y = layer_norm(b, cfg, &format!("{p}.norm2"), &x);
     let y = b.linear(&format!("{p}.mlp.fc1"), &y, true);
     let y = b.gelu(&format!("{p}.mlp.act"), &y);
     let y = b.linear(&format!("{p}.mlp.fc2"), &y, true);
+    let y = layer_scale(b, cfg, &format!("{p}.ls2"), &y);
     b.add(&format!("{p}.residual2"), &x, &y)
+}
+
+/// `y * {s}.gamma` (broadcast over `[B, L, E]`) with LayerScale, else `y`.
+fn layer_scale(b: &mut GraphBuilder, cfg: &ViTConfig, s: &str, y: &str) -> String {
+    match cfg.layer_scale {
+        Some(_) => b.mul(s, y, &format!("{s}.gamma")),
+        None => y.to_owned(),
+    }
 }
 
 /// Multi-head self-attention under prefix `s` (`{s}.qkv`, `{s}.proj`, `{s}.scale`):

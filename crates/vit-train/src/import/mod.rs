@@ -149,7 +149,9 @@ pub fn load(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> 
         Format::HuggingFace => hf::to_timm_names(raw)?,
         Format::Timm => raw,
     };
+    let mut tensors = tensors;
     refuse_known_extras(&tensors)?;
+    zero_patch_bias_if_absent(&mut tensors);
     let mut cfg = infer_config(&tensors, json.as_ref(), format, opts)?;
     if format == Format::HuggingFace {
         apply_hf_preprocessor(&mut cfg, &weights, opts)?;
@@ -163,11 +165,7 @@ pub fn load(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> 
 /// timm tensors with a known meaning we do not reproduce, named with why.
 fn refuse_known_extras(tensors: &BTreeMap<String, Tensor>) -> Result<(), ImportError> {
     for name in tensors.keys() {
-        let why = if name.contains(".ls1.") || name.contains(".ls2.") {
-            "LayerScale (timm init_values) is not part of our ViT"
-        } else if name.starts_with("norm_pre.") {
-            "a LayerNorm before the blocks (timm pre_norm = True) is not part of our ViT"
-        } else if name == "reg_token" {
+        let why = if name == "reg_token" {
             "register tokens are not part of our ViT"
         } else if name.contains(".q_norm.") || name.contains(".k_norm.") {
             "query/key normalisation (timm qk_norm) is not part of our ViT"
@@ -179,6 +177,19 @@ fn refuse_known_extras(tensors: &BTreeMap<String, Tensor>) -> Result<(), ImportE
         return Err(ImportError::Unsupported { name: name.clone(), why: why.into() });
     }
     Ok(())
+}
+
+/// timm's `pre_norm = True` ViTs (CLIP's layout) have a patch projection
+/// without bias; ours always has one, so a zero bias stands in for it (the
+/// same function; a fine-tune then trains it).
+fn zero_patch_bias_if_absent(tensors: &mut BTreeMap<String, Tensor>) {
+    if tensors.contains_key("patch_embed.proj.bias") {
+        return;
+    }
+    if let Some(e) = tensors.get("patch_embed.proj.weight").map(|w| w.size()[0]) {
+        log::info!("patch_embed.proj has no bias (timm pre_norm = True): a zero bias stands in for it");
+        tensors.insert("patch_embed.proj.bias".into(), Tensor::zeros([e], (Kind::Float, tch::Device::Cpu)));
+    }
 }
 
 /// The shape of a tensor the inference needs.
@@ -207,21 +218,8 @@ fn infer_config(
             why: format!("non-square patches {patch}x{patch_w}"),
         });
     }
-    if !tensors.contains_key("cls_token") {
-        return Err(ImportError::Missing {
-            name: "cls_token".into(),
-            why: "our ViT has a class token (timm class_token = False is not supported)".into(),
-        });
-    }
-    let pos = shape_of(tensors, "pos_embed", "the position embedding gives the image size")?;
-    let patches = pos.get(1).copied().unwrap_or(0).saturating_sub(1);
-    let grid = (patches as f64).sqrt().round() as usize;
-    if pos.len() != 3 || grid * grid != patches || patches == 0 {
-        return Err(ImportError::Unsupported {
-            name: "pos_embed".into(),
-            why: format!("shape {pos:?} is not [1, 1 + grid^2, E] (a class token and a square grid)"),
-        });
-    }
+    let class_token = tensors.contains_key("cls_token");
+    let grid = patch_grid(tensors, class_token)?;
     let depth = (0..).take_while(|i| tensors.contains_key(&format!("blocks.{i}.norm1.weight"))).count();
     let fc1 = shape_of(tensors, "blocks.0.mlp.fc1.weight", "it gives the MLP width")?;
     let head = shape_of(tensors, "head.weight", "a classifier head is needed (timm num_classes = 0 has none)")?;
@@ -235,6 +233,12 @@ fn infer_config(
         })?,
     };
     let pooling = if tensors.contains_key("fc_norm.weight") { Pooling::Avg } else { Pooling::Cls };
+    if !class_token && pooling != Pooling::Avg {
+        return Err(ImportError::Missing {
+            name: "fc_norm.weight".into(),
+            why: "without a class token (timm class_token = False) only global_pool = \"avg\" is supported".into(),
+        });
+    }
     let mut cfg = opts.base.clone().unwrap_or_default();
     cfg.variant = vit::Variant::Standard;
     cfg.stem = vit::config::Stem::Patch;
@@ -251,6 +255,9 @@ fn infer_config(
     cfg.mlp_ratio = fc1[0] as f64 / embed_dim as f64;
     cfg.pooling = pooling;
     cfg.qkv_bias = tensors.contains_key("blocks.0.attn.qkv.bias");
+    cfg.class_token = class_token;
+    cfg.norm_pre = tensors.contains_key("norm_pre.weight");
+    cfg.layer_scale = layer_scale(tensors);
     cfg.layer_norm_eps = 1e-6; // timm's ViT norm layer
     if format == Format::HuggingFace {
         if let Some(act) = key("hidden_act").and_then(Value::as_str).filter(|a| *a != "gelu") {
@@ -266,6 +273,37 @@ fn infer_config(
         cfg.preprocess = preprocess_from_timm(json).unwrap_or_default();
     }
     Ok(cfg)
+}
+
+/// Patches per side, from `pos_embed` `[1, prefix + grid^2, E]` (prefix: the
+/// class token, if any). timm's `no_embed_class` (a class token without a
+/// position) is refused by name.
+fn patch_grid(tensors: &BTreeMap<String, Tensor>, class_token: bool) -> Result<usize, ImportError> {
+    let pos = shape_of(tensors, "pos_embed", "the position embedding gives the image size")?;
+    let len = pos.get(1).copied().unwrap_or(0);
+    let square = |n: usize| Some((n as f64).sqrt().round() as usize).filter(|g| g * g == n && n > 0);
+    let prefix = usize::from(class_token);
+    match square(len.saturating_sub(prefix)) {
+        Some(grid) if pos.len() == 3 => Ok(grid),
+        _ if class_token && square(len).is_some() => Err(ImportError::Unsupported {
+            name: "pos_embed".into(),
+            why: format!(
+                "shape {pos:?} has no position for the class token (timm no_embed_class = True), \
+                 which our ViT does not reproduce"
+            ),
+        }),
+        _ => Err(ImportError::Unsupported {
+            name: "pos_embed".into(),
+            why: format!("shape {pos:?} is not [1, {prefix} + grid^2, E] (a square patch grid)"),
+        }),
+    }
+}
+
+/// LayerScale (timm `init_values`) when `blocks.0.ls1.gamma` is present: the
+/// config records the mean of that first gamma (only a model trained from
+/// scratch uses the value; an import loads every gamma as it is).
+fn layer_scale(tensors: &BTreeMap<String, Tensor>) -> Option<f64> {
+    tensors.get("blocks.0.ls1.gamma").map(|g| g.mean(Kind::Double).double_value(&[]))
 }
 
 /// `pretrained_cfg.mean/std` of a timm hub `config.json`, if any.

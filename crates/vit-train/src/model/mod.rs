@@ -91,12 +91,12 @@ impl StemStage {
 
 /// Shared patch embedding: Conv2d(C, E, kernel = stride = patch) (or a conv
 /// stem and a 1x1 Conv2d to E), flattened row-major to tokens, class token
-/// prepended, position embedding added.
+/// (if the config has one) prepended, position embedding added.
 #[derive(Debug)]
 pub(crate) struct PatchEmbed {
     stem: Vec<StemStage>,
     proj: nn::Conv2D,
-    cls_token: Tensor,
+    cls_token: Option<Tensor>,
     pos_embed: Tensor,
     embed_dim: i64,
 }
@@ -114,7 +114,7 @@ impl PatchEmbed {
         let k = if stem.is_empty() { cfg.patch_size as i64 } else { 1 };
         let conv = nn::ConvConfig { stride: k, ..Default::default() };
         let proj = nn::conv2d(&(p / "patch_embed" / "proj"), channels, e, k, conv);
-        let cls_token = p.var("cls_token", &[1, 1, e], cls_init);
+        let cls_token = cfg.class_token.then(|| p.var("cls_token", &[1, 1, e], cls_init));
         let pos_embed = p.var("pos_embed", &[1, cfg.num_tokens() as i64, e], pos_init);
         Self { stem, proj, cls_token, pos_embed, embed_dim: e }
     }
@@ -127,7 +127,8 @@ impl PatchEmbed {
             x = stage.forward_t(&x, train); // [B, C_i, H / s_0..s_i, W / s_0..s_i]
         }
         let patches = x.apply(&self.proj).flatten(2, -1).transpose(1, 2); // [B, N, E]
-        let cls = self.cls_token.expand([b, 1, self.embed_dim], false); // [B, 1, E]
+        let Some(cls_token) = &self.cls_token else { return patches + &self.pos_embed };
+        let cls = cls_token.expand([b, 1, self.embed_dim], false); // [B, 1, E]
         Tensor::cat(&[cls, patches], 1) + &self.pos_embed
     }
 }

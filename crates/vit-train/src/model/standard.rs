@@ -4,7 +4,10 @@
 //! `norm.*`, `head.*`; with locality self-attention also `blocks.{i}.attn.scale`
 //! (`[H]`, not a timm tensor). With `pooling = "avg"` the final norm is
 //! `fc_norm.*` after pooling, as timm's `global_pool = "avg"` (its `norm` is
-//! then an Identity, without tensors).
+//! then an Identity, without tensors). timm's options `init_values`
+//! (LayerScale `blocks.{i}.ls1.gamma`, `ls2.gamma`), `pre_norm` (`norm_pre.*`)
+//! and `class_token = False` are the config's `layer_scale`, `norm_pre` and
+//! `class_token`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -167,12 +170,14 @@ pub fn drop_path(xs: &Tensor, rate: f64, train: bool) -> Tensor {
     xs * mask / keep
 }
 
-/// Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)), with
-/// stochastic depth on both branches.
+/// Pre-LN transformer block: x + ls1(attn(ln1(x))), then x + ls2(mlp(ln2(x))),
+/// with stochastic depth on both branches (`ls*`: optional LayerScale).
 #[derive(Debug)]
 struct Block {
     norm1: nn::LayerNorm,
     attn: Attention,
+    /// LayerScale gammas `[E]` of the attention and MLP branches.
+    layer_scale: Option<(Tensor, Tensor)>,
     norm2: nn::LayerNorm,
     mlp: Mlp,
     drop_path: f64,
@@ -183,6 +188,10 @@ impl Block {
         Self {
             norm1: layer_norm(&p / "norm1", cfg),
             attn: Attention::new(&p / "attn", cfg),
+            layer_scale: cfg.layer_scale.map(|v| {
+                let gamma = |name: &str| (&p / name).var("gamma", &[cfg.embed_dim as i64], nn::Init::Const(v));
+                (gamma("ls1"), gamma("ls2"))
+            }),
             norm2: layer_norm(&p / "norm2", cfg),
             mlp: Mlp::new(&p / "mlp", cfg),
             drop_path,
@@ -190,9 +199,18 @@ impl Block {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        // Out of place: `*=` would modify a tensor autograd may have kept for the backward pass.
         let a = self.attn.forward_t(&xs.apply(&self.norm1), train);
+        let a = match &self.layer_scale {
+            Some((ls1, _)) => a * ls1,
+            None => a,
+        };
         let xs = xs + drop_path(&a, self.drop_path, train);
         let m = self.mlp.forward_t(&xs.apply(&self.norm2), train);
+        let m = match &self.layer_scale {
+            Some((_, ls2)) => m * ls2,
+            None => m,
+        };
         &xs + drop_path(&m, self.drop_path, train)
     }
 }
@@ -210,11 +228,16 @@ pub fn final_norm_name(pooling: Pooling) -> &'static str {
 #[derive(Debug)]
 pub struct StandardViT {
     embed: PatchEmbed,
+    /// timm's `norm_pre`: a LayerNorm before the blocks (boxed: rarely
+    /// present, it would otherwise double the size of every model value).
+    norm_pre: Option<Box<nn::LayerNorm>>,
     blocks: Vec<Block>,
     /// `norm` before pooling, or (avg pooling) `fc_norm` after it.
     norm: nn::LayerNorm,
     head: nn::Linear,
     pooling: Pooling,
+    /// Tokens before the patch tokens (the class token, if any).
+    prefix_tokens: i64,
     dropout: f64,
 }
 
@@ -228,10 +251,12 @@ impl StandardViT {
         let blocks = (0..cfg.depth).map(|i| Block::new(p / "blocks" / i, cfg, rate(i))).collect();
         Self {
             embed: PatchEmbed::new(p, cfg, tok, tok),
+            norm_pre: cfg.norm_pre.then(|| Box::new(layer_norm(p / "norm_pre", cfg))),
             blocks,
             norm: layer_norm(p / final_norm_name(cfg.pooling), cfg),
             head: linear(p / "head", cfg.embed_dim, cfg.num_classes, true),
             pooling: cfg.pooling,
+            prefix_tokens: cfg.num_prefix_tokens() as i64,
             dropout: cfg.dropout,
         }
     }
@@ -240,13 +265,19 @@ impl StandardViT {
 impl ModuleT for StandardViT {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut x = self.embed.forward_t(xs, train).dropout(self.dropout, train); // [B, L, E]
+        if let Some(norm_pre) = &self.norm_pre {
+            x = x.apply(norm_pre.as_ref());
+        }
         for block in &self.blocks {
             x = block.forward_t(&x, train);
         }
         let pooled = match self.pooling {
             Pooling::Cls => x.apply(&self.norm).select(1, 0), // [B, E]
             Pooling::Mean => x.apply(&self.norm).mean_dim(1, false, Kind::Float), // [B, E]
-            Pooling::Avg => x.narrow(1, 1, x.size()[1] - 1).mean_dim(1, false, Kind::Float).apply(&self.norm),
+            Pooling::Avg => {
+                let patches = x.narrow(1, self.prefix_tokens, x.size()[1] - self.prefix_tokens); // [B, N, E]
+                patches.mean_dim(1, false, Kind::Float).apply(&self.norm)
+            }
         };
         pooled.apply(&self.head)
     }

@@ -54,6 +54,12 @@ def make(root):
         m = perturb(VisionTransformer(img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=4,
                                       num_classes=3, global_pool=pool), 3)
         save_case(root, f"timm_custom_{pool}", m, m.state_dict(), 64, extra={"num_heads": 4})
+    # timm's options beyond the plain ViT: LayerScale (init_values) with norm_pre, and no class token.
+    custom = dict(img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=3)
+    m = perturb(VisionTransformer(init_values=0.1, pre_norm=True, **custom), 6)
+    save_case(root, "timm_custom_ls_prenorm", m, m.state_dict(), 64, extra={"num_heads": 4})
+    m = perturb(VisionTransformer(class_token=False, global_pool="avg", init_values=0.1, **custom), 7)
+    save_case(root, "timm_custom_nocls", m, m.state_dict(), 64, extra={"num_heads": 4})
 
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -79,8 +85,10 @@ def make(root):
         save_file({k: v.contiguous() for k, v in state.items()}, str(root / name / "model.safetensors"))
 
     small = dict(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4, num_classes=3)
-    bad("layer_scale", VisionTransformer(init_values=1e-5, **small).state_dict())
-    bad("norm_pre", VisionTransformer(pre_norm=True, **small).state_dict())
+    bad("no_embed_class", VisionTransformer(no_embed_class=True, **small).state_dict())
+    s = VisionTransformer(init_values=1e-5, **small).state_dict()
+    del s["blocks.0.ls2.gamma"]
+    bad("half_layer_scale", s)
     s = VisionTransformer(**small).state_dict()
     s["blocks.0.extra.weight"] = torch.zeros(3)
     bad("unknown", s)
@@ -120,7 +128,11 @@ def resample(out):
     g = torch.Generator().manual_seed(5)
     pos = torch.randn(1, 1 + 4 * 4, 8, generator=g)
     want = resample_abs_pos_embed(pos, new_size=(7, 7), old_size=(4, 4), num_prefix_tokens=1)
-    save_file({"pos_embed": pos, "resampled": want.contiguous()}, str(out / "resample.safetensors"))
+    # Without a class token (timm class_token=False) every position is on the grid.
+    grid_only = pos[:, 1:].clone()
+    want_grid = resample_abs_pos_embed(grid_only, new_size=(7, 7), old_size=(4, 4), num_prefix_tokens=0)
+    save_file({"pos_embed": pos, "resampled": want.contiguous(), "grid_only": grid_only.contiguous(),
+               "grid_only_resampled": want_grid.contiguous()}, str(out / "resample.safetensors"))
 
 
 if __name__ == "__main__":
