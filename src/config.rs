@@ -119,7 +119,7 @@ impl Default for Preprocess {
 
 mod preset;
 mod train;
-pub use train::{Optimizer, TrainConfig};
+pub use train::{Optimizer, Precision, TrainConfig};
 
 /// Added to the attention scores' diagonal by locality self-attention, in
 /// training and in the ONNX graph alike: a token's softmax weight on itself

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The shim's translation units (csrc/README.md lists what each owns).
-const SHIM_SOURCES: &[&str] = &["csrc/optim.cpp"];
+const SHIM_SOURCES: &[&str] = &["csrc/optim.cpp", "csrc/amp.cpp"];
 
 /// Include dirs and `_GLIBCXX_USE_CXX11_ABI` value of the libtorch torch-sys uses.
 fn libtorch_headers() -> (Vec<PathBuf>, String) {

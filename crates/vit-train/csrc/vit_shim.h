@@ -28,6 +28,12 @@ char *vit_fused_adam_step(vit_tensor *const *params, vit_tensor *const *grads, v
                           vit_tensor *const *exp_avg_sqs, size_t n, vit_tensor *step, double lr, double beta1,
                           double beta2, double weight_decay, double eps, int decoupled);
 
+// ---- mixed precision (amp.cpp) ----
+
+// Turns autocast on (enabled = 1: to float16 when fp16 = 1, else bfloat16) or off
+// for CUDA (cuda = 1) or CPU operations; turning it off drops the cast-weight cache.
+char *vit_autocast_set(int cuda, int enabled, int fp16);
+
 #ifdef __cplusplus
 }
 #endif

@@ -108,6 +108,8 @@ pub fn fit(dir: &RunDir, mut cfg: ViTConfig, opts: &FitOptions) -> Result<Summar
     dir.write_config(&cfg)?;
     dir.write_labels(&splits.classes)?;
 
+    crate::amp::check_supported(cfg.train.precision, opts.device)?;
+    crate::model::set_fused_attention(cfg.train.fused_attention);
     let mut trainer = Trainer::new(&cfg, opts.device, splits.train.len(), opts.eval_batch)?;
     let parameters = trainer.parameters();
     log::info!("model: {:?} variant, {parameters} parameters, device {}", cfg.variant, device_name(opts.device));
