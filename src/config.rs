@@ -121,7 +121,7 @@ mod preset;
 mod timm_options;
 mod train;
 use timm_options::{is_false, is_true};
-pub use train::{Optimizer, TrainConfig};
+pub use train::{Optimizer, Precision, TrainConfig};
 
 /// Added to the attention scores' diagonal by locality self-attention, in
 /// training and in the ONNX graph alike: a token's softmax weight on itself

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The shim's translation units (csrc/README.md lists what each owns).
-const SHIM_SOURCES: &[&str] = &["csrc/optim.cpp", "csrc/dist.cpp", "csrc/dist_bn.cpp"];
+const SHIM_SOURCES: &[&str] = &["csrc/optim.cpp", "csrc/dist.cpp", "csrc/dist_bn.cpp", "csrc/amp.cpp"];
 
 /// The NCCL process group, built apart with the CUDA headers when they are there.
 const NCCL_SOURCE: &str = "csrc/dist_nccl.cpp";

@@ -17,6 +17,35 @@ pub enum Optimizer {
     Adamw,
 }
 
+/// Arithmetic of the forward and backward passes. Master weights, optimiser
+/// state, checkpoints and exports are float32 in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in float32.
+    #[default]
+    Fp32,
+    /// Autocast to bfloat16 (CPU and CUDA): matrix products and convolutions in
+    /// bf16, reductions and the loss in f32; no loss scaling needed.
+    Bf16,
+    /// Autocast to float16 with a dynamic loss scaler (CUDA only).
+    Fp16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// `fp32`, `bf16` or `fp16` (the config file's spelling).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fp32" => Ok(Self::Fp32),
+            "bf16" => Ok(Self::Bf16),
+            "fp16" => Ok(Self::Fp16),
+            _ => Err(format!("unknown precision `{s}` (fp32, bf16 or fp16)")),
+        }
+    }
+}
+
 /// Training hyper-parameters; every field can be overridden on the command line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -76,6 +105,19 @@ pub struct TrainConfig {
     /// `config.toml` only when set, so existing runs and exports keep their bytes.
     #[serde(skip_serializing_if = "is_false")]
     pub fused_optimizer: bool,
+    /// Attention through libtorch's `scaled_dot_product_attention` (standard
+    /// variant) instead of the explicit softmax(QK^T)V: same maths to ~1e-6, the
+    /// exported graph is unchanged. Written to `config.toml` only when set.
+    #[serde(skip_serializing_if = "is_false")]
+    pub fused_attention: bool,
+    /// Mixed precision of training (see [`Precision`]). Written to `config.toml`
+    /// only when not fp32.
+    #[serde(skip_serializing_if = "is_fp32")]
+    pub precision: Precision,
+}
+
+fn is_fp32(p: &Precision) -> bool {
+    *p == Precision::Fp32
 }
 
 fn is_false(b: &bool) -> bool {
@@ -108,6 +150,8 @@ impl Default for TrainConfig {
             log_every: 100,
             seed: 0,
             fused_optimizer: false,
+            fused_attention: false,
+            precision: Precision::Fp32,
         }
     }
 }

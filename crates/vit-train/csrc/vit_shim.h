@@ -63,6 +63,12 @@ char *vit_dist_sync_batch_norm(vit_dist *d, vit_tensor *x, vit_tensor *weight, v
                                vit_tensor *running_mean, vit_tensor *running_var, double eps, double momentum,
                                vit_tensor **out);
 
+// ---- mixed precision (amp.cpp) ----
+
+// Turns autocast on (enabled = 1: to float16 when fp16 = 1, else bfloat16) or off
+// for CUDA (cuda = 1) or CPU operations; turning it off drops the cast-weight cache.
+char *vit_autocast_set(int cuda, int enabled, int fp16);
+
 #ifdef __cplusplus
 }
 #endif

@@ -36,6 +36,9 @@ struct Args {
     /// Attend with the fused `scaled_dot_product_attention` kernel (standard variant).
     #[arg(long)]
     fused_attention: bool,
+    /// Train in this precision instead of the run's `train.precision` (fp32, bf16, fp16).
+    #[arg(long)]
+    precision: Option<vit::config::Precision>,
     /// `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -54,7 +57,10 @@ fn main() -> Result<()> {
     };
     vit_train::model::set_fused_attention(a.fused_attention);
     let config = a.run.join("config.toml");
-    let cfg = ViTConfig::from_toml_file(&config).with_context(|| format!("reading {}", config.display()))?;
+    let mut cfg = ViTConfig::from_toml_file(&config).with_context(|| format!("reading {}", config.display()))?;
+    if let Some(p) = a.precision {
+        cfg.train.precision = p;
+    }
     let batch_size = cfg.train.batch_size;
     let mut trainer = Trainer::new(&cfg, device, batch_size * (a.steps + a.warmup), batch_size)?;
     let resume = a.run.join("resume.safetensors");

@@ -88,6 +88,12 @@ pub struct FitArgs {
     /// Override train.optimizer.
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerArg>,
+    /// Override train.precision: fp32, bf16 (autocast) or fp16 (autocast and loss scaling; CUDA only).
+    #[arg(long)]
+    pub precision: Option<vit::config::Precision>,
+    /// Override train.fused_attention (alone: true): scaled_dot_product_attention in training.
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+    pub fused_attention: Option<bool>,
     /// Override train.betas.0.
     #[arg(long, value_parser = finite_f64)]
     pub beta1: Option<f64>,
@@ -368,7 +374,7 @@ fn apply_overrides(cfg: &mut ViTConfig, a: &FitArgs) {
          weight_decay => t.weight_decay, warmup_epochs => t.warmup_epochs, label_smoothing => t.label_smoothing,
          grad_clip => t.grad_clip, log_every => t.log_every, eval_every => t.eval_every, seed => t.seed, color_jitter => t.color_jitter,
          mixup_alpha => t.mixup_alpha, cutmix_alpha => t.cutmix_alpha, random_erasing => t.random_erasing,
-         ema_decay => t.ema_decay);
+         ema_decay => t.ema_decay, precision => t.precision, fused_attention => t.fused_attention);
     if let Some(min) = a.crop_scale {
         t.crop_scale = (min, 1.0);
     }

@@ -17,7 +17,7 @@ pub struct ShimError {
     pub message: String,
 }
 
-mod ffi {
+pub(crate) mod ffi {
     use std::ffi::{c_char, c_int};
 
     /// `at::Tensor`, only ever behind a pointer.
@@ -28,6 +28,7 @@ mod ffi {
 
     extern "C" {
         pub fn vit_shim_free_error(message: *mut c_char);
+        pub fn vit_autocast_set(cuda: c_int, enabled: c_int, fp16: c_int) -> *mut c_char;
         #[allow(clippy::too_many_arguments)] // mirrors the C API one to one
         pub fn vit_fused_adam_step(
             params: *const *mut AtTensor,
@@ -47,7 +48,7 @@ mod ffi {
 }
 
 /// Takes ownership of a shim error string (NULL: success).
-fn check(op: &'static str, err: *mut c_char) -> Result<(), ShimError> {
+pub(crate) fn check(op: &'static str, err: *mut c_char) -> Result<(), ShimError> {
     if err.is_null() {
         return Ok(());
     }

@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod amp;
 pub mod augment;
 pub mod batches;
 pub mod checkpoint;

@@ -127,6 +127,8 @@ pub fn fit_rank(
         dir.write_labels(&splits.classes)?;
     }
 
+    crate::amp::check_supported(cfg.train.precision, opts.device)?;
+    crate::model::set_fused_attention(cfg.train.fused_attention);
     let shard = crate::dist::sampler::shard_len(splits.train.len());
     let mut trainer = Trainer::new(&cfg, opts.device, shard, opts.eval_batch)?;
     let parameters = trainer.parameters();

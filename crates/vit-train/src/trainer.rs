@@ -12,6 +12,7 @@ use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 use vit::data::Dataset;
 use vit::{Preprocessor, ViTConfig};
 
+use crate::amp::{Autocast, LossScaler};
 use crate::batches::{for_each_train_batch, Augment, HostBatch};
 use crate::checkpoint::{self, CheckpointError};
 use crate::dist::{DistError, ProcessGroup};
@@ -85,6 +86,8 @@ pub struct Trainer {
     model: ViT,
     opt: Adam,
     ema: Option<Ema>,
+    /// fp16's dynamic loss scaler (none in fp32 and bf16).
+    scaler: Option<LossScaler>,
     device: Device,
     prep: Preprocessor,
     eval_batch: usize,
@@ -116,6 +119,7 @@ impl Trainer {
             model,
             opt,
             ema,
+            scaler: (t.precision == vit::config::Precision::Fp16).then(LossScaler::default),
             device,
             prep: Preprocessor::from_config(cfg),
             eval_batch,
@@ -261,7 +265,14 @@ impl Trainer {
     pub fn step(&mut self, batch: &HostBatch, lr: f64) -> Result<f64, DistError> {
         let (label_smoothing, grad_clip) = (self.cfg.train.label_smoothing, self.cfg.train.grad_clip);
         let (x, y) = to_device(&batch.pixels, &batch.labels, &self.prep, self.device);
-        let logits = self.model.forward_t(&x, true);
+        let logits = {
+            // Autocast covers the forward pass only; the loss and backward see f32 logits.
+            let _autocast = Autocast::enter(self.cfg.train.precision, self.device).unwrap_or_else(|e| {
+                log::warn!("{e}; training this step in fp32");
+                None
+            });
+            self.model.forward_t(&x, true).to_kind(Kind::Float)
+        };
         let log_probs = logits.log_softmax(-1, Kind::Float);
         let ce =
             |y: &Tensor| log_probs.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, label_smoothing);
@@ -273,10 +284,25 @@ impl Trainer {
         crate::dist::take_forward_error()?;
         self.opt.zero_grad();
         // A collective inside backward (SyncBatchNorm) may fail: an error, not a panic.
-        loss.f_backward().map_err(|e| ShimError { op: "backward", message: e.to_string() })?;
+        let scaled = match &self.scaler {
+            Some(scaler) => &loss * scaler.scale,
+            None => loss.shallow_clone(),
+        };
+        scaled.f_backward().map_err(|e| ShimError { op: "backward", message: e.to_string() })?;
         // Averaged with the gradients, so every rank logs and checks the same global loss.
         let loss = loss.detach().reshape([1]).copy();
         self.reduce_gradients(&loss)?;
+        if let Some(scaler) = &mut self.scaler {
+            // After the all-reduce every rank holds the same gradients, so all skip or step together.
+            let grads: Vec<Tensor> =
+                self.vs.trainable_variables().iter().map(Tensor::grad).filter(Tensor::defined).collect();
+            let found_inf = scaler.unscale(&grads);
+            scaler.update(found_inf);
+            if found_inf {
+                // Overflow in fp16: no update, no weight average; the next step runs at a lower scale.
+                return Ok(loss.double_value(&[]));
+            }
+        }
         if grad_clip > 0.0 {
             self.opt.clip_grad_norm(grad_clip);
         }
@@ -360,6 +386,7 @@ impl Trainer {
         let mut state = checkpoint::model_tensors(&self.vs);
         state.extend(self.opt.state_tensors());
         state.extend(self.ema.iter().flat_map(Ema::state_tensors));
+        state.extend(self.scaler.iter().flat_map(LossScaler::state_tensors));
         state.push((EPOCH_TENSOR.into(), Tensor::from_slice(&[epochs_done as i64])));
         state
     }
@@ -372,6 +399,9 @@ impl Trainer {
         self.opt.load_state(&tensors).map_err(mismatch)?;
         if let Some(ema) = &mut self.ema {
             ema.load_state(&tensors).map_err(mismatch)?;
+        }
+        if let Some(scaler) = &mut self.scaler {
+            scaler.load_state(&tensors);
         }
         Ok(tensors.get(EPOCH_TENSOR).map(|t| t.int64_value(&[0]) as usize).unwrap_or(0))
     }
