@@ -165,6 +165,9 @@ pub struct FitArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Data pipeline: --data-mode, --data-workers, --prefetch, --data-memory-budget.
+    #[command(flatten)]
+    pub data_pipeline: data::DataArgs,
 }
 
 /// `vit-train export` flags.
@@ -470,11 +473,18 @@ fn run_fit(a: &FitArgs) -> Result<()> {
         // An absolute path in run.json, so --resume finds the weights from any folder.
         let absolute = |w: &PathBuf| std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
         let init = a.init.as_ref().map(|w| InitSource { weights: absolute(w), num_heads: a.num_heads });
-        let run =
-            RunOptions { data, val_fraction, max_per_class: a.max_per_class, allow_skipped: a.allow_skipped, init };
+        let run = RunOptions {
+            data,
+            val_fraction,
+            max_per_class: a.max_per_class,
+            allow_skipped: a.allow_skipped,
+            init,
+            data_mode: a.data_pipeline.data_mode,
+        };
         (RunDir::create(&a.out)?, cfg, run)
     };
-    let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet };
+    let data = a.data_pipeline.options();
+    let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet, data };
     let summary = fit(&dir, cfg, &opts)?;
     let accuracy = match (summary.val_accuracy, summary.best_val_accuracy, summary.best_epoch) {
         (Some(acc), Some(best), Some(epoch)) => format!("{acc:.4} (best {best:.4} at epoch {epoch})"),
@@ -503,6 +513,8 @@ fn export_and_print(dir: &RunDir, req: &ExportRequest) -> Result<()> {
     );
     Ok(())
 }
+
+mod data;
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,10 @@
-//! Evaluation of a model on a u8 data set: loss, accuracy, confusion matrix.
+//! Evaluation of a model on a u8 data set (in memory or streamed): loss,
+//! accuracy, confusion matrix.
 
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 use vit::{data::Dataset, Preprocessor};
 
-use crate::batches::{make_batch, Augment};
+use crate::batches::{for_each_eval_batch, Pipeline};
 use crate::metrics::Confusion;
 
 /// What an evaluation measured.
@@ -25,18 +26,22 @@ pub fn to_device(pixels: &[f32], labels: &[i64], prep: &Preprocessor, device: De
     (x, y)
 }
 
-/// Logits of the whole data set, in order ([N, K] on the CPU).
-pub fn predict(model: &impl ModuleT, data: &Dataset, prep: &Preprocessor, device: Device, batch: usize) -> Tensor {
-    let indices: Vec<usize> = (0..data.len()).collect();
-    let outs: Vec<Tensor> = tch::no_grad(|| {
-        indices
-            .chunks(batch.max(1))
-            .map(|idx| {
-                let b = make_batch(data, idx, prep, Augment::default(), None);
-                let (x, _) = to_device(&b.pixels, &b.labels, prep, device);
-                model.forward_t(&x, false).to_device(Device::Cpu)
-            })
-            .collect()
+/// Logits of the whole data set, in order ([N, K] on the CPU); `pipe`'s
+/// workers build the batches.
+pub fn predict(
+    model: &impl ModuleT,
+    data: &Dataset,
+    prep: &Preprocessor,
+    device: Device,
+    batch: usize,
+    pipe: Pipeline,
+) -> Tensor {
+    let mut outs = Vec::new();
+    tch::no_grad(|| {
+        for_each_eval_batch(data, prep, batch, pipe, |b| {
+            let (x, _) = to_device(&b.pixels, &b.labels, prep, device);
+            outs.push(model.forward_t(&x, false).to_device(Device::Cpu));
+        })
     });
     Tensor::cat(&outs, 0)
 }
@@ -49,12 +54,13 @@ pub fn evaluate(
     num_classes: usize,
     device: Device,
     batch: usize,
+    pipe: Pipeline,
 ) -> Evaluation {
     let mut confusion = Confusion::new(num_classes);
     if data.is_empty() {
         return Evaluation { loss: f64::NAN, accuracy: 0.0, confusion };
     }
-    let logits = predict(model, data, prep, device, batch);
+    let logits = predict(model, data, prep, device, batch, pipe);
     let labels = Tensor::from_slice(&data.labels);
     let loss = logits.cross_entropy_for_logits(&labels).double_value(&[]);
     let predicted = Vec::<i64>::try_from(logits.argmax(-1, false).to_kind(Kind::Int64)).unwrap_or_default();
