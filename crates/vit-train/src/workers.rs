@@ -56,20 +56,19 @@ pub fn run_ordered<T: Send>(
 ) {
     let workers = pipe.workers.clamp(1, count.max(1));
     let depth = pipe.prefetch.div_ceil(workers).max(1);
-    let (queued, busy_nanos, built) = (AtomicUsize::new(0), AtomicU64::new(0), AtomicUsize::new(0));
+    let (busy_nanos, built) = (AtomicU64::new(0), AtomicUsize::new(0));
     std::thread::scope(|scope| {
         let mut receivers = Vec::with_capacity(workers);
         for w in 0..workers {
             let (tx, rx) = mpsc::sync_channel::<T>(depth);
             receivers.push(rx);
-            let (make, queued, busy_nanos, built) = (&make, &queued, &busy_nanos, &built);
+            let (make, busy_nanos, built) = (&make, &busy_nanos, &built);
             scope.spawn(move || {
                 for i in (w..count).step_by(workers) {
                     let started = Instant::now();
                     let item = make(i);
                     busy_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     built.fetch_add(1, Ordering::Relaxed);
-                    queued.fetch_add(1, Ordering::Relaxed);
                     if tx.send(item).is_err() {
                         break;
                     }
@@ -80,10 +79,13 @@ pub fn run_ordered<T: Send>(
             // A worker only stops early when the consumer has, so a missing item cannot happen.
             let Ok(item) = receivers[i % workers].recv() else { break };
             let busy = busy_nanos.load(Ordering::Relaxed) as f64 * 1e-9;
+            let built = built.load(Ordering::Relaxed);
+            // Built but not yet taken; a worker holding a finished item for a full queue counts as full.
+            let capacity = depth * workers;
             let flow = Flow {
-                queued: queued.fetch_sub(1, Ordering::Relaxed) - 1,
-                capacity: depth * workers,
-                items_per_sec: built.load(Ordering::Relaxed) as f64 * workers as f64 / busy.max(1e-9),
+                queued: built.saturating_sub(i + 1).min(capacity),
+                capacity,
+                items_per_sec: built as f64 * workers as f64 / busy.max(1e-9),
             };
             if !consume(i, item, flow) {
                 break;
@@ -105,7 +107,7 @@ mod tests {
             Pipeline { workers, prefetch },
             |i| (i as u64) * 7919 % 101,
             |i, v, flow| {
-                assert!(flow.queued < flow.capacity.max(1) + workers);
+                assert!(flow.queued <= flow.capacity && flow.items_per_sec > 0.0);
                 out.push((i, v));
                 true
             },

@@ -12,7 +12,7 @@ use vit::data::{load_splits, scan_splits, LoadOptions};
 use vit::{Preprocessor, ViTConfig};
 use vit_train::batches::{epoch_batches, for_each_train_batch, Augment, HostBatch, Pipeline};
 
-/// Every training batch of `epoch` under the COCO-5 recipe's augmentations.
+/// Every training batch of `epoch` under `cfg`'s augmentations.
 fn epoch(data: &vit::data::Dataset, cfg: &ViTConfig, epoch: usize, workers: usize) -> Vec<HostBatch> {
     let prep = Preprocessor::from_config(cfg);
     let t = &cfg.train;
@@ -30,6 +30,9 @@ fn epoch(data: &vit::data::Dataset, cfg: &ViTConfig, epoch: usize, workers: usiz
 fn streamed_and_decoded_batches_are_bit_identical_at_any_worker_count() {
     let mut cfg = ViTConfig::from_toml_file(&repo_root().join("models/coco5-vit.toml")).unwrap();
     cfg.train.batch_size = 16;
+    // Every augmentation on top of the recipe's padded crops and flips, so all draws are covered.
+    (cfg.train.mixup_alpha, cfg.train.cutmix_alpha) = (0.8, 1.0);
+    (cfg.train.crop_scale, cfg.train.color_jitter, cfg.train.random_erasing) = ((0.35, 1.0), 0.3, 0.25);
     let prep = Preprocessor::from_config(&cfg);
     let opts = LoadOptions { max_per_class: Some(12), seed: cfg.train.seed, ..LoadOptions::default() };
     let memory = load_splits(&coco5(), &prep, &opts).unwrap();
@@ -40,7 +43,7 @@ fn streamed_and_decoded_batches_are_bit_identical_at_any_worker_count() {
     for e in 0..2 {
         let reference = epoch(&memory.train, &cfg, e, 1);
         assert_eq!(reference.iter().map(|b| b.labels.len()).sum::<usize>(), memory.train.len());
-        assert!(reference.iter().any(|b| b.mix_lam.is_some()), "the recipe mixes batches");
+        assert!(reference.iter().all(|b| b.mix_lam.is_some()), "every batch is mixed");
         assert!(epoch(&memory.train, &cfg, e, 3) == reference, "epoch {e}: 3 workers differ from 1");
         assert!(epoch(&stream.train, &cfg, e, 1) == reference, "epoch {e}: streamed differs from decoded");
         assert!(epoch(&stream.train, &cfg, e, 3) == reference, "epoch {e}: streamed, 3 workers, differs");
