@@ -112,10 +112,10 @@ pub fn for_each_train_batch(
     seed: u64,
     epoch: usize,
     pipe: Pipeline,
-    mut consume: impl FnMut(usize, HostBatch, Flow) -> bool,
+    consume: impl FnMut(usize, HostBatch, Flow) -> bool,
 ) {
     let make = |i: usize| make_batch(data, &batches[i], prep, aug, Some(&mut batch_rng(seed, epoch, i)));
-    crate::workers::run_ordered(batches.len(), pipe, make, |i, batch, flow| consume(i, batch, flow));
+    crate::workers::run_ordered(batches.len(), pipe, make, consume);
 }
 
 /// Runs `consume` on the un-augmented batches of `data` in order (evaluation),
