@@ -15,6 +15,7 @@
 mod folder;
 mod idx;
 mod layout;
+mod stream;
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,7 @@ pub use folder::{has_image_extension, scan_image_folder, walk_images, FolderScan
 pub use idx::{load_idx_split, read_idx_images, read_idx_labels, FASHION_MNIST_LABELS};
 pub use layout::{is_idx_dir, Layout, EVAL_SPLIT_NAMES, SPLIT_NAMES};
 use layout::{split_list, LAYOUT_HELP};
+pub use stream::{decoded_bytes, scan_splits};
 
 /// Errors loading a data set.
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +248,14 @@ impl Splits {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Result<Splits, DataError> {
+    splits_with(dir, prep, opts, decode_files)
+}
+
+/// How one split of files becomes a [`Dataset`]: decoded ([`decode_files`]) or indexed for streaming.
+type MakeSplit = fn(&Path, &[(PathBuf, i64)], Vec<Skipped>, &Preprocessor) -> Result<Dataset, DataError>;
+
+/// [`load_splits`] with the per-split step `make`, so decoding and streaming read a folder alike.
+fn splits_with(dir: &Path, prep: &Preprocessor, opts: &LoadOptions, make: MakeSplit) -> Result<Splits, DataError> {
     let layout = Layout::detect(dir)?;
     if !(0.0..1.0).contains(&opts.val_fraction) {
         return Err(DataError::Invalid(format!("val_fraction {} must be in [0, 1)", opts.val_fraction)));
@@ -270,8 +280,8 @@ pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
         check_unreadable(dir, [&train_scan.unreadable, &val_scan.unreadable], opts)?;
         let (train_files, val_files) =
             (cap(train_scan.files, opts.max_per_class), cap(val_scan.files, opts.max_per_class));
-        let train = decode_files(&train_dir, &train_files, train_scan.unreadable, prep)?;
-        let val = decode_files(&val_dir, &val_files, val_scan.unreadable, prep)?;
+        let train = make(&train_dir, &train_files, train_scan.unreadable, prep)?;
+        let val = make(&val_dir, &val_files, val_scan.unreadable, prep)?;
         require_decoded_classes(&train_dir, &train_scan.classes, &[(&train_files, &train)])?;
         require_decoded_classes(&val_dir, &train_scan.classes, &[(&val_files, &val)])?;
         return Ok(Splits { classes: train_scan.classes, train, val, source: SourceKind::FolderSplits });
@@ -280,8 +290,8 @@ pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
     check_unreadable(dir, [&scan.unreadable], opts)?;
     let (train_files, val_files) = seeded_split(&scan.files, scan.classes.len(), opts);
     // Which split an unreadable entry would have joined is unknown: the training split counts them.
-    let train = decode_files(dir, &train_files, scan.unreadable, prep)?;
-    let val = decode_files(dir, &val_files, Vec::new(), prep)?;
+    let train = make(dir, &train_files, scan.unreadable, prep)?;
+    let val = make(dir, &val_files, Vec::new(), prep)?;
     require_decoded_classes(dir, &scan.classes, &[(&train_files, &train), (&val_files, &val)])?;
     Ok(Splits { classes: scan.classes, train, val, source: SourceKind::FolderSeededSplit })
 }

@@ -1,9 +1,12 @@
-//! Mini-batches from an in-memory u8 [`Dataset`]: seeded shuffling, the u8
-//! augmentations and batch mixes of [`crate::augment`], then the shared
-//! [`Preprocessor`] normalisation. A producer thread prepares batches
-//! ahead of the training step so data work stays off the critical path.
-
-use std::sync::mpsc;
+//! Mini-batches from a u8 [`Dataset`], decoded in memory or streamed from its
+//! files: seeded shuffling, the u8 augmentations and batch mixes of
+//! [`crate::augment`], then the shared [`Preprocessor`] normalisation. A pool
+//! of workers ([`crate::workers`]) prepares batches ahead of the training step
+//! so data work stays off the critical path.
+//!
+//! Randomness is split so that no draw depends on which thread runs it: the
+//! epoch's sample order comes from [`epoch_rng`], and each batch's
+//! augmentations from its own [`batch_rng`] of (seed, epoch, batch index).
 
 use rand::{seq::SliceRandom, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -11,6 +14,7 @@ use vit::{data::Dataset, Preprocessor};
 
 pub use crate::augment::Augment;
 use crate::augment::{augment_image, cutmix, draw_mix, mixup, Geometry, MixKind};
+pub use crate::workers::{Flow, Pipeline};
 
 /// A host-side batch: normalised NCHW f32 pixels and labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +36,17 @@ pub fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
     rng
 }
 
+/// The RNG of batch `batch` of epoch `epoch`: its own stream, so a batch is
+/// the same whichever worker builds it and whatever was drawn before.
+pub fn batch_rng(seed: u64, epoch: usize, batch: usize) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&(epoch as u64).to_le_bytes());
+    key[16..24].copy_from_slice(&(batch as u64).to_le_bytes());
+    key[24..].copy_from_slice(b"vitbatch");
+    ChaCha8Rng::from_seed(key)
+}
+
 /// Builds the batch of `indices`.
 /// With an RNG, each image is augmented and the batch may be mixed; without
 /// one (evaluation), the images are only normalised.
@@ -42,9 +57,13 @@ pub fn make_batch(
     aug: Augment,
     rng: Option<&mut ChaCha8Rng>,
 ) -> HostBatch {
-    let mut pixels_u8 = Vec::with_capacity(indices.len() * data.image_len);
-    for &i in indices {
-        pixels_u8.extend_from_slice(data.image(i));
+    let mut pixels_u8 = vec![0u8; indices.len() * data.image_len];
+    for (&i, out) in indices.iter().zip(pixels_u8.chunks_mut(data.image_len.max(1))) {
+        // A streamed file can break after it was indexed: it trains as a black image rather than ending the run.
+        if let Err(e) = data.read_image(i, prep, out) {
+            log::warn!("{e}; using a black image in its place");
+            out.fill(0);
+        }
     }
     let labels: Vec<i64> = indices.iter().map(|&i| data.labels[i]).collect();
     let Some(rng) = rng else {
@@ -75,33 +94,47 @@ pub fn epoch_order(len: usize, batch_size: usize, rng: &mut ChaCha8Rng) -> Vec<V
     order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
 }
 
-/// Runs `consume` on every training batch of epoch `epoch`, prepared by a
-/// producer thread up to `depth` batches ahead. Stops early if `consume` returns false.
+/// The sample order of epoch `epoch`, cut into batches: the one place that
+/// decides which samples an epoch visits. A data-parallel rank keeps its own
+/// share of these batches.
+pub fn epoch_batches(len: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    epoch_order(len, batch_size, &mut epoch_rng(seed, epoch))
+}
+
+/// Runs `consume` on every training batch of `batches` (epoch `epoch`),
+/// built by `pipe`'s workers ahead of it, each from its [`batch_rng`]; the
+/// [`Flow`] says how full the queue is. Stops early if `consume` returns false.
+#[allow(clippy::too_many_arguments)] // each is one independent knob of the epoch; a struct would only rename them
 pub fn for_each_train_batch(
     data: &Dataset,
     prep: &Preprocessor,
     aug: Augment,
-    batch_size: usize,
+    batches: &[Vec<usize>],
     seed: u64,
     epoch: usize,
-    mut consume: impl FnMut(usize, HostBatch) -> bool,
+    pipe: Pipeline,
+    consume: impl FnMut(usize, HostBatch, Flow) -> bool,
 ) {
-    let mut rng = epoch_rng(seed, epoch);
-    let order = epoch_order(data.len(), batch_size, &mut rng);
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<HostBatch>(4);
-        scope.spawn(move || {
-            for idx in &order {
-                if tx.send(make_batch(data, idx, prep, aug, Some(&mut rng))).is_err() {
-                    break;
-                }
-            }
-        });
-        for (i, batch) in rx.into_iter().enumerate() {
-            if !consume(i, batch) {
-                break;
-            }
-        }
+    let make = |i: usize| make_batch(data, &batches[i], prep, aug, Some(&mut batch_rng(seed, epoch, i)));
+    crate::workers::run_ordered(batches.len(), pipe, make, consume);
+}
+
+/// Runs `consume` on the un-augmented batches of the images `indices` of
+/// `data`, in order (evaluation), built by `pipe`'s workers, so a streamed set
+/// decodes in parallel too.
+pub fn for_each_eval_batch(
+    data: &Dataset,
+    indices: &[usize],
+    prep: &Preprocessor,
+    batch_size: usize,
+    pipe: Pipeline,
+    mut consume: impl FnMut(HostBatch),
+) {
+    let batches: Vec<&[usize]> = indices.chunks(batch_size.max(1)).collect();
+    let make = |i: usize| make_batch(data, batches[i], prep, Augment::NONE, None);
+    crate::workers::run_ordered(batches.len(), pipe, make, |_, batch, _| {
+        consume(batch);
+        true
     });
 }
 
@@ -117,5 +150,16 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+        assert_eq!(epoch_batches(10, 3, 7, 2), a);
+    }
+
+    #[test]
+    fn each_batch_has_its_own_random_stream() {
+        use rand::Rng;
+        let draw = |seed, epoch, batch| batch_rng(seed, epoch, batch).random::<u64>();
+        assert_eq!(draw(1, 2, 3), draw(1, 2, 3));
+        assert_ne!(draw(1, 2, 3), draw(1, 2, 4));
+        assert_ne!(draw(1, 2, 3), draw(1, 3, 3));
+        assert_ne!(draw(1, 2, 3), draw(2, 2, 3));
     }
 }

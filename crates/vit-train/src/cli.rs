@@ -174,6 +174,9 @@ pub struct FitArgs {
     /// Data-parallel training under torchrun.
     #[command(flatten)]
     pub dist: dist::DistArgs,
+    /// Data pipeline: --data-mode, --data-workers, --prefetch, --data-memory-budget.
+    #[command(flatten)]
+    pub data_pipeline: data::DataArgs,
 }
 
 /// `vit-train export` flags.
@@ -487,7 +490,8 @@ fn run_fit(a: &FitArgs) -> Result<()> {
         let run = new_run_options(a)?;
         (RunDir::create(&a.out)?, cfg, run)
     };
-    let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet };
+    let data = a.data_pipeline.options();
+    let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet, data };
     let summary = fit_rank(Some(&dir), cfg, &opts, group)?;
     let accuracy = match (summary.val_accuracy, summary.best_val_accuracy, summary.best_epoch) {
         (Some(acc), Some(best), Some(epoch)) => format!("{acc:.4} (best {best:.4} at epoch {epoch})"),
@@ -511,7 +515,14 @@ fn new_run_options(a: &FitArgs) -> Result<RunOptions> {
     // An absolute path in run.json, so --resume finds the weights from any folder.
     let absolute = |w: &PathBuf| std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
     let init = a.init.as_ref().map(|w| InitSource { weights: absolute(w), num_heads: a.num_heads });
-    Ok(RunOptions { data, val_fraction, max_per_class: a.max_per_class, allow_skipped: a.allow_skipped, init })
+    Ok(RunOptions {
+        data,
+        val_fraction,
+        max_per_class: a.max_per_class,
+        allow_skipped: a.allow_skipped,
+        init,
+        data_mode: a.data_pipeline.data_mode,
+    })
 }
 
 fn export_and_print(dir: &RunDir, req: &ExportRequest) -> Result<()> {
@@ -542,6 +553,8 @@ fn export_and_print(dir: &RunDir, req: &ExportRequest) -> Result<()> {
     Ok(())
 }
 
+mod data;
 mod dist;
+
 #[cfg(test)]
 mod tests;

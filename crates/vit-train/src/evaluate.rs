@@ -1,9 +1,10 @@
-//! Evaluation of a model on a u8 data set: loss, accuracy, confusion matrix.
+//! Evaluation of a model on a u8 data set (in memory or streamed): loss,
+//! accuracy, confusion matrix, whole or one rank's share of it.
 
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 use vit::{data::Dataset, Preprocessor};
 
-use crate::batches::{make_batch, Augment};
+use crate::batches::{for_each_eval_batch, Pipeline};
 use crate::metrics::Confusion;
 
 /// What an evaluation measured.
@@ -25,10 +26,18 @@ pub fn to_device(pixels: &[f32], labels: &[i64], prep: &Preprocessor, device: De
     (x, y)
 }
 
-/// Logits of the whole data set, in order ([N, K] on the CPU).
-pub fn predict(model: &impl ModuleT, data: &Dataset, prep: &Preprocessor, device: Device, batch: usize) -> Tensor {
+/// Logits of the whole data set, in order ([N, K] on the CPU); `pipe`'s
+/// workers build the batches.
+pub fn predict(
+    model: &impl ModuleT,
+    data: &Dataset,
+    prep: &Preprocessor,
+    device: Device,
+    batch: usize,
+    pipe: Pipeline,
+) -> Tensor {
     let indices: Vec<usize> = (0..data.len()).collect();
-    predict_indices(model, data, &indices, prep, device, batch)
+    predict_indices(model, data, &indices, prep, device, batch, pipe)
 }
 
 /// Logits of the images `indices` of `data`, in that order ([len, K] on the CPU).
@@ -39,16 +48,14 @@ pub fn predict_indices(
     prep: &Preprocessor,
     device: Device,
     batch: usize,
+    pipe: Pipeline,
 ) -> Tensor {
-    let outs: Vec<Tensor> = tch::no_grad(|| {
-        indices
-            .chunks(batch.max(1))
-            .map(|idx| {
-                let b = make_batch(data, idx, prep, Augment::default(), None);
-                let (x, _) = to_device(&b.pixels, &b.labels, prep, device);
-                model.forward_t(&x, false).to_device(Device::Cpu)
-            })
-            .collect()
+    let mut outs = Vec::new();
+    tch::no_grad(|| {
+        for_each_eval_batch(data, indices, prep, batch, pipe, |b| {
+            let (x, _) = to_device(&b.pixels, &b.labels, prep, device);
+            outs.push(model.forward_t(&x, false).to_device(Device::Cpu));
+        })
     });
     Tensor::cat(&outs, 0)
 }
@@ -61,12 +68,13 @@ pub fn evaluate(
     num_classes: usize,
     device: Device,
     batch: usize,
+    pipe: Pipeline,
 ) -> Evaluation {
     let mut confusion = Confusion::new(num_classes);
     if data.is_empty() {
         return Evaluation { loss: f64::NAN, accuracy: 0.0, confusion };
     }
-    let logits = predict(model, data, prep, device, batch);
+    let logits = predict(model, data, prep, device, batch, pipe);
     let labels = Tensor::from_slice(&data.labels);
     let loss = logits.cross_entropy_for_logits(&labels).double_value(&[]);
     let predicted = Vec::<i64>::try_from(logits.argmax(-1, false).to_kind(Kind::Int64)).unwrap_or_default();
@@ -78,6 +86,7 @@ pub fn evaluate(
 
 /// The additive part of an evaluation of the images `indices` of `data`: the sum of
 /// their cross-entropies and their confusion counts (ranks add these up exactly).
+#[allow(clippy::too_many_arguments)] // the model, its data and the knobs of one pass
 pub fn evaluate_part(
     model: &impl ModuleT,
     data: &Dataset,
@@ -86,12 +95,13 @@ pub fn evaluate_part(
     num_classes: usize,
     device: Device,
     batch: usize,
+    pipe: Pipeline,
 ) -> (f64, Confusion) {
     let mut confusion = Confusion::new(num_classes);
     if indices.is_empty() {
         return (0.0, confusion);
     }
-    let logits = predict_indices(model, data, indices, prep, device, batch);
+    let logits = predict_indices(model, data, indices, prep, device, batch, pipe);
     let truth: Vec<i64> = indices.iter().map(|&i| data.labels[i]).collect();
     let loss_sum = logits
         .log_softmax(-1, Kind::Float)

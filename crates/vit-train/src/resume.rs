@@ -179,6 +179,7 @@ mod tests {
             max_per_class: Some(40),
             allow_skipped: false,
             init: None,
+            data_mode: crate::data_source::DataMode::Memory,
         };
         let dir = Path::new("runs/r");
         let same = ResumeRequest { epochs: Some(3), max_per_class: Some(40), ..request(&saved) };

@@ -38,6 +38,10 @@ pub struct RunOptions {
     /// Checkpoint trained elsewhere the run started from (`fit --init`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<InitSource>,
+    /// How the images are held (`--data-mode`); a run records the mode it
+    /// resolved (`memory` or `stream`), and runs from before streaming read as `memory`.
+    #[serde(default)]
+    pub data_mode: crate::data_source::DataMode,
 }
 
 /// Where a run's initial weights came from (`run.json`'s `init`).
@@ -362,6 +366,7 @@ mod tests {
             max_per_class: Some(3),
             allow_skipped: true,
             init: None,
+            data_mode: crate::data_source::DataMode::Stream,
         };
         run.write_run_options(&opts).unwrap();
         let back = RunDir::inspect(run.path()).unwrap().read_run_options().unwrap();

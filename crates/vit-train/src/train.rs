@@ -9,9 +9,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Device;
-use vit::data::{load_splits, LoadOptions, Splits};
+use vit::data::{LoadOptions, Splits};
 use vit::{Preprocessor, ViTConfig};
 
+use crate::data_source::{load_splits_in, DataOptions};
 use crate::dist::ProcessGroup;
 use crate::evaluate::Evaluation;
 use crate::metrics::{Record, Summary};
@@ -31,6 +32,8 @@ pub struct FitOptions {
     pub eval_batch: usize,
     /// Print progress.
     pub progress: bool,
+    /// Batch workers, prefetch depth and the memory budget of `--data-mode auto`.
+    pub data: DataOptions,
 }
 
 /// Human name of a device.
@@ -42,8 +45,9 @@ pub fn device_name(d: Device) -> String {
     }
 }
 
-/// Loads the data a run uses and fixes `num_classes` in the config.
-pub fn load_data(cfg: &mut ViTConfig, run: &RunOptions) -> Result<Splits> {
+/// Loads the data a run uses (decoded, or indexed for streaming: `run.data_mode`,
+/// resolved in place when `auto` against `budget` bytes) and fixes `num_classes` in the config.
+pub fn load_data(cfg: &mut ViTConfig, run: &mut RunOptions, budget: u64) -> Result<Splits> {
     let prep = Preprocessor::from_config(cfg);
     let opts = LoadOptions {
         val_fraction: run.val_fraction,
@@ -51,11 +55,15 @@ pub fn load_data(cfg: &mut ViTConfig, run: &RunOptions) -> Result<Splits> {
         max_per_class: run.max_per_class,
         allow_unreadable: run.allow_skipped,
     };
-    let splits = match load_splits(&run.data, &prep, &opts) {
+    let splits = match load_splits_in(&run.data, &prep, &opts, run.data_mode, budget) {
         Err(e @ vit::data::DataError::Unreadable { .. }) => {
             return Err(anyhow::Error::new(e).context("pass --allow-skipped to train on the readable part"))
         }
-        other => other?,
+        other => {
+            let (splits, mode) = other?;
+            run.data_mode = mode;
+            splits
+        }
     };
     if splits.train.is_empty() {
         bail!("no training images found in {}", run.data.display());
@@ -94,7 +102,7 @@ pub fn fit_rank(
     if cfg.train.epochs == 0 {
         bail!("train.epochs = 0: train for at least 1 epoch");
     }
-    let run = match dir {
+    let mut run = match dir {
         Some(dir) if opts.resume => dir.read_run_options().context("--resume needs the run's run.json")?,
         Some(dir) if dir.holds_run() => {
             bail!("{} already holds a run; pass --resume to continue it or choose another --out", dir.path().display())
@@ -107,18 +115,19 @@ pub fn fit_rank(
 
     let estimate = crate::memory::check(&cfg, opts.device)?;
     log::debug!("memory estimate: {:.0} MiB", estimate.total() / (1u64 << 20) as f64);
-    let splits = load_data(&mut cfg, &run)?;
+    let splits = load_data(&mut cfg, &mut run, opts.data.budget())?;
     let measured = !splits.val.is_empty();
     if !measured {
         log::warn!("no validation images: accuracy will not be measured (and no best.safetensors chosen by it)");
     }
     log::info!(
-        "data: {} classes, {} train / {} val images, {} files skipped ({})",
+        "data: {} classes, {} train / {} val images, {} files skipped ({}, {:?} mode)",
         splits.classes.len(),
         splits.train.len(),
         splits.val.len(),
         splits.skipped(),
-        run.data.display()
+        run.data.display(),
+        run.data_mode
     );
     // run.json first: with it, the folder is recognisably a run however early a kill comes.
     if let Some(dir) = dir {
@@ -131,6 +140,7 @@ pub fn fit_rank(
     crate::model::set_fused_attention(cfg.train.fused_attention);
     let shard = crate::dist::sampler::shard_len(splits.train.len());
     let mut trainer = Trainer::new(&cfg, opts.device, shard, opts.eval_batch)?;
+    trainer.set_pipeline(opts.data.pipeline);
     let parameters = trainer.parameters();
     log::info!("model: {:?} variant, {parameters} parameters, device {}", cfg.variant, device_name(opts.device));
 
@@ -174,7 +184,14 @@ pub fn fit_rank(
                 bar.suspend(|| log_step(&rec));
                 records.push(rec);
             }
-            bar.set_message(format!("loss {:.4}  {:.0} img/s", s.loss, s.images as f64 / s.train_seconds.max(1e-9)));
+            bar.set_message(format!(
+                "loss {:.4}  {:.0} img/s  data {:.0} img/s, queue {}/{}",
+                s.loss,
+                s.images as f64 / s.train_seconds.max(1e-9),
+                s.data.images_per_sec,
+                s.data.queued,
+                s.data.capacity
+            ));
             bar.inc(1);
         })?;
         bar.finish_and_clear();

@@ -13,7 +13,7 @@ use vit::data::Dataset;
 use vit::{Preprocessor, ViTConfig};
 
 use crate::amp::{Autocast, LossScaler};
-use crate::batches::{for_each_train_batch, Augment, HostBatch};
+use crate::batches::{epoch_batches, for_each_train_batch, Augment, HostBatch, Pipeline};
 use crate::checkpoint::{self, CheckpointError};
 use crate::dist::{DistError, ProcessGroup};
 use crate::ema::Ema;
@@ -40,6 +40,19 @@ pub struct StepReport {
     pub images: usize,
     /// Seconds spent in training steps in this epoch so far.
     pub train_seconds: f64,
+    /// The data pipeline when this step's batch arrived (queue fullness, data images/s).
+    pub data: DataFlow,
+}
+
+/// The data pipeline as a step saw it, to tell whether data or the model is the bottleneck.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DataFlow {
+    /// Batches waiting in the prefetch queue.
+    pub queued: usize,
+    /// Capacity of the prefetch queue.
+    pub capacity: usize,
+    /// Images the data workers prepare per second.
+    pub images_per_sec: f64,
 }
 
 /// What one epoch of training measured.
@@ -91,6 +104,7 @@ pub struct Trainer {
     device: Device,
     prep: Preprocessor,
     eval_batch: usize,
+    pipe: Pipeline,
     steps_per_epoch: usize,
     warmup_steps: usize,
     total_steps: usize,
@@ -123,6 +137,7 @@ impl Trainer {
             device,
             prep: Preprocessor::from_config(cfg),
             eval_batch,
+            pipe: Pipeline::default(),
             steps_per_epoch,
             warmup_steps: (t.warmup_epochs * steps_per_epoch as f64).round() as usize,
             total_steps: steps_per_epoch * t.epochs,
@@ -196,6 +211,12 @@ impl Trainer {
         Ok(map[EPOCH_TENSOR].int64_value(&[0]) as usize)
     }
 
+    /// Sets the data workers and prefetch depth of training and evaluation
+    /// (batches are the same whatever they are).
+    pub fn set_pipeline(&mut self, pipe: Pipeline) {
+        self.pipe = pipe;
+    }
+
     /// Trains one epoch (0-based) on `data` in the seeded order of that epoch;
     /// `on_step` sees every step after its update. A step whose loss is not
     /// finite ends the epoch at once ([`EpochStats::diverged`]; `on_step` does not see it).
@@ -214,9 +235,10 @@ impl Trainer {
         let aug = Augment::from_train(t);
         let (batch_size, seed) = (t.batch_size, t.seed);
         let mut stats = EpochStats { loss_sum: 0.0, images: 0, train_seconds: 0.0, diverged: None };
-        let prep = self.prep.clone();
+        let (prep, pipe) = (self.prep.clone(), self.pipe);
         let mut failed = None;
-        for_each_train_batch(data, &prep, aug, batch_size, seed, epoch, |i, batch| {
+        let batches = epoch_batches(data.len(), batch_size, seed, epoch);
+        for_each_train_batch(data, &prep, aug, &batches, seed, epoch, pipe, |i, batch, flow| {
             let started = Instant::now();
             let step = epoch * self.steps_per_epoch + i;
             let lr = learning_rate(&self.cfg.train, step, self.warmup_steps, self.total_steps);
@@ -234,7 +256,12 @@ impl Trainer {
             }
             let n = batch.labels.len();
             (stats.loss_sum, stats.images) = (stats.loss_sum + loss * n as f64, stats.images + n);
-            on_step(&StepReport { step, loss, lr, images: stats.images, train_seconds: stats.train_seconds });
+            let data = DataFlow {
+                queued: flow.queued,
+                capacity: flow.capacity,
+                images_per_sec: flow.items_per_sec * batch_size as f64,
+            };
+            on_step(&StepReport { step, loss, lr, images: stats.images, train_seconds: stats.train_seconds, data });
             true
         });
         if let Some(e) = failed {
@@ -349,14 +376,23 @@ impl Trainer {
     /// all-reduced: every rank gets the same, exact counts.
     pub fn evaluate(&self, data: &Dataset) -> Result<Evaluation, DistError> {
         let Some(group) = &self.group else {
-            return Ok(evaluate(&self.model, data, &self.prep, self.cfg.num_classes, self.device, self.eval_batch));
+            return Ok(evaluate(
+                &self.model,
+                data,
+                &self.prep,
+                self.cfg.num_classes,
+                self.device,
+                self.eval_batch,
+                self.pipe,
+            ));
         };
         let k = self.cfg.num_classes;
         if data.is_empty() {
-            return Ok(evaluate(&self.model, data, &self.prep, k, self.device, self.eval_batch));
+            return Ok(evaluate(&self.model, data, &self.prep, k, self.device, self.eval_batch, self.pipe));
         }
         let mine: Vec<usize> = (group.rank()..data.len()).step_by(group.world_size()).collect();
-        let (loss_sum, part) = evaluate_part(&self.model, data, &mine, &self.prep, k, self.device, self.eval_batch);
+        let (loss_sum, part) =
+            evaluate_part(&self.model, data, &mine, &self.prep, k, self.device, self.eval_batch, self.pipe);
         let mut sums = vec![loss_sum];
         sums.extend(part.matrix.iter().flatten().map(|&c| c as f64));
         let sums = Tensor::from_slice(&sums);

@@ -75,8 +75,14 @@ pub(super) fn fit_other_rank(a: &super::FitArgs, launch: &Launch, device: Device
     } else {
         (super::resolve_config(a)?, super::new_run_options(a)?)
     };
-    let opts =
-        crate::train::FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: false };
+    let opts = crate::train::FitOptions {
+        run,
+        device,
+        resume: a.resume,
+        eval_batch: a.eval_batch_size,
+        progress: false,
+        data: a.data_pipeline.options(),
+    };
     let group = join(&a.dist, launch, device)?;
     crate::train::fit_rank(None, cfg, &opts, Some(group))?;
     Ok(())

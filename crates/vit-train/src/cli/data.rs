@@ -1,0 +1,39 @@
+//! The data pipeline flags of `vit-train fit`: how images are held
+//! (`--data-mode`), how many threads build batches and how far ahead. Only
+//! the mode is saved in `run.json`; the others change speed and memory, never the batches.
+
+use clap::Args;
+
+use crate::data_source::{parse_bytes, DataMode, DataOptions};
+use crate::workers::{default_workers, Pipeline, DEFAULT_PREFETCH};
+
+/// `fit`'s data pipeline flags.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// memory: decode every image once; stream: decode each image when a batch needs it
+    /// (memory bounded by the prefetch queue); auto: stream when the decoded images would
+    /// exceed --data-memory-budget. The batches are the same either way.
+    #[arg(long, value_enum, default_value_t = DataMode::Auto)]
+    pub data_mode: DataMode,
+    /// Threads that build batches (default: half the cores, 1 to 8).
+    #[arg(long)]
+    pub data_workers: Option<usize>,
+    /// Batches prepared ahead of training, over all workers.
+    #[arg(long, default_value_t = DEFAULT_PREFETCH)]
+    pub prefetch: usize,
+    /// Memory the decoded images may take before --data-mode auto streams, e.g. 8G
+    /// (default: half of the memory available).
+    #[arg(long, value_parser = parse_bytes)]
+    pub data_memory_budget: Option<u64>,
+}
+
+impl DataArgs {
+    /// The options `fit` takes.
+    pub fn options(&self) -> DataOptions {
+        let workers = self.data_workers.unwrap_or_else(default_workers).max(1);
+        DataOptions {
+            pipeline: Pipeline { workers, prefetch: self.prefetch.max(1) },
+            memory_budget: self.data_memory_budget,
+        }
+    }
+}

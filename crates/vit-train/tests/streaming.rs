@@ -1,0 +1,106 @@
+//! Streaming the data from its files gives the very batches that decoding it
+//! into memory gives, whatever the number of batch workers, and a streamed run
+//! that is killed and resumed ends where an uninterrupted in-memory run ends.
+
+mod common;
+
+use std::path::Path;
+
+use common::cli::*;
+use common::*;
+use vit::data::{load_splits, scan_splits, LoadOptions};
+use vit::{Preprocessor, ViTConfig};
+use vit_train::batches::{epoch_batches, for_each_train_batch, Augment, HostBatch, Pipeline};
+
+/// Every training batch of `epoch` under `cfg`'s augmentations.
+fn epoch(data: &vit::data::Dataset, cfg: &ViTConfig, epoch: usize, workers: usize) -> Vec<HostBatch> {
+    let prep = Preprocessor::from_config(cfg);
+    let t = &cfg.train;
+    let batches = epoch_batches(data.len(), t.batch_size, t.seed, epoch);
+    let pipe = Pipeline { workers, prefetch: 2 * workers };
+    let mut out = Vec::new();
+    for_each_train_batch(data, &prep, Augment::from_train(t), &batches, t.seed, epoch, pipe, |_, b, _| {
+        out.push(b);
+        true
+    });
+    out
+}
+
+#[test]
+fn streamed_and_decoded_batches_are_bit_identical_at_any_worker_count() {
+    let mut cfg = ViTConfig::from_toml_file(&repo_root().join("models/coco5-vit.toml")).unwrap();
+    cfg.train.batch_size = 16;
+    // Every augmentation on top of the recipe's padded crops and flips, so all draws are covered.
+    (cfg.train.mixup_alpha, cfg.train.cutmix_alpha) = (0.8, 1.0);
+    (cfg.train.crop_scale, cfg.train.color_jitter, cfg.train.random_erasing) = ((0.35, 1.0), 0.3, 0.25);
+    let prep = Preprocessor::from_config(&cfg);
+    let opts = LoadOptions { max_per_class: Some(12), seed: cfg.train.seed, ..LoadOptions::default() };
+    let memory = load_splits(&coco5(), &prep, &opts).unwrap();
+    let stream = scan_splits(&coco5(), &prep, &opts).unwrap();
+    assert!(!memory.train.is_streamed() && stream.train.is_streamed());
+    assert!(stream.train.pixels.is_empty(), "a streamed set holds no pixels");
+    assert_eq!(memory.train.labels, stream.train.labels);
+    for e in 0..2 {
+        let reference = epoch(&memory.train, &cfg, e, 1);
+        assert_eq!(reference.iter().map(|b| b.labels.len()).sum::<usize>(), memory.train.len());
+        assert!(reference.iter().all(|b| b.mix_lam.is_some()), "every batch is mixed");
+        assert!(epoch(&memory.train, &cfg, e, 3) == reference, "epoch {e}: 3 workers differ from 1");
+        assert!(epoch(&stream.train, &cfg, e, 1) == reference, "epoch {e}: streamed differs from decoded");
+        assert!(epoch(&stream.train, &cfg, e, 3) == reference, "epoch {e}: streamed, 3 workers, differs");
+    }
+    assert!(epoch(&memory.train, &cfg, 0, 1) != epoch(&memory.train, &cfg, 1, 1), "epochs differ");
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<_> =
+        tch::Tensor::read_safetensors(path).unwrap().into_iter().map(|(n, t)| (n, to_vec(&t))).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn without_timing(mut s: serde_json::Value) -> serde_json::Value {
+    for k in ["train_images_per_sec", "wall_seconds"] {
+        s.as_object_mut().unwrap().remove(k);
+    }
+    s
+}
+
+#[test]
+fn a_streamed_run_killed_and_resumed_ends_as_an_uninterrupted_in_memory_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let augmented = SMALL.to_string() + "hflip = true\ncrop_scale = [0.35, 1.0]\nmixup_alpha = 0.8\n";
+    let cfg = write_config(tmp.path(), &augmented);
+    let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    run_ok(quick(&cfg, &straight, "4").args(["--data-mode", "memory", "--data-workers", "1"]));
+    let run_json = |run: &Path| std::fs::read_to_string(run.join("run.json")).unwrap();
+    assert!(run_json(&straight).contains("\"data_mode\": \"memory\""), "{}", run_json(&straight));
+
+    // A budget far below the decoded size makes `auto` stream.
+    let mut child = quick(&cfg, &killed, "4")
+        .args(["--data-mode", "auto", "--data-memory-budget", "1K", "--data-workers", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let resume = killed.join("resume.safetensors");
+    while !resume.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("run ended ({status}) before it could be interrupted");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.join("summary.json").exists(), "the run must have been interrupted mid-way");
+    assert!(run_json(&killed).contains("\"data_mode\": \"stream\""), "{}", run_json(&killed));
+
+    run_ok(bin().arg("--out").arg(&killed).args(["--resume", "--no-export", "--data-workers", "2"]));
+    assert_eq!(without_timing(summary(&straight)), without_timing(summary(&killed)));
+    for ((n1, w1), (n2, w2)) in
+        weights(&straight.join("last.safetensors")).iter().zip(weights(&killed.join("last.safetensors")))
+    {
+        assert_eq!(n1, &n2);
+        let diff = w1.iter().zip(&w2).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff <= 1e-6, "{n1}: the streamed, resumed weights differ by {diff}");
+    }
+}
