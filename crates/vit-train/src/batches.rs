@@ -8,6 +8,8 @@
 //! epoch's sample order comes from [`epoch_rng`], and each batch's
 //! augmentations from its own [`batch_rng`] of (seed, epoch, batch index).
 
+use std::sync::Mutex;
+
 use rand::{seq::SliceRandom, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vit::{data::Dataset, Preprocessor};
@@ -27,6 +29,16 @@ pub struct HostBatch {
     /// image's own label; the partner of image `i` is image `n - 1 - i`, so the
     /// partner labels are `labels` reversed.
     pub mix_lam: Option<f32>,
+}
+
+/// Streamed images that failed to decode since the last [`take_unreadable`]
+/// (their error messages, naming the file).
+static UNREADABLE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The read failures of streamed images since the last call (each message names
+/// its file), emptying the record. Such images were fed as black images.
+pub fn take_unreadable() -> Vec<String> {
+    std::mem::take(&mut *UNREADABLE.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// The RNG of epoch `epoch` of a run seeded with `seed` (restarts identically on resume).
@@ -59,10 +71,12 @@ pub fn make_batch(
 ) -> HostBatch {
     let mut pixels_u8 = vec![0u8; indices.len() * data.image_len];
     for (&i, out) in indices.iter().zip(pixels_u8.chunks_mut(data.image_len.max(1))) {
-        // A streamed file can break after it was indexed: it trains as a black image rather than ending the run.
+        // A streamed file can break after it was indexed. The batch gets a black image in its place and the
+        // failure is recorded: the epoch loop then stops before saving anything (see `take_unreadable`),
+        // unless the run tolerates unreadable files.
         if let Err(e) = data.read_image(i, prep, out) {
-            log::warn!("{e}; using a black image in its place");
             out.fill(0);
+            UNREADABLE.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
         }
     }
     let labels: Vec<i64> = indices.iter().map(|&i| data.labels[i]).collect();

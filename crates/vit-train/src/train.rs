@@ -195,6 +195,7 @@ pub fn fit_rank(
             bar.inc(1);
         })?;
         bar.finish_and_clear();
+        check_reads(run.allow_skipped, dir, epoch, "training")?;
         if let Some(d) = stats.diverged {
             bail!(
                 "training diverged: the loss is {} at epoch {}, step {} of {} (iteration {}); {}; lower --lr or set --grad-clip",
@@ -217,6 +218,7 @@ pub fn fit_rank(
         let best_so_far = records.iter().filter_map(Record::val_accuracy).fold(f64::NEG_INFINITY, f64::max);
         let eval = trainer.with_eval_weights(|tr| -> Result<Option<Evaluation>> {
             let eval = if due { Some(tr.evaluate(&splits.val)?) } else { None };
+            check_reads(run.allow_skipped, dir, epoch, "evaluation")?;
             let rec = epoch_record(epoch, &stats, eval.as_ref(), epoch_start.elapsed().as_secs_f64());
             log_epoch(&rec, t.epochs);
             records.push(rec);
@@ -256,6 +258,32 @@ pub fn fit_rank(
     }
     crate::plots::write_run_plots(dir, &records, eval.as_ref().map(|e| &e.confusion), &splits.classes)?;
     Ok(summary)
+}
+
+/// Stops the run when streamed images could not be read during `epoch`'s
+/// `phase` (they were fed as black images), before anything of the epoch is
+/// saved; with `--allow-skipped` only warns.
+fn check_reads(allow_skipped: bool, dir: Option<&RunDir>, epoch: usize, phase: &str) -> Result<()> {
+    let failed = crate::batches::take_unreadable();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let shown = failed.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
+    if allow_skipped {
+        log::warn!(
+            "{} streamed images could not be read in epoch {} ({phase}), fed as black images: {shown}",
+            failed.len(),
+            epoch + 1
+        );
+        return Ok(());
+    }
+    bail!(
+        "{} streamed images could not be read in epoch {} ({phase}): {shown}; {}; fix or remove them, or pass \
+         --allow-skipped (with --resume) to train on with a black image in their place",
+        failed.len(),
+        epoch + 1,
+        kept_checkpoint(dir, epoch)
+    )
 }
 
 /// What a run stopped in `epoch` (0-based) keeps: nothing of the broken epoch is saved.

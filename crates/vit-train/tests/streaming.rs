@@ -104,3 +104,37 @@ fn a_streamed_run_killed_and_resumed_ends_as_an_uninterrupted_in_memory_run() {
         assert!(diff <= 1e-6, "{n1}: the streamed, resumed weights differ by {diff}");
     }
 }
+
+#[test]
+fn a_streamed_file_that_does_not_decode_stops_the_epoch_unless_skipping_is_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Three classes of 6 real images, plus a file that is listed like any JPEG but does not decode.
+    for class in ["airplane", "bus", "cat"] {
+        let (src, dst) = (coco5().join("train").join(class), data.join(class));
+        std::fs::create_dir_all(&dst).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for f in files.iter().take(6) {
+            std::fs::copy(f, dst.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(data.join("bus").join("broken.jpg"), b"\xff\xd8 not a jpeg").unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let fit = |run: &Path| {
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&cfg).arg("--data").arg(&data).arg("--out").arg(run);
+        cmd.args(["--epochs", "1", "--no-export", "--data-mode", "stream", "--val-fraction", "0"]);
+        cmd
+    };
+    let strict = tmp.path().join("strict");
+    let err = run_err(&mut fit(&strict));
+    assert!(err.contains("broken.jpg") && err.contains("--allow-skipped"), "{err}");
+    assert!(err.contains("no epoch completed"), "{err}");
+    assert!(!strict.join("last.safetensors").exists(), "nothing of the broken epoch may be saved");
+
+    let lenient = tmp.path().join("lenient");
+    let out = run_ok(fit(&lenient).arg("--allow-skipped"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.jpg"), "the failure must still be reported");
+    assert!(lenient.join("last.safetensors").exists());
+}
