@@ -370,6 +370,26 @@ mod tests {
     }
 
     #[test]
+    fn layer_decay_scales_each_step_fused_or_not() {
+        // First Adam step moves each weight by lr * scale * sign(grad); depth 1, decay 0.5.
+        for fused in [false, true] {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let b = vs.root().sub("blocks").sub("0").var("w", &[2], nn::Init::Const(1.0));
+            let h = vs.root().sub("head").var("weight", &[2], nn::Init::Const(1.0));
+            let ft = Finetune { layer_decay: Some(0.5), ..Default::default() };
+            let cfg = TrainConfig { lr: 0.1, fused_optimizer: fused, ..Default::default() };
+            let mut opt = Adam::with_lr_scales(&vs, &cfg, |n| ft.lr_scale(n, 1));
+            (b.sum(tch::Kind::Float) + h.sum(tch::Kind::Float)).backward();
+            opt.step(0.1).unwrap();
+            let (b, h) = (Vec::<f32>::try_from(&b).unwrap(), Vec::<f32>::try_from(&h).unwrap());
+            assert!(
+                b.iter().all(|x| (x - 0.95).abs() < 1e-6) && h.iter().all(|x| (x - 0.9).abs() < 1e-6),
+                "{b:?} {h:?}"
+            );
+        }
+    }
+
+    #[test]
     fn frozen_tensors_get_no_state_and_do_not_move() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let w = vs.root().sub("blocks").sub("0").var("w", &[2, 2], nn::Init::Const(1.0));
