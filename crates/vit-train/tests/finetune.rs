@@ -98,3 +98,17 @@ fn layer_decay_is_accepted_recorded_and_the_loss_falls() {
     let err = run_err(&mut resume);
     assert!(err.contains("--freeze-backbone: the run trains every tensor"), "{err}");
 }
+
+#[test]
+fn a_preset_patch_size_other_than_the_checkpoints_is_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = checkpoint(tmp.path(), &avg_config(tmp.path()));
+    let other = tmp.path().join("patch4");
+    std::fs::create_dir(&other).unwrap();
+    let text = SMALL.replace(r#"pooling = "mean""#, r#"pooling = "avg""#).replace("patch_size = 8", "patch_size = 4");
+    let cfg = write_config(&other, &text);
+    let out = run_ok(&mut fit_from(&weights, &cfg, &tmp.path().join("run"), "1", "8"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = "the config's patch_size 4 differs from the checkpoint's 8; the checkpoint's patch size 8 is used";
+    assert!(stderr.contains(line), "{stderr}");
+}
