@@ -73,6 +73,12 @@ pub struct FitArgs {
     /// With --init: attention heads, when the checkpoint's config.json does not say.
     #[arg(long, requires = "init")]
     pub num_heads: Option<usize>,
+    /// Train only the head (and `fc_norm` with avg pooling); every other tensor stays as initialised.
+    #[arg(long)]
+    pub freeze_backbone: bool,
+    /// timm's layer-wise lr decay, e.g. 0.75: block i's lr is scaled by DECAY^(depth - i).
+    #[arg(long, value_name = "DECAY", value_parser = finite_f64)]
+    pub layer_decay: Option<f64>,
     /// Continue the run in --out from its last completed epoch (--epochs may extend it).
     #[arg(long)]
     pub resume: bool,
@@ -325,6 +331,13 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+impl FitArgs {
+    /// `--freeze-backbone` and `--layer-decay`.
+    pub fn finetune(&self) -> crate::optim::Finetune {
+        crate::optim::Finetune { freeze_backbone: self.freeze_backbone, layer_decay: self.layer_decay }
+    }
+}
+
 /// Validation fraction when `--val-fraction` is not given.
 pub const DEFAULT_VAL_FRACTION: f64 = 0.2;
 
@@ -363,6 +376,7 @@ fn resume_config(dir: &RunDir, a: &FitArgs) -> Result<ViTConfig> {
         data: a.data.clone(),
         val_fraction: a.val_fraction,
         max_per_class: a.max_per_class,
+        finetune: a.finetune(),
     };
     Ok(reconcile(dir.path(), &saved, &run, &req)?)
 }
@@ -487,6 +501,7 @@ fn run_fit(a: &FitArgs) -> Result<()> {
     } else {
         let cfg = resolve_config(a)?;
         crate::memory::check(&cfg, device)?;
+        a.finetune().check(&cfg).map_err(anyhow::Error::msg)?;
         let run = new_run_options(a)?;
         (RunDir::create(&a.out)?, cfg, run)
     };
@@ -522,6 +537,7 @@ fn new_run_options(a: &FitArgs) -> Result<RunOptions> {
         allow_skipped: a.allow_skipped,
         init,
         data_mode: a.data_pipeline.data_mode,
+        finetune: a.finetune(),
     })
 }
 

@@ -45,6 +45,15 @@ pub fn run_config(weights: &Path, num_heads: Option<usize>, preset: Option<&ViTC
     log::info!("--init {:?} checkpoint: {}", imported.format, crate::export_weights::describe(&cfg));
     *LAST_READ.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
         Some((weights.to_path_buf(), num_heads, imported));
+    if let Some(p) = preset.filter(|p| p.patch_size != cfg.patch_size) {
+        // Patch embeddings are not resampled: the checkpoint's kernel size is the model's.
+        log::info!(
+            "--init: the config's patch_size {} differs from the checkpoint's {}; the checkpoint's patch size {} is used",
+            p.patch_size,
+            cfg.patch_size,
+            cfg.patch_size
+        );
+    }
     if let Some(p) = preset {
         if p.image_size % cfg.patch_size != 0 {
             bail!(

@@ -1,7 +1,10 @@
 //! Adam / AdamW written out on tch tensors (as `torch.optim.Adam[W]`), so the
 //! moment estimates are plain named tensors that checkpoints save and `--resume`
 //! restores exactly. Norm weights, biases and the class/position tokens get no
-//! weight decay (timm's `param_groups_weight_decay`).
+//! weight decay (timm's `param_groups_weight_decay`). Fine-tuning options
+//! ([`Finetune`]) freeze the backbone (frozen tensors get no state at all) or
+//! scale each tensor's learning rate by its depth (timm's
+//! `param_groups_layer_decay`).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +23,8 @@ struct Slot {
     /// (large per-step temporaries cost more than the arithmetic on the CPU).
     buf: Tensor,
     decay: bool,
+    /// Multiplies the learning rate (`--layer-decay`; 1 otherwise).
+    lr_scale: f64,
 }
 
 /// Adam or AdamW over a VarStore's trainable variables.
@@ -45,6 +50,13 @@ pub fn is_no_decay(name: &str, shape: &[i64]) -> bool {
 impl Adam {
     /// Fresh state (zero moments) for every trainable variable of `vs`.
     pub fn new(vs: &nn::VarStore, cfg: &TrainConfig) -> Self {
+        Self::with_lr_scales(vs, cfg, |_| 1.0)
+    }
+
+    /// [`Adam::new`] with the learning rate of each variable multiplied by
+    /// `lr_scale(name)`. Variables that do not require gradients (frozen by
+    /// [`freeze_backbone`]) get no state, so no update and no weight decay.
+    pub fn with_lr_scales(vs: &nn::VarStore, cfg: &TrainConfig, lr_scale: impl Fn(&str) -> f64) -> Self {
         let slots = vs
             .variables()
             .into_iter()
@@ -52,7 +64,8 @@ impl Adam {
             .map(|(name, param)| {
                 let decay = !is_no_decay(&name, &param.size());
                 let (m, v, buf) = (param.zeros_like(), param.zeros_like(), param.zeros_like());
-                (name, Slot { param, m, v, buf, decay })
+                let lr_scale = lr_scale(&name);
+                (name, Slot { param, m, v, buf, decay, lr_scale })
             })
             .collect();
         let device = vs.device();
@@ -124,13 +137,15 @@ impl Adam {
         let (b1, b2) = self.betas;
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bc1;
         tch::no_grad(|| {
             for s in self.slots.values_mut() {
                 let mut g = s.param.grad();
                 if !g.defined() {
                     continue;
                 }
+                // As a torch param group with lr * scale: decoupled decay uses the scaled lr too.
+                let lr = lr * s.lr_scale;
+                let step_size = lr / bc1;
                 let wd = if s.decay { self.weight_decay } else { 0.0 };
                 match self.kind {
                     Optimizer::Adam if wd > 0.0 => {
@@ -165,15 +180,17 @@ impl Adam {
         let _ = step.fill_(self.step as f64 + 1.0);
         let grads: Vec<(&Slot, Tensor)> =
             self.slots.values().map(|s| (s, s.param.grad())).filter(|(_, g)| g.defined()).collect();
-        for decay in [true, false] {
-            let group: Vec<&(&Slot, Tensor)> = grads.iter().filter(|(s, _)| s.decay == decay).collect();
-            if group.is_empty() {
-                continue;
-            }
+        // One kernel per (decayed or not, lr scale): timm's parameter groups.
+        let mut keys: Vec<(bool, u64)> = grads.iter().map(|(s, _)| (s.decay, s.lr_scale.to_bits())).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for (decay, scale) in keys {
+            let group: Vec<&(&Slot, Tensor)> =
+                grads.iter().filter(|(s, _)| (s.decay, s.lr_scale.to_bits()) == (decay, scale)).collect();
             let list = |f: fn(&Slot) -> &Tensor| group.iter().map(|(s, _)| f(s)).collect::<Vec<_>>();
             let g: Vec<&Tensor> = group.iter().map(|(_, g)| g).collect();
             let hp = fused::AdamStep {
-                lr,
+                lr: lr * f64::from_bits(scale),
                 betas: self.betas,
                 weight_decay: if decay { self.weight_decay } else { 0.0 },
                 eps: self.eps,
@@ -218,6 +235,77 @@ impl Adam {
     }
 }
 
+/// Fine-tuning options of `fit` (`--freeze-backbone`, `--layer-decay`),
+/// saved in `run.json` so `--resume` continues with the same parameter groups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Finetune {
+    /// Only the head trains: `head.*`, and `fc_norm.*` with avg pooling (timm's
+    /// linear probe, where `fc_norm` belongs to `forward_head`); `norm` and
+    /// everything before it stays as initialised.
+    #[serde(default)]
+    pub freeze_backbone: bool,
+    /// timm's layer-wise lr decay: tensor lr scaled by `decay^(depth + 1 - layer_id)`
+    /// (see [`layer_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_decay: Option<f64>,
+}
+
+impl Finetune {
+    /// True when neither option is set.
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Why these options cannot train a model of `cfg`, if they cannot.
+    pub fn check(&self, cfg: &vit::ViTConfig) -> Result<(), String> {
+        if !self.is_none() && cfg.variant != vit::Variant::Standard {
+            return Err(format!(
+                "--freeze-backbone and --layer-decay need the standard variant (timm names), not {:?}",
+                cfg.variant
+            ));
+        }
+        match self.layer_decay {
+            Some(d) if !(d > 0.0 && d <= 1.0) => Err(format!("--layer-decay {d}: must be in (0, 1]")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The learning-rate scale of tensor `name` in a model of `depth` blocks.
+    pub fn lr_scale(&self, name: &str, depth: usize) -> f64 {
+        self.layer_decay.map_or(1.0, |d| d.powi((depth + 1 - layer_id(name, depth)) as i32))
+    }
+}
+
+/// timm's layer id for layer-wise lr decay: 0 for the embedding (`cls_token`,
+/// `pos_embed`, `patch_embed.*` with its conv stem), `i + 1` for `blocks.i.*`,
+/// `depth + 1` for everything after the blocks (`norm`, `fc_norm`, `head`, and
+/// `norm_pre`, which timm's matcher puts with `norm`).
+pub fn layer_id(name: &str, depth: usize) -> usize {
+    if name == "cls_token" || name == "pos_embed" || name.starts_with("patch_embed.") {
+        return 0;
+    }
+    let block = name.strip_prefix("blocks.").and_then(|rest| rest.split('.').next()?.parse::<usize>().ok());
+    block.map_or(depth + 1, |i| i + 1)
+}
+
+/// True for the tensors `--freeze-backbone` keeps training: the head and `fc_norm`.
+pub fn is_head(name: &str) -> bool {
+    name.starts_with("head.") || name.starts_with("fc_norm.")
+}
+
+/// Stops gradients for every variable of `vs` but the head ([`is_head`]);
+/// returns how many tensors were frozen.
+pub fn freeze_backbone(vs: &nn::VarStore) -> usize {
+    let mut frozen = 0;
+    for (name, var) in vs.variables() {
+        if !is_head(&name) && var.requires_grad() {
+            let _ = var.set_requires_grad(false);
+            frozen += 1;
+        }
+    }
+    frozen
+}
+
 /// Learning rate at optimisation step `step` of `total`: linear warm-up over
 /// `warmup` steps, then constant or cosine decay to 0.
 pub fn learning_rate(cfg: &TrainConfig, step: usize, warmup: usize, total: usize) -> f64 {
@@ -256,6 +344,65 @@ mod tests {
         opt.step(0.1).unwrap();
         let got = Vec::<f32>::try_from(&w).unwrap();
         assert!((got[0] - 0.9).abs() < 1e-6 && (got[1] - 1.1).abs() < 1e-6, "{got:?}");
+    }
+
+    #[test]
+    fn layer_decay_scales_match_timm_for_depth_2() {
+        let ft = Finetune { layer_decay: Some(0.5), ..Default::default() };
+        // decay^(L + 1 - layer_id), L = 2.
+        let table = [
+            ("cls_token", 0.125),
+            ("pos_embed", 0.125),
+            ("patch_embed.proj.weight", 0.125),
+            ("patch_embed.stem.0.conv.weight", 0.125),
+            ("blocks.0.attn.qkv.weight", 0.25),
+            ("blocks.0.norm1.bias", 0.25),
+            ("blocks.1.mlp.fc2.weight", 0.5),
+            ("norm.weight", 1.0),
+            ("fc_norm.bias", 1.0),
+            ("head.weight", 1.0),
+        ];
+        for (name, want) in table {
+            assert_eq!(ft.lr_scale(name, 2), want, "{name}");
+        }
+        assert_eq!(Finetune::default().lr_scale("cls_token", 2), 1.0);
+        assert!(Finetune { layer_decay: Some(1.5), ..ft }.check(&Default::default()).is_err());
+    }
+
+    #[test]
+    fn layer_decay_scales_each_step_fused_or_not() {
+        // First Adam step moves each weight by lr * scale * sign(grad); depth 1, decay 0.5.
+        for fused in [false, true] {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let b = vs.root().sub("blocks").sub("0").var("w", &[2], nn::Init::Const(1.0));
+            let h = vs.root().sub("head").var("weight", &[2], nn::Init::Const(1.0));
+            let ft = Finetune { layer_decay: Some(0.5), ..Default::default() };
+            let cfg = TrainConfig { lr: 0.1, fused_optimizer: fused, ..Default::default() };
+            let mut opt = Adam::with_lr_scales(&vs, &cfg, |n| ft.lr_scale(n, 1));
+            (b.sum(tch::Kind::Float) + h.sum(tch::Kind::Float)).backward();
+            opt.step(0.1).unwrap();
+            let (b, h) = (Vec::<f32>::try_from(&b).unwrap(), Vec::<f32>::try_from(&h).unwrap());
+            assert!(
+                b.iter().all(|x| (x - 0.95).abs() < 1e-6) && h.iter().all(|x| (x - 0.9).abs() < 1e-6),
+                "{b:?} {h:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn frozen_tensors_get_no_state_and_do_not_move() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let w = vs.root().sub("blocks").sub("0").var("w", &[2, 2], nn::Init::Const(1.0));
+        let h = vs.root().sub("head").var("weight", &[2, 2], nn::Init::Const(1.0));
+        assert_eq!(freeze_backbone(&vs), 1);
+        let cfg = TrainConfig { weight_decay: 0.5, optimizer: Optimizer::Adamw, ..Default::default() };
+        let mut opt = Adam::new(&vs, &cfg);
+        let names: Vec<String> = opt.state_tensors().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["optim.m.head.weight", "optim.v.head.weight", "optim.step"]);
+        ((&w * 2.0).sum(tch::Kind::Float) + h.sum(tch::Kind::Float)).backward();
+        opt.step(0.1).unwrap();
+        assert_eq!(Vec::<f32>::try_from(w.flatten(0, -1)).unwrap(), [1.0; 4]);
+        assert!(Vec::<f32>::try_from(h.flatten(0, -1)).unwrap().iter().all(|&x| x < 1.0));
     }
 
     #[test]

@@ -3,13 +3,14 @@
 //! a flag that says otherwise would either be ignored or make the run's record
 //! untrue. The rule: more epochs than the run's extend it (logged); every
 //! other difference (config values, `--config`, data, validation fraction,
-//! images per class, fewer epochs) is refused, all conflicts in one error.
+//! images per class, fine-tuning options, fewer epochs) is refused, all conflicts in one error.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use vit::ViTConfig;
 
+use crate::optim::Finetune;
 use crate::run_dir::RunOptions;
 
 /// Config keys and the `fit` flags that set them, for the messages.
@@ -50,6 +51,8 @@ pub struct ResumeRequest {
     pub val_fraction: Option<f64>,
     /// `--max-per-class`.
     pub max_per_class: Option<usize>,
+    /// `--freeze-backbone` and `--layer-decay` as given (unset: as the run has them).
+    pub finetune: Finetune,
 }
 
 /// The command line contradicts the run it resumes.
@@ -109,6 +112,13 @@ pub fn reconcile(
         let had = run.max_per_class.map_or("no limit".to_string(), |m| m.to_string());
         conflicts.push(format!("--max-per-class {n}: the run has {had}"));
     }
+    if req.finetune.freeze_backbone && !run.finetune.freeze_backbone {
+        conflicts.push("--freeze-backbone: the run trains every tensor".to_string());
+    }
+    if let Some(d) = req.finetune.layer_decay.filter(|&d| Some(d) != run.finetune.layer_decay) {
+        let had = run.finetune.layer_decay.map_or("no layer decay".to_string(), |h| h.to_string());
+        conflicts.push(format!("--layer-decay {d}: the run has {had}"));
+    }
     if !conflicts.is_empty() {
         return Err(ResumeConflict { run: run_dir.to_path_buf(), conflicts });
     }
@@ -166,6 +176,7 @@ mod tests {
             data: None,
             val_fraction: None,
             max_per_class: None,
+            finetune: Finetune::default(),
         }
     }
 
@@ -180,9 +191,11 @@ mod tests {
             allow_skipped: false,
             init: None,
             data_mode: crate::data_source::DataMode::Memory,
+            finetune: Finetune { freeze_backbone: false, layer_decay: Some(0.75) },
         };
         let dir = Path::new("runs/r");
-        let same = ResumeRequest { epochs: Some(3), max_per_class: Some(40), ..request(&saved) };
+        let finetune = Finetune { layer_decay: Some(0.75), ..Default::default() };
+        let same = ResumeRequest { epochs: Some(3), max_per_class: Some(40), finetune, ..request(&saved) };
         assert_eq!(reconcile(dir, &saved, &run, &same).unwrap(), saved);
         let longer = reconcile(dir, &saved, &run, &ResumeRequest { epochs: Some(5), ..request(&saved) }).unwrap();
         assert_eq!(longer.train.epochs, 5);
@@ -199,11 +212,14 @@ mod tests {
             data: Some("elsewhere".into()),
             val_fraction: Some(0.3),
             max_per_class: Some(10),
+            finetune: Finetune { freeze_backbone: true, layer_decay: Some(0.65) },
         };
         let err = reconcile(dir, &saved, &run, &req).unwrap_err();
         let text = err.to_string();
-        assert_eq!(err.conflicts.len(), 6, "{text}");
-        for needle in ["--lr (train.lr)", "other.toml: depth", "--epochs 2", "--data elsewhere", "0.3", "10"] {
+        assert_eq!(err.conflicts.len(), 8, "{text}");
+        let needles = ["--lr (train.lr)", "other.toml: depth", "--epochs 2", "--data elsewhere", "0.3", "10"];
+        let finetune = ["--freeze-backbone: the run trains every", "--layer-decay 0.65: the run has 0.75"];
+        for needle in needles.into_iter().chain(finetune) {
             assert!(text.contains(needle), "{needle}: {text}");
         }
         assert!(!text.contains("num_classes"), "{text}");

@@ -42,6 +42,9 @@ pub struct RunOptions {
     /// resolved (`memory` or `stream`), and runs from before streaming read as `memory`.
     #[serde(default)]
     pub data_mode: crate::data_source::DataMode,
+    /// `--freeze-backbone` and `--layer-decay` (neither, in runs from before them).
+    #[serde(default, skip_serializing_if = "crate::optim::Finetune::is_none")]
+    pub finetune: crate::optim::Finetune,
 }
 
 /// Where a run's initial weights came from (`run.json`'s `init`).
@@ -367,10 +370,16 @@ mod tests {
             allow_skipped: true,
             init: None,
             data_mode: crate::data_source::DataMode::Stream,
+            finetune: crate::optim::Finetune { freeze_backbone: true, layer_decay: Some(0.75) },
         };
         run.write_run_options(&opts).unwrap();
         let back = RunDir::inspect(run.path()).unwrap().read_run_options().unwrap();
         assert_eq!((back.data, back.val_fraction, back.max_per_class), (opts.data, 0.25, Some(3)));
+        assert_eq!(back.finetune, opts.finetune);
+        // A run.json from before the fine-tuning options reads as neither.
+        let old = r#"{"data": "d", "val_fraction": 0.2, "max_per_class": null}"#;
+        let old: RunOptions = serde_json::from_str(old).unwrap();
+        assert!(old.finetune.is_none());
         assert_eq!(run.checkpoint_path(Checkpoint::Best), run.path().join("best.safetensors"));
         let err = RunDir::open(tmp.path().join("nowhere")).unwrap_err().to_string();
         assert!(err.contains("nowhere"), "{err}");

@@ -141,6 +141,7 @@ pub fn fit_rank(
     let shard = crate::dist::sampler::shard_len(splits.train.len());
     let mut trainer = Trainer::new(&cfg, opts.device, shard, opts.eval_batch)?;
     trainer.set_pipeline(opts.data.pipeline);
+    trainer.finetune(&run.finetune)?;
     let parameters = trainer.parameters();
     log::info!("model: {:?} variant, {parameters} parameters, device {}", cfg.variant, device_name(opts.device));
 

@@ -22,7 +22,7 @@ use crate::fused::ShimError;
 use crate::memory::{catch_allocation, MemoryError};
 use crate::metrics::Confusion;
 use crate::model::{parameter_count, ViT};
-use crate::optim::{learning_rate, Adam};
+use crate::optim::{freeze_backbone, learning_rate, Adam, Finetune};
 
 /// Name of the scalar in `resume.safetensors` that counts completed epochs.
 const EPOCH_TENSOR: &str = "train.epoch";
@@ -152,6 +152,33 @@ impl Trainer {
         if self.ema.is_some() {
             self.ema = Some(Ema::new(&self.vs, self.cfg.train.ema_decay));
         }
+        Ok(())
+    }
+
+    /// Applies `fit --freeze-backbone` / `--layer-decay`: frozen tensors stop
+    /// requiring gradients and the optimiser is rebuilt with per-tensor lr
+    /// scales. Call before [`load_resume`](Self::load_resume), whose optimiser
+    /// state then has the same tensors.
+    pub fn finetune(&mut self, ft: &Finetune) -> anyhow::Result<()> {
+        if ft.is_none() {
+            return Ok(());
+        }
+        ft.check(&self.cfg).map_err(anyhow::Error::msg)?;
+        if ft.freeze_backbone {
+            let frozen = freeze_backbone(&self.vs);
+            let mut trained: Vec<String> =
+                self.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).map(|(n, _)| n).collect();
+            trained.sort();
+            log::info!("--freeze-backbone: {frozen} tensors frozen; training {}", trained.join(", "));
+        }
+        if let Some(d) = ft.layer_decay {
+            log::info!(
+                "--layer-decay {d}: lr scale {d}^(depth + 1 - layer), embeddings {:.3e}",
+                ft.lr_scale("pos_embed", self.cfg.depth)
+            );
+        }
+        let depth = self.cfg.depth;
+        self.opt = Adam::with_lr_scales(&self.vs, &self.cfg.train, |name| ft.lr_scale(name, depth));
         Ok(())
     }
 
