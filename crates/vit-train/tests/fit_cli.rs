@@ -120,21 +120,7 @@ fn assert_resume_matches(config: &str) {
     let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
     run_ok(&mut quick(&cfg, &straight, "5"));
 
-    let mut child = quick(&cfg, &killed, "5")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let resume = killed.join("resume.safetensors");
-    while !resume.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("run ended ({status}) before it could be interrupted");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(!killed.join("summary.json").exists(), "the run must have been interrupted mid-way");
+    kill_after_first_epoch(&mut quick(&cfg, &killed, "5"), &killed);
 
     // A second plain `fit` into the same folder refuses to overwrite it.
     let err = run_err(&mut quick(&cfg, &killed, "5"));

@@ -76,22 +76,10 @@ fn a_streamed_run_killed_and_resumed_ends_as_an_uninterrupted_in_memory_run() {
     assert!(run_json(&straight).contains("\"data_mode\": \"memory\""), "{}", run_json(&straight));
 
     // A budget far below the decoded size makes `auto` stream.
-    let mut child = quick(&cfg, &killed, "4")
-        .args(["--data-mode", "auto", "--data-memory-budget", "1K", "--data-workers", "3"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let resume = killed.join("resume.safetensors");
-    while !resume.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("run ended ({status}) before it could be interrupted");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(!killed.join("summary.json").exists(), "the run must have been interrupted mid-way");
+    kill_after_first_epoch(
+        quick(&cfg, &killed, "4").args(["--data-mode", "auto", "--data-memory-budget", "1K", "--data-workers", "3"]),
+        &killed,
+    );
     assert!(run_json(&killed).contains("\"data_mode\": \"stream\""), "{}", run_json(&killed));
 
     run_ok(bin().arg("--out").arg(&killed).args(["--resume", "--no-export", "--data-workers", "2"]));

@@ -104,3 +104,19 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     }
     files
 }
+
+/// Starts `cmd` and kills it as soon as `RUN/resume.safetensors` exists (the
+/// first epoch is complete), asserting the run had not ended by itself.
+pub fn kill_after_first_epoch(cmd: &mut Command, run: &Path) {
+    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let resume = run.join("resume.safetensors");
+    while !resume.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("run ended ({status}) before it could be interrupted");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!run.join("summary.json").exists(), "the run must have been interrupted mid-way");
+}
