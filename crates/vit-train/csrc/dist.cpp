@@ -15,6 +15,7 @@
 
 #include "dist_internal.h"
 #include "shim_error.h"
+#include "tensor_list.h"
 #include "vit_shim.h"
 
 using vit_dist_internal::describe;
@@ -22,15 +23,6 @@ using vit_dist_internal::guarded;
 using vit_dist_internal::wait_for;
 
 namespace {
-
-std::vector<at::Tensor> gather(vit_tensor *const *tensors, size_t n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    out.push_back(*tensors[i]);
-  }
-  return out;
-}
 
 // One contiguous buffer holding every tensor (all of one dtype and device).
 at::Tensor flatten(const std::vector<at::Tensor> &ts) {
@@ -60,6 +52,20 @@ void unflatten(const at::Tensor &flat, std::vector<at::Tensor> &ts) {
     t.copy_(flat.narrow(0, offset, n).view(t.sizes()));
     offset += n;
   }
+}
+
+// Runs the collective `op` on one (staged) flat buffer of the n tensors, and copies
+// the result back into them: one collective per call, whatever n is.
+template <typename Op>
+void on_flat(vit_dist *d, vit_tensor *const *tensors, size_t n, Op op) {
+  if (n == 0) {
+    return;
+  }
+  c10::NoGradGuard no_grad;
+  auto ts = vit_shim::gather(tensors, n);
+  std::vector<at::Tensor> flat{staged(d, flatten(ts))};
+  op(flat);
+  unflatten(flat[0], ts);
 }
 
 // After a failed collective every surviving rank checks in at the store; the ranks
@@ -146,33 +152,23 @@ extern "C" char *vit_dist_init(const char *master_addr, int master_port, int ran
 
 extern "C" char *vit_dist_all_reduce(vit_dist *d, vit_tensor *const *tensors, size_t n, int average) {
   return guarded([&] {
-    if (n == 0) {
-      return;
-    }
-    c10::NoGradGuard no_grad;
-    auto ts = gather(tensors, n);
-    std::vector<at::Tensor> flat{staged(d, flatten(ts))};
-    // Gloo has no AVG: sum, then divide by the world size.
-    wait_for(d, d->group->allreduce(flat), "all-reduce");
-    if (average) {
-      flat[0].div_(d->world);
-    }
-    unflatten(flat[0], ts);
+    on_flat(d, tensors, n, [&](std::vector<at::Tensor> &flat) {
+      // Gloo has no AVG: sum, then divide by the world size.
+      wait_for(d, d->group->allreduce(flat), "all-reduce");
+      if (average) {
+        flat[0].div_(d->world);
+      }
+    });
   });
 }
 
 extern "C" char *vit_dist_broadcast(vit_dist *d, vit_tensor *const *tensors, size_t n, int root) {
   return guarded([&] {
-    if (n == 0) {
-      return;
-    }
-    c10::NoGradGuard no_grad;
-    auto ts = gather(tensors, n);
-    std::vector<at::Tensor> flat{staged(d, flatten(ts))};
-    c10d::BroadcastOptions opts;
-    opts.rootRank = root;
-    wait_for(d, d->group->broadcast(flat, opts), "broadcast");
-    unflatten(flat[0], ts);
+    on_flat(d, tensors, n, [&](std::vector<at::Tensor> &flat) {
+      c10d::BroadcastOptions opts;
+      opts.rootRank = root;
+      wait_for(d, d->group->broadcast(flat, opts), "broadcast");
+    });
   });
 }
 

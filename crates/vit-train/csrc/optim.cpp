@@ -6,22 +6,10 @@
 #include <vector>
 
 #include "shim_error.h"
+#include "tensor_list.h"
 #include "vit_shim.h"
 
 extern "C" void vit_shim_free_error(char *message) { std::free(message); }
-
-namespace {
-
-std::vector<at::Tensor> gather(vit_tensor *const *tensors, size_t n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    out.push_back(*tensors[i]);
-  }
-  return out;
-}
-
-}  // namespace
 
 extern "C" char *vit_fused_adam_step(vit_tensor *const *params, vit_tensor *const *grads, vit_tensor *const *exp_avgs,
                                      vit_tensor *const *exp_avg_sqs, size_t n, vit_tensor *step, double lr,
@@ -31,6 +19,7 @@ extern "C" char *vit_fused_adam_step(vit_tensor *const *params, vit_tensor *cons
       return;
     }
     c10::NoGradGuard no_grad;
+    using vit_shim::gather;
     auto p = gather(params, n), g = gather(grads, n), m = gather(exp_avgs, n), v = gather(exp_avg_sqs, n);
     // The CPU kernel trusts its inputs: a shape mismatch would read out of bounds.
     for (size_t i = 0; i < n; ++i) {
