@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 SELF_ATTENTION_MASK = -1e9  # vit::config::SELF_ATTENTION_MASK
 
@@ -104,7 +105,7 @@ def drop_path(x, rate, training):
     if not training or rate <= 0.0:
         return x
     keep = 1.0 - rate
-    mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype).bernoulli_(keep)
+    mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
     return x * mask / keep
 
 
@@ -126,7 +127,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(-1, l, 3, h, d).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-2, -1)
         if self.scale is not None:
-            scores = scores * self.scale.reshape(h, 1, 1) + torch.eye(l, dtype=scores.dtype) * SELF_ATTENTION_MASK
+            scores = scores * self.scale.reshape(h, 1, 1) + torch.eye(l, dtype=scores.dtype, device=scores.device) * SELF_ATTENTION_MASK
         else:
             scores = scores * d ** -0.5
         attn = F.dropout(scores.softmax(-1), self.dropout, self.training)
@@ -315,14 +316,17 @@ def make_optimizer(model, train, impl):
                **kwargs)
 
 
-def time_training(model, cfg, steps, warmup, impl):
+def time_training(model, cfg, steps, warmup, impl, device="cpu", precision="fp32"):
     train = cfg["train"]
     b, c, s = train["batch_size"], cfg["in_channels"], cfg["image_size"]
     g = torch.Generator().manual_seed(0)
     host_x = torch.randn(b, c, s, s, generator=g)
     host_y = torch.randint(0, cfg["num_classes"], (b,), generator=g)
-    model.train()
+    model.to(device).train()
     opt = make_optimizer(model, train, impl)
+    # Autocast over the forward pass only, the loss in float32: as vit-train's Trainer::step.
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device) if precision == "fp16" else None
     ema_decay = train.get("ema_decay", 0.0)
     ema = [v.detach().clone() for v in model.net.state_dict().values()] if ema_decay > 0 else None
     live = list(model.net.state_dict().values())
@@ -330,22 +334,73 @@ def time_training(model, cfg, steps, warmup, impl):
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        x, y = host_x.clone(), host_y.clone()  # vit-train copies each host batch into a tensor
-        loss = F.cross_entropy(model(x), y, label_smoothing=smoothing)
+        # vit-train copies each host batch into a tensor on the device
+        x, y = host_x.clone().to(device), host_y.clone().to(device)
+        with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
         opt.zero_grad(set_to_none=False)
-        loss.backward()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
         if clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
+            with record_function("gradient clipping"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        with record_function("optimiser step"):
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
         if ema is not None:
-            with torch.no_grad():
-                for avg, v in zip(ema, live):
-                    if avg.is_floating_point():
+            with torch.no_grad(), record_function("weight average"):
+                floats = [(a, v) for a, v in zip(ema, live) if a.is_floating_point()]
+                if device == "cuda":  # timm's ModelEmaV3 way on a GPU: one foreach kernel
+                    torch._foreach_lerp_([a for a, _ in floats], [v for _, v in floats], 1.0 - ema_decay)
+                else:
+                    for avg, v in floats:
                         avg.lerp_(v, 1.0 - ema_decay)
         loss.item()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return times
+
+
+# ATen ops -> the part of a training step they belong to (first match wins). The
+# optimiser and weight average are timed as phases instead: their elementwise ops
+# look like any other.
+PROFILE_GROUPS = [
+    ("loss", ("cross_entropy", "log_softmax", "nll_loss")),
+    ("convolution, batch norm, ReLU (stem, patchify)", ("conv", "batch_norm", "relu", "threshold_backward")),
+    ("attention (scores, softmax, weighted sum)", ("bmm", "softmax", "eye")),
+    ("matrix products (qkv, proj, MLP, head)", ("addmm", "mm")),
+    ("layer norm, GELU", ("layer_norm", "gelu")),
+]
+PHASES = ("optimiser step", "weight average", "gradient clipping")
+
+
+def profile_training(model, cfg, steps, device, precision):
+    """Where a step's time goes: phases and ATen op groups, ms per step and share of the step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    time_training(model, cfg, 3, 2, "default", device, precision)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = sum(time_training(model, cfg, steps, 0, "default", device, precision))
+    ops = {name: 0.0 for name, _ in PROFILE_GROUPS}
+    phases = {name: 0.0 for name in PHASES}
+    for ev in prof.key_averages():
+        if ev.key in phases:
+            phases[ev.key] += ev.cpu_time_total / 1e6
+        elif ev.key.startswith("aten::"):
+            op = ev.key[len("aten::"):]
+            name = next((n for n, keys in PROFILE_GROUPS if any(k in op for k in keys)), None)
+            if name:
+                ops[name] += ev.self_cpu_time_total / 1e6
+    parts = {**ops, **phases}
+    parts["everything else (copies, reshapes, elementwise, autograd, framework)"] = wall - sum(parts.values())
+    return {name: {"ms_per_step": 1e3 * sec / steps, "share": sec / wall} for name, sec in parts.items()}
 
 
 def main():
@@ -356,7 +411,12 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (default: all cores)")
     ap.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit| difference to the ONNX")
     ap.add_argument("--optimizer-impl", choices=["default", "single", "foreach", "fused"], default="default",
-                    help="torch.optim implementation (default: PyTorch's choice, single-tensor on the CPU)")
+                    help="torch.optim implementation (default: PyTorch's choice: single-tensor on the CPU, foreach on CUDA)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the timed steps run")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                    help="autocast of the forward pass, as vit-train's train.precision (fp16 with GradScaler)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile --steps steps and print where the step time goes (self CPU time per op group)")
     ap.add_argument("--check-only", action="store_true", help="only check the network against model.onnx")
     ap.add_argument("--skip-check", action="store_true", help="time without the ONNX check")
     a = ap.parse_args()
@@ -375,10 +435,14 @@ def main():
     if not a.skip_check:
         result["onnx_max_abs_diff"] = check_against_onnx(model, a.run, cfg, a.tolerance)
     if not a.check_only:
-        times = sorted(time_training(model, cfg, a.steps, a.warmup, a.optimizer_impl))
+        if a.device == "cuda" and not torch.cuda.is_available():
+            fail("--device cuda: torch sees no CUDA device")
+        times = sorted(time_training(model, cfg, a.steps, a.warmup, a.optimizer_impl, a.device, a.precision))
         median = times[len(times) // 2]
-        result.update(steps=a.steps, step_ms_median=median * 1e3,
+        result.update(steps=a.steps, device=a.device, precision=a.precision, step_ms_median=median * 1e3,
                       images_per_sec=a.steps * cfg["train"]["batch_size"] / sum(times))
+    if a.profile:
+        result["profile"] = profile_training(model, cfg, a.steps, a.device, a.precision)
     print(json.dumps(result))
 
 

@@ -11,6 +11,8 @@
 #   ROUNDS=5 STEPS=30 THREADS=2 DEVICE=cpu scripts/bench-train.sh models/coco5-vit.toml
 #   REF_IMPL=foreach scripts/bench-train.sh ...   # torch.optim implementation of the reference
 #   OURS="--fused-attention" scripts/bench-train.sh ...   # extra flags of examples/train_steps.rs
+#   DEVICE=cuda PRECISION=bf16 scripts/bench-train.sh models/coco5-vit-gpu.toml   # on a GPU
+#   BIN=dir PYTHON=python3 ...   # prebuilt vit-train and train_steps in dir (no cargo), another python
 #
 # Both sides run with the same environment (set OMP_WAIT_POLICY etc. outside to
 # compare policies). Run it on an otherwise idle machine: timings on a busy one
@@ -18,7 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-BIN="$CARGO_TARGET_DIR/debug"
+PYTHON="${PYTHON:-python}"
+PRECISION="${PRECISION:-fp32}"
 THREADS="${THREADS:-$(nproc)}"
 ROUNDS="${ROUNDS:-3}"
 STEPS="${STEPS:-20}"
@@ -29,12 +32,17 @@ RUNS="${RUNS:-runs/bench-train}"
 COCO5="${COCO5:-../shared/data/coco5}"
 CONFIGS=("$@")
 [ ${#CONFIGS[@]} -gt 0 ] || CONFIGS=(models/seed-hw9.toml models/coco5-vit.toml)
-[ "$DEVICE" = cpu ] || { echo "bench-train: the PyTorch reference times the CPU only (DEVICE=cpu)" >&2; exit 1; }
+case "$DEVICE" in cpu|cuda) ;; *) echo "bench-train: DEVICE=$DEVICE: expected cpu or cuda" >&2; exit 1 ;; esac
 
-cargo build -q -p vit-train --bin vit-train --example train_steps
-python -c 'import torch, onnxruntime' || { echo "bench-train: the venv lacks torch/onnxruntime (scripts/setup.sh)" >&2; exit 1; }
+if [ -z "${BIN:-}" ]; then
+  cargo build -q -p vit-train --bin vit-train --example train_steps
+  BIN="$CARGO_TARGET_DIR/debug"; STEPS_BIN="$BIN/examples/train_steps"
+else
+  STEPS_BIN="$BIN/train_steps"
+fi
+"$PYTHON" -c 'import torch, onnxruntime' || { echo "bench-train: $PYTHON lacks torch/onnxruntime (scripts/setup.sh)" >&2; exit 1; }
 
-field() { python -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
+field() { "$PYTHON" -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 
 summary=()
@@ -45,12 +53,13 @@ for config in "${CONFIGS[@]}"; do
   rm -rf "$run"; mkdir -p "$RUNS"
   "$BIN/vit-train" fit --config "$config" --data "$data" --out "$run" --epochs 1 --max-per-class 4 \
     --threads "$THREADS" --device cpu --quiet >"$run.log" 2>&1 || { cat "$run.log" >&2; exit 1; }
-  python bench/pytorch_reference.py "$run" --check-only --threads "$THREADS"
+  "$PYTHON" bench/pytorch_reference.py "$run" --check-only --threads "$THREADS"
   ours=(); ref=()
   for round in $(seq "$ROUNDS"); do
-    o=$("$BIN/examples/train_steps" --run "$run" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --device cpu ${OURS:-})
-    r=$(python bench/pytorch_reference.py "$run" --skip-check --steps "$STEPS" --warmup "$WARMUP" \
-      --threads "$THREADS" --optimizer-impl "$REF_IMPL")
+    o=$("$STEPS_BIN" --run "$run" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --device "$DEVICE" \
+      --precision "$PRECISION" ${OURS:-})
+    r=$("$PYTHON" bench/pytorch_reference.py "$run" --skip-check --steps "$STEPS" --warmup "$WARMUP" \
+      --threads "$THREADS" --optimizer-impl "$REF_IMPL" --device "$DEVICE" --precision "$PRECISION")
     ours+=("$(field images_per_sec <<<"$o")"); ref+=("$(field images_per_sec <<<"$r")")
     printf '[bench-train] %s round %d: ours %.1f img/s, pytorch %.1f img/s\n' "$name" "$round" "${ours[-1]}" "${ref[-1]}"
   done
@@ -59,6 +68,6 @@ for config in "${CONFIGS[@]}"; do
 done
 
 echo
-echo "threads $THREADS, $ROUNDS alternating rounds of $STEPS steps, ours: ${OURS:-defaults}, reference optimizer: $REF_IMPL, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
+echo "device $DEVICE, precision $PRECISION, threads $THREADS, $ROUNDS alternating rounds of $STEPS steps, ours: ${OURS:-defaults}, reference optimizer: $REF_IMPL, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
 printf '%-20s %12s %12s %8s\n' config "ours img/s" "torch img/s" ratio
 printf '%s\n' "${summary[@]}"

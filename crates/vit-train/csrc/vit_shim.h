@@ -69,6 +69,11 @@ char *vit_dist_sync_batch_norm(vit_dist *d, vit_tensor *x, vit_tensor *weight, v
 // for CUDA (cuda = 1) or CPU operations; turning it off drops the cast-weight cache.
 char *vit_autocast_set(int cuda, int enabled, int fp16);
 
+// A differentiable copy of the 4-D tensor x in the channels-last (NHWC) memory
+// format: the convolutions that follow run oneDNN's / cuDNN's NHWC kernels.
+// *out is a new tensor owned by the caller.
+char *vit_channels_last(vit_tensor *x, vit_tensor **out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -39,6 +39,13 @@ struct Args {
     /// Train in this precision instead of the run's `train.precision` (fp32, bf16, fp16).
     #[arg(long)]
     precision: Option<vit::config::Precision>,
+    /// Run Adam/AdamW as fused kernels (true) or per tensor (false) instead of
+    /// the run's `train.fused_optimizer`.
+    #[arg(long)]
+    fused_optimizer: Option<bool>,
+    /// Run the convolutions on channels-last tensors (`train.channels_last`).
+    #[arg(long)]
+    channels_last: bool,
     /// `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -61,6 +68,10 @@ fn main() -> Result<()> {
     if let Some(p) = a.precision {
         cfg.train.precision = p;
     }
+    if let Some(f) = a.fused_optimizer {
+        cfg.train.fused_optimizer = f;
+    }
+    cfg.train.channels_last |= a.channels_last;
     let batch_size = cfg.train.batch_size;
     let mut trainer = Trainer::new(&cfg, device, batch_size * (a.steps + a.warmup), batch_size)?;
     let resume = a.run.join("resume.safetensors");
@@ -95,6 +106,10 @@ fn main() -> Result<()> {
         "batch_size": batch_size,
         "steps": a.steps,
         "fused_attention": a.fused_attention,
+        "fused_optimizer": cfg.train.fused_optimizer,
+        "channels_last": cfg.train.channels_last,
+        "precision": format!("{:?}", cfg.train.precision).to_lowercase(),
+        "device": a.device,
         "step_ms_median": median * 1e3,
         "images_per_sec": (a.steps * batch_size) as f64 / total,
     });

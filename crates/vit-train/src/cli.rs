@@ -98,6 +98,12 @@ pub struct FitArgs {
     /// Override train.fused_attention (alone: true): scaled_dot_product_attention in training.
     #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
     pub fused_attention: Option<bool>,
+    /// Override train.fused_optimizer (alone: true): one fused Adam/AdamW kernel per parameter group.
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+    pub fused_optimizer: Option<bool>,
+    /// Override train.channels_last (alone: true): convolutions on NHWC tensors.
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+    pub channels_last: Option<bool>,
     /// Override train.betas.0.
     #[arg(long, value_parser = finite_f64)]
     pub beta1: Option<f64>,

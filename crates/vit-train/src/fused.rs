@@ -29,6 +29,7 @@ pub(crate) mod ffi {
     extern "C" {
         pub fn vit_shim_free_error(message: *mut c_char);
         pub fn vit_autocast_set(cuda: c_int, enabled: c_int, fp16: c_int) -> *mut c_char;
+        pub fn vit_channels_last(x: *mut AtTensor, out: *mut *mut AtTensor) -> *mut c_char;
         #[allow(clippy::too_many_arguments)] // mirrors the C API one to one
         pub fn vit_fused_adam_step(
             params: *const *mut AtTensor,
@@ -111,6 +112,17 @@ pub fn adam_step(
         )
     };
     check("fused adam", err)
+}
+
+/// `x` (4-D) copied into the channels-last memory format, differentiably: the
+/// same values, laid out NHWC, so convolutions use their NHWC kernels.
+pub fn channels_last(x: &Tensor) -> Result<Tensor, ShimError> {
+    let mut out: *mut ffi::AtTensor = std::ptr::null_mut();
+    // SAFETY: `x` is a live at::Tensor for the whole call; `out` is written only on success.
+    let err = unsafe { ffi::vit_channels_last(x.as_ptr() as *mut ffi::AtTensor, &mut out) };
+    check("channels last", err)?;
+    // SAFETY: on success `out` is a new at::Tensor the caller owns, as tch's own tensors.
+    Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tch::{nn, Kind, Tensor};
 
-use crate::fused::ShimError;
+use crate::fused::{check, ShimError};
 
 /// Gradient bucket size, as DDP's default `bucket_cap_mb`.
 pub const BUCKET_BYTES: usize = 25 << 20;
@@ -116,7 +116,6 @@ mod ffi {
     }
 
     extern "C" {
-        pub fn vit_shim_free_error(message: *mut c_char);
         pub fn vit_dist_init(
             master_addr: *const c_char,
             master_port: c_int,
@@ -269,17 +268,6 @@ impl ProcessGroup {
         let err = unsafe { ffi::vit_dist_barrier(self.raw) };
         Ok(check("barrier", err)?)
     }
-}
-
-/// Takes ownership of a shim error string (NULL: success).
-fn check(op: &'static str, err: *mut c_char) -> Result<(), ShimError> {
-    if err.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-NULL result is a NUL-terminated string the shim allocated; it is freed once, here.
-    let message = unsafe { std::ffi::CStr::from_ptr(err) }.to_string_lossy().into_owned();
-    unsafe { ffi::vit_shim_free_error(err) };
-    Err(ShimError { op, message })
 }
 
 impl Drop for ProcessGroup {

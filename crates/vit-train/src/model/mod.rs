@@ -99,6 +99,8 @@ pub(crate) struct PatchEmbed {
     cls_token: Option<Tensor>,
     pos_embed: Tensor,
     embed_dim: i64,
+    /// `train.channels_last`: the convolutions see NHWC tensors.
+    channels_last: bool,
 }
 
 impl PatchEmbed {
@@ -116,13 +118,21 @@ impl PatchEmbed {
         let proj = nn::conv2d(&(p / "patch_embed" / "proj"), channels, e, k, conv);
         let cls_token = cfg.class_token.then(|| p.var("cls_token", &[1, 1, e], cls_init));
         let pos_embed = p.var("pos_embed", &[1, cfg.num_tokens() as i64, e], pos_init);
-        Self { stem, proj, cls_token, pos_embed, embed_dim: e }
+        Self { stem, proj, cls_token, pos_embed, embed_dim: e, channels_last: cfg.train.channels_last }
     }
 
     /// [B, C, H, W] -> [B, L, E]
     pub(crate) fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let b = xs.size()[0];
-        let mut x = xs.shallow_clone();
+        let mut x = if self.channels_last {
+            // The layout propagates: every convolution and BatchNorm after this one stays NHWC.
+            crate::fused::channels_last(xs).unwrap_or_else(|e| {
+                log::warn!("{e}; running the convolutions in the default layout");
+                xs.shallow_clone()
+            })
+        } else {
+            xs.shallow_clone()
+        };
         for stage in &self.stem {
             x = stage.forward_t(&x, train); // [B, C_i, H / s_0..s_i, W / s_0..s_i]
         }

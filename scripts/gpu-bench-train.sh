@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Training speed on a GPU in one go (the CUDA half of the training-speed
+# measurements): ours vs PyTorch eager on models/coco5-vit-gpu.toml in fp32 and
+# bf16, each with the per-tensor and the fused optimiser on both sides
+# (scripts/bench-train.sh pairings), the same ratio for the two CPU presets, the
+# batch producer alone at 1-8 workers, and three real epochs of `fit` per
+# precision. Prebuilt binaries, no cargo: a GPU box needs only libtorch (its
+# PyTorch) and python3 with torch + onnxruntime.
+#
+#   BIN=dir DATA=coco5 OUT=results scripts/gpu-bench-train.sh [--dry]
+#
+# --dry runs every step on the CPU with a few steps (a rehearsal where there is
+# no GPU). Each step's output is appended to $OUT/gpu-bench.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN="${BIN:?BIN=folder holding vit-train, train_steps, data_throughput}"
+DATA="${DATA:-../shared/data/coco5}"
+OUT="${OUT:-runs/gpu-bench}"
+DRY=0; [ "${1:-}" = --dry ] && DRY=1
+mkdir -p "$OUT"
+LOG="$OUT/gpu-bench.log"
+export PYTHON="${PYTHON:-python3}" BIN COCO5="$DATA" RUNS="$OUT/runs"
+if [ $DRY = 1 ]; then
+  export DEVICE=cpu ROUNDS=1 STEPS=2 WARMUP=1 THREADS=2; EPOCHS=1; WORKERS=1,2; FIT_DEVICE=cpu; FIT_EXTRA="--max-per-class 8"
+else
+  export DEVICE=cuda ROUNDS="${ROUNDS:-3}" STEPS="${STEPS:-40}" WARMUP="${WARMUP:-10}" THREADS="${THREADS:-8}"
+  EPOCHS=5; WORKERS=1,2,4,8; FIT_DEVICE=cuda; FIT_EXTRA=""
+fi
+step() { echo "=== $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; }
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$LOG"
+for precision in fp32 bf16; do
+  step env PRECISION=$precision scripts/bench-train.sh models/coco5-vit-gpu.toml
+  step env PRECISION=$precision REF_IMPL=fused OURS="--fused-optimizer true" scripts/bench-train.sh models/coco5-vit-gpu.toml
+done
+for mode in memory stream; do
+  step "$BIN/data_throughput" --config models/coco5-vit-gpu.toml --data "$DATA" --workers "$WORKERS" --mode $mode
+done
+for precision in fp32 bf16; do
+  rm -rf "$OUT/fit-$precision"
+  step "$BIN/vit-train" fit --config models/coco5-vit-gpu.toml --data "$DATA" --out "$OUT/fit-$precision" \
+    --epochs $EPOCHS --device $FIT_DEVICE --precision $precision --data-workers 8 --no-export $FIT_EXTRA
+done
+step scripts/bench-train.sh models/coco5-vit.toml models/seed-hw9.toml
+echo "done: $LOG"
