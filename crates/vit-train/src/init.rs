@@ -6,8 +6,7 @@
 //! naming the tensor.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use tch::{nn, Tensor};
@@ -16,35 +15,26 @@ use vit::ViTConfig;
 use crate::import::resample::resample_abs_pos_embed;
 use crate::import::{self, ImportOptions, Imported};
 
-/// The checkpoint [`run_config`] read (with the `--num-heads` it was read
-/// with), kept for [`tensors_for`] so a new run reads its `--init` file once.
-static LAST_READ: Mutex<Option<(PathBuf, Option<usize>, Imported)>> = Mutex::new(None);
-
-/// The checkpoint kept by [`run_config`] if it is `weights` read with
-/// `num_heads`, else `weights` read now. The tensors do not depend on the
-/// options beyond `num_heads`, only the inferred config does.
-fn read_once(weights: &Path, num_heads: Option<usize>) -> Result<Imported> {
-    let mut last = LAST_READ.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    match last.take() {
-        Some((path, heads, imported)) if path == weights && heads == num_heads => Ok(imported),
-        _ => {
-            let opts = ImportOptions { num_heads, ..Default::default() };
-            import::load(weights, &opts).with_context(|| format!("cannot import {}", weights.display()))
-        }
-    }
+/// Reads the checkpoint `weights` (with `--num-heads` when the file does not say).
+pub fn read(weights: &Path, num_heads: Option<usize>) -> Result<Imported> {
+    let opts = ImportOptions { num_heads, ..Default::default() };
+    import::load(weights, &opts).with_context(|| format!("cannot import {}", weights.display()))
 }
 
 /// The run's config: the checkpoint's architecture, with `image_size`,
 /// `num_classes`, preprocessing, test-time flip and training recipe from
-/// `preset` (without one: the checkpoint's image size, the data's classes).
-pub fn run_config(weights: &Path, num_heads: Option<usize>, preset: Option<&ViTConfig>) -> Result<ViTConfig> {
+/// `preset` (without one: the checkpoint's image size, the data's classes);
+/// returned with the checkpoint read, so the run loads it without reading it again.
+pub fn run_config(
+    weights: &Path,
+    num_heads: Option<usize>,
+    preset: Option<&ViTConfig>,
+) -> Result<(ViTConfig, Imported)> {
     let flip = preset.map(|p| p.test_time_flip);
     let opts = ImportOptions { num_heads, base: preset.cloned(), test_time_flip: flip, ..Default::default() };
     let imported = import::load(weights, &opts).with_context(|| format!("cannot import {}", weights.display()))?;
     let mut cfg = imported.cfg.clone();
     log::info!("--init {:?} checkpoint: {}", imported.format, crate::export_weights::describe(&cfg));
-    *LAST_READ.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-        Some((weights.to_path_buf(), num_heads, imported));
     if let Some(p) = preset.filter(|p| p.patch_size != cfg.patch_size) {
         // Patch embeddings are not resampled: the checkpoint's kernel size is the model's.
         log::info!(
@@ -67,16 +57,16 @@ pub fn run_config(weights: &Path, num_heads: Option<usize>, preset: Option<&ViTC
     } else {
         cfg.num_classes = 0; // from the data
     }
-    Ok(cfg)
+    Ok((cfg, imported))
 }
 
 /// The checkpoint's tensors for a model of `cfg` (whose `num_classes` and
 /// `image_size` may differ from the checkpoint's): heads of another class
 /// count are left out (the model keeps its fresh ones) and the position
 /// embedding is resampled to the new grid.
-pub fn tensors_for(weights: &Path, num_heads: Option<usize>, cfg: &ViTConfig) -> Result<BTreeMap<String, Tensor>> {
-    let imported = read_once(weights, num_heads)?;
-    let mut tensors = imported.tensors;
+pub fn tensors_for(imported: &Imported, cfg: &ViTConfig) -> Result<BTreeMap<String, Tensor>> {
+    let mut tensors: BTreeMap<String, Tensor> =
+        imported.tensors.iter().map(|(name, t)| (name.clone(), t.shallow_clone())).collect();
     if imported.cfg.num_classes != cfg.num_classes {
         tensors.retain(|name, _| !name.starts_with("head."));
         log::info!(

@@ -4,6 +4,7 @@
 //! with weights, Adam moments (and the weight average, when the recipe keeps
 //! one) and the data order of the next epoch, so it reaches the same result.
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +16,7 @@ use vit::{Preprocessor, ViTConfig};
 use crate::data_source::{load_splits_in, DataOptions};
 use crate::dist::ProcessGroup;
 use crate::evaluate::Evaluation;
+use crate::import::Imported;
 use crate::metrics::{Record, Summary};
 use crate::run_dir::{Checkpoint, RunDir, RunOptions};
 use crate::trainer::{EpochStats, StepReport, Trainer};
@@ -34,6 +36,9 @@ pub struct FitOptions {
     pub progress: bool,
     /// Batch workers, prefetch depth and the memory budget of `--data-mode auto`.
     pub data: DataOptions,
+    /// The `--init` checkpoint of `run.init`, already read when the config was
+    /// made from it (None: read here when a new run needs it).
+    pub init_checkpoint: Option<Rc<Imported>>,
 }
 
 /// Human name of a device.
@@ -161,7 +166,11 @@ pub fn fit_rank(
         }
     }
     if let (0, Some(init)) = (start_epoch, &run.init) {
-        trainer.load_init(&crate::init::tensors_for(&init.weights, init.num_heads, &cfg)?)?;
+        let imported = match &opts.init_checkpoint {
+            Some(read) => Rc::clone(read),
+            None => Rc::new(crate::init::read(&init.weights, init.num_heads)?),
+        };
+        trainer.load_init(&crate::init::tensors_for(&imported, &cfg)?)?;
         log::info!("initial weights: {}", init.weights.display());
     }
     if let Some(group) = group {

@@ -155,6 +155,7 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
         resume: false,
         eval_batch: 64,
         progress: false,
+        init_checkpoint: None,
     };
     let summary = fit(&RunDir::create(&run).unwrap(), cfg.clone(), &opts).expect("fit");
     let onnx = tmp.path().join("model.onnx");

@@ -67,13 +67,14 @@ pub fn join(a: &DistArgs, launch: &Launch, device: Device) -> Result<ProcessGrou
 /// warnings only on the console, no export.
 pub(super) fn fit_other_rank(a: &super::FitArgs, launch: &Launch, device: Device) -> Result<()> {
     log::set_max_level(log::LevelFilter::Warn);
-    let (cfg, run) = if a.resume {
+    let (cfg, run, init_checkpoint) = if a.resume {
         let dir = crate::run_dir::RunDir::inspect(&a.out)?;
         let mut run = dir.read_run_options()?;
         run.allow_skipped |= a.allow_skipped;
-        (super::resume_config(&dir, a)?, run)
+        (super::resume_config(&dir, a)?, run, None)
     } else {
-        (super::resolve_config(a)?, super::new_run_options(a)?)
+        let (cfg, checkpoint) = super::resolve_config(a)?;
+        (cfg, super::new_run_options(a)?, checkpoint)
     };
     let opts = crate::train::FitOptions {
         run,
@@ -82,6 +83,7 @@ pub(super) fn fit_other_rank(a: &super::FitArgs, launch: &Launch, device: Device
         eval_batch: a.eval_batch_size,
         progress: false,
         data: a.data_pipeline.options(),
+        init_checkpoint,
     };
     let group = join(&a.dist, launch, device)?;
     crate::train::fit_rank(None, cfg, &opts, Some(group))?;

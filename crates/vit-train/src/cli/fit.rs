@@ -3,12 +3,14 @@
 //! touched, trains (alone or as rank 0 of a process group) and exports.
 
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use vit::ViTConfig;
 
 use super::{dist, export_and_print, set_threads, FitArgs};
 use crate::export::ExportRequest;
+use crate::import::Imported;
 use crate::resume::{reconcile, ResumeRequest};
 use crate::run_dir::{InitSource, RunDir, RunOptions};
 use crate::train::{fit_rank, FitOptions};
@@ -23,12 +25,16 @@ impl FitArgs {
 /// Validation fraction when `--val-fraction` is not given.
 pub const DEFAULT_VAL_FRACTION: f64 = 0.2;
 
-/// Config of a new run: the preset with flag overrides applied.
-pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
+/// Config of a new run: the preset with flag overrides applied; with `--init`,
+/// also the checkpoint it was made from.
+pub fn resolve_config(a: &FitArgs) -> Result<(ViTConfig, Option<Rc<Imported>>)> {
     let preset = a.config.as_deref().map(ViTConfig::from_toml_file).transpose()?;
-    let mut cfg = match (&a.init, preset) {
-        (Some(weights), preset) => crate::init::run_config(weights, a.num_heads, preset.as_ref())?,
-        (None, Some(cfg)) => cfg,
+    let (mut cfg, checkpoint) = match (&a.init, preset) {
+        (Some(weights), preset) => {
+            let (cfg, checkpoint) = crate::init::run_config(weights, a.num_heads, preset.as_ref())?;
+            (cfg, Some(Rc::new(checkpoint)))
+        }
+        (None, Some(cfg)) => (cfg, None),
         (None, None) => bail!("--config is required (e.g. --config models/fashion-mnist.toml)"),
     };
     apply_overrides(&mut cfg, a);
@@ -37,7 +43,7 @@ pub fn resolve_config(a: &FitArgs) -> Result<ViTConfig> {
         bail!("{source}: train for at least 1 epoch");
     }
     cfg.validate_architecture()?;
-    Ok(cfg)
+    Ok((cfg, checkpoint))
 }
 
 /// Config of a resumed run: the saved one, unless the flags contradict it (see [`crate::resume`]).
@@ -101,22 +107,24 @@ pub(super) fn run_fit(a: &FitArgs) -> Result<()> {
         return dist::fit_other_rank(a, launch, device);
     }
     let group = ranked.map(|(launch, _)| dist::join(&a.dist, &launch, device)).transpose()?;
-    let (dir, cfg, run) = if a.resume {
+    let (dir, cfg, run, init_checkpoint) = if a.resume {
         let dir = RunDir::open(&a.out)?;
         let cfg = resume_config(&dir, a)?;
         let mut run = dir.read_run_options()?;
         // Allowing skipped entries later is the user's explicit choice, never a contradiction.
         run.allow_skipped |= a.allow_skipped;
-        (dir, cfg, run)
+        (dir, cfg, run, None)
     } else {
-        let cfg = resolve_config(a)?;
+        let (cfg, checkpoint) = resolve_config(a)?;
         crate::memory::check(&cfg, device)?;
         a.finetune().check(&cfg).map_err(anyhow::Error::msg)?;
         let run = new_run_options(a)?;
-        (RunDir::create(&a.out)?, cfg, run)
+        (RunDir::create(&a.out)?, cfg, run, checkpoint)
     };
     let data = a.data_pipeline.options();
-    let opts = FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress: !a.quiet, data };
+    let progress = !a.quiet;
+    let opts =
+        FitOptions { run, device, resume: a.resume, eval_batch: a.eval_batch_size, progress, data, init_checkpoint };
     let summary = fit_rank(Some(&dir), cfg, &opts, group)?;
     let accuracy = match (summary.val_accuracy, summary.best_val_accuracy, summary.best_epoch) {
         (Some(acc), Some(best), Some(epoch)) => format!("{acc:.4} (best {best:.4} at epoch {epoch})"),
