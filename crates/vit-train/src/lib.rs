@@ -25,6 +25,7 @@ pub mod init;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod omp;
 pub mod optim;
 pub mod plots;
 pub mod resume;

@@ -98,6 +98,8 @@ fn apply_overrides(cfg: &mut ViTConfig, a: &FitArgs) {
 /// `vit-train fit`: everything is checked before the run folder is touched, and
 /// the folder stays locked from the first write to the end of the export.
 pub(super) fn run_fit(a: &FitArgs) -> Result<()> {
+    // First: on a machine other processes keep busy this restarts the program with a short OpenMP spin.
+    crate::omp::adapt_wait_policy();
     set_threads(a.threads)?;
     let _ = crate::cpu_memory::keep_freed_memory(); // only speed depends on it
     let device = a.device.resolve()?;
