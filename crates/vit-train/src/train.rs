@@ -139,8 +139,13 @@ pub fn fit_rank(
     crate::amp::check_supported(cfg.train.precision, opts.device)?;
     crate::model::set_fused_attention(cfg.train.fused_attention);
     let shard = crate::dist::sampler::shard_len(splits.train.len());
+    if let Some(shards) = splits.train.shard_ranges() {
+        crate::shard_order::check_shards_for_ranks(shards.len(), crate::dist::sampler::rank().1)
+            .map_err(anyhow::Error::msg)?;
+    }
     let mut trainer = Trainer::new(&cfg, opts.device, shard, opts.eval_batch)?;
     trainer.set_pipeline(opts.data.pipeline);
+    trainer.set_shuffle_buffer(run.shuffle_buffer);
     trainer.finetune(&run.finetune)?;
     let parameters = trainer.parameters();
     log::info!("model: {:?} variant, {parameters} parameters, device {}", cfg.variant, device_name(opts.device));
