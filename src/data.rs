@@ -383,8 +383,11 @@ pub(crate) fn first_per_class(labels: impl IntoIterator<Item = i64>, max: Option
         .collect()
 }
 
+/// (item, label) pairs.
+type Labelled<T> = Vec<(T, i64)>;
+
 /// (file, label) pairs, as [`FolderScan::files`].
-type LabelledFiles = Vec<(PathBuf, i64)>;
+type LabelledFiles = Labelled<PathBuf>;
 
 /// Keeps the first `max` files of each class (files are sorted within a class).
 fn cap(files: LabelledFiles, max: Option<usize>) -> LabelledFiles {
@@ -392,11 +395,7 @@ fn cap(files: LabelledFiles, max: Option<usize>) -> LabelledFiles {
 }
 
 /// Per class, a seeded shuffle; the first `val_fraction` go to validation.
-fn seeded_split<T: Clone>(
-    files: &[(T, i64)],
-    num_classes: usize,
-    opts: &LoadOptions,
-) -> (Vec<(T, i64)>, Vec<(T, i64)>) {
+fn seeded_split<T: Clone>(files: &[(T, i64)], num_classes: usize, opts: &LoadOptions) -> (Labelled<T>, Labelled<T>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for class in 0..num_classes as i64 {

@@ -10,8 +10,9 @@
 //! shards needs no open archive state and any thread can read any sample.
 //!
 //! Splits: `train*.tar` beside `val*.tar` (or `valid`, `validation`, `test`,
-//! the first found), like split folders; shards named otherwise form one set
-//! split by a seeded fraction, as a flat class folder is. Class names come from
+//! the first found), like split folders (`train*.tar` alone: nothing to
+//! evaluate on); shards named otherwise form one set split by a seeded
+//! fraction, as a flat class folder is. Class names come from
 //! `classes.json` (`{"classes": [...]}`) when it is there, else classes are numbered.
 
 use std::fs::File;
@@ -20,7 +21,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{first_per_class, has_image_extension, seeded_split, DataError, Dataset, LoadOptions, Skipped};
+use super::{first_per_class, has_image_extension, seeded_split, DataError, Dataset, Labelled, LoadOptions, Skipped};
 use super::{Member, Source, EVAL_SPLIT_NAMES};
 
 /// The file beside the shards naming the classes in label order.
@@ -181,19 +182,17 @@ pub fn split_shards(dir: &Path, opts: &LoadOptions) -> Result<ShardSplits, DataE
     let invalid = |message: String| DataError::Shard { path: dir.to_path_buf(), message };
     let has = |split: &str| files.iter().any(|f| split_of(f) == Some(split));
     let eval = EVAL_SPLIT_NAMES.iter().copied().find(|s| has(s));
-    let (train_files, val_files): (Vec<&PathBuf>, Vec<&PathBuf>) = match (has("train"), eval) {
-        (true, Some(eval)) => {
-            for f in files.iter().filter(|f| !matches!(split_of(f), Some(s) if s == "train" || s == eval)) {
-                log::warn!("ignoring {}: neither a train nor a {eval} shard", f.display());
+    let of = |split: &str| -> Vec<&PathBuf> { files.iter().filter(|f| split_of(f) == Some(split)).collect() };
+    // Named shards keep their split (train alone: no evaluation set); unnamed ones are split by the fraction.
+    let (train_files, val_files, named) = match (has("train"), eval) {
+        (true, eval) => {
+            for f in files.iter().filter(|f| !matches!(split_of(f), Some(s) if s == "train" || Some(s) == eval)) {
+                log::warn!("ignoring {}: neither a train nor an evaluation shard", f.display());
             }
-            let of = |split: &str| files.iter().filter(|f| split_of(f) == Some(split)).collect();
-            (of("train"), of(eval))
-        }
-        (true, None) => {
-            return Err(invalid("has train shards but no evaluation shards beside them (val-*.tar)".into()))
+            (of("train"), eval.map_or_else(Vec::new, of), true)
         }
         (false, Some(eval)) => return Err(invalid(format!("has {eval} shards but no train shards (train-*.tar)"))),
-        (false, None) => (files.iter().collect(), Vec::new()),
+        (false, None) => (files.iter().collect(), Vec::new(), false),
     };
     let index = |files: &[&PathBuf]| -> Result<ShardIndex, DataError> {
         let mut all = ShardIndex::default();
@@ -210,10 +209,10 @@ pub fn split_shards(dir: &Path, opts: &LoadOptions) -> Result<ShardSplits, DataE
     let labelled = |samples: Vec<(Member, i64)>| -> Vec<(Source, i64)> {
         samples.into_iter().map(|(m, l)| (Source::Member(m), l)).collect()
     };
-    let (train, val) = if val_files.is_empty() {
-        split_by_fraction(labelled(train.samples), classes.len(), opts)
-    } else {
+    let (train, val) = if named {
         (cap(labelled(train.samples), opts.max_per_class), cap(labelled(val.samples), opts.max_per_class))
+    } else {
+        split_by_fraction(labelled(train.samples), classes.len(), opts)
     };
     if train.is_empty() {
         return Err(invalid("holds no training samples (an image member and a .cls member per key)".into()));
@@ -232,7 +231,7 @@ fn split_by_fraction(
     samples: Vec<(Source, i64)>,
     num_classes: usize,
     opts: &LoadOptions,
-) -> (Vec<(Source, i64)>, Vec<(Source, i64)>) {
+) -> (Labelled<Source>, Labelled<Source>) {
     let positions: Vec<(usize, i64)> = samples.iter().enumerate().map(|(i, (_, l))| (i, *l)).collect();
     let (train, val) = seeded_split(&positions, num_classes, opts);
     let in_order = |mut picked: Vec<(usize, i64)>| {

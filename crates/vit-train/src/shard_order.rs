@@ -43,13 +43,12 @@ pub fn shuffle_buffer(samples: impl Iterator<Item = usize>, size: usize, rng: &m
     let mut out = Vec::with_capacity(samples.size_hint().0);
     let mut held: Vec<usize> = Vec::with_capacity(size.min(1 << 16));
     for sample in samples {
-        if held.len() < size {
-            held.push(sample);
+        if size <= 1 {
+            out.push(sample);
             continue;
         }
-        if size <= 1 {
-            out.extend(held.drain(..));
-            out.push(sample);
+        if held.len() < size {
+            held.push(sample);
             continue;
         }
         let k = rng.random_range(0..held.len());
