@@ -1,10 +1,13 @@
-//! Data sets for training and evaluation, decoded once into compact u8 memory.
+//! Data sets for training and evaluation, decoded once into compact u8 memory
+//! (or indexed for streaming, [`scan_splits`]).
 //!
-//! Two sources are recognised, as a PyTorch user expects:
+//! Three sources are recognised, as a PyTorch user expects:
 //! - an image folder as torchvision's `ImageFolder`: `DIR/<class>/*.{jpg,jpeg,png,bmp,webp}`,
 //!   split by `DIR/train` + an evaluation split beside it (`val`, `valid`,
 //!   `validation` or `test`), otherwise by a seeded fraction ([`Layout`]);
-//! - a Fashion-MNIST/MNIST IDX folder (`train-images-idx3-ubyte[.gz]` ...).
+//! - a Fashion-MNIST/MNIST IDX folder (`train-images-idx3-ubyte[.gz]` ...);
+//! - a folder of WebDataset tar shards (`*.tar`, see [`split_shards`]); each
+//!   sample then lives in a tar member rather than a file ([`Source`]).
 //!
 //! Every image goes through [`Preprocessor::prepare`], the same code inference uses.
 //! Undecodable files are skipped with a warning each and counted; entries the
@@ -270,16 +273,17 @@ type MakeSplit = fn(&Path, &[(Source, i64)], Vec<Skipped>, &Preprocessor) -> Res
 
 /// [`load_splits`] with the per-split step `make`, so decoding and streaming read a folder alike.
 fn splits_with(dir: &Path, prep: &Preprocessor, opts: &LoadOptions, make: MakeSplit) -> Result<Splits, DataError> {
+    let layout = Layout::detect(dir)?;
     if !(0.0..1.0).contains(&opts.val_fraction) {
         return Err(DataError::Invalid(format!("val_fraction {} must be in [0, 1)", opts.val_fraction)));
     }
+    // A folder of shards has no sub-folders, so its layout reads as `Folder`: shards are told apart here.
     if is_shard_dir(dir) {
         let shards = split_shards(dir, opts)?;
         let train = make(dir, &shards.train, shards.skipped, prep)?;
         let val = make(dir, &shards.val, Vec::new(), prep)?;
         return Ok(Splits { classes: shards.classes, train, val, source: SourceKind::Shards });
     }
-    let layout = Layout::detect(dir)?;
     if layout == Layout::Idx {
         let train = load_idx_split(dir, "train", prep, opts.max_per_class)?;
         let val = load_idx_split(dir, "t10k", prep, opts.max_per_class)?;

@@ -52,9 +52,13 @@ pub struct ShardSplits {
     pub skipped: Vec<Skipped>,
 }
 
-/// True when `dir` is a folder holding `*.tar` files (read as shards, not as an image folder).
+/// True when `dir` is a folder holding `*.tar` files and no sub-folders (an
+/// image folder with a stray tar file beside its class folders stays an image folder).
 pub fn is_shard_dir(dir: &Path) -> bool {
-    dir.is_dir() && tar_files(dir).is_ok_and(|files| !files.is_empty())
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    let has_subfolder =
+        entries.flatten().any(|e| !e.file_name().to_string_lossy().starts_with('.') && e.path().is_dir());
+    !has_subfolder && tar_files(dir).is_ok_and(|files| !files.is_empty())
 }
 
 /// The `*.tar` files directly in `dir`, sorted by name.
@@ -147,7 +151,8 @@ pub fn index_shard(path: &Path) -> Result<ShardIndex, DataError> {
     Ok(index)
 }
 
-/// Adds the gathered sample to `index`, or to its skipped list when it lacks an image or a class.
+/// Adds the gathered sample to `index`, or to its skipped list when it lacks an image or a class
+/// (warned about with the other skipped entries when the split is made).
 fn finish(sample: Pending, shard: &Arc<Path>, index: &mut ShardIndex) {
     if sample.key.is_empty() {
         return;
@@ -162,7 +167,6 @@ fn finish(sample: Pending, shard: &Arc<Path>, index: &mut ShardIndex) {
         (None, _) => skip("the sample has no image member (.jpg, .jpeg, .png, .bmp, .webp)".into()),
         (Some(_), None) => skip("the sample has no class member (.cls)".into()),
     };
-    log::warn!("skipping sample {} of {}: {}", sample.key, shard.display(), skipped.reason);
     index.skipped.push(skipped);
 }
 
@@ -305,6 +309,15 @@ mod tests {
         assert_eq!(key_and_extension("a.b/000001.cls.txt"), Some(("a.b/000001", "cls.txt")));
         assert_eq!(key_and_extension("dir/.hidden"), None);
         assert_eq!(key_and_extension("noext"), None);
+    }
+
+    #[test]
+    fn a_stray_tar_beside_class_folders_leaves_an_image_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("backup.tar"), b"").unwrap();
+        assert!(is_shard_dir(tmp.path()));
+        std::fs::create_dir(tmp.path().join("cat")).unwrap();
+        assert!(!is_shard_dir(tmp.path()));
     }
 
     #[test]

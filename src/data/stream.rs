@@ -1,6 +1,6 @@
-//! Data sets too big to decode into memory: an image folder read as an index
-//! (file paths or tar members, and labels; no pixels) whose images are decoded one at a time,
-//! when a batch needs them. The index comes from the same folder walk, split
+//! Data sets too big to decode into memory: an image folder or tar shards read
+//! as an index (file paths or tar members, and labels; no pixels) whose images
+//! are decoded one at a time, when a batch needs them. The index comes from the same folder walk, split
 //! and checks as [`load_splits`](super::load_splits), so a streamed set holds
 //! the same samples in the same order as the decoded one, and an image decodes
 //! to the same pixels through the same [`Preprocessor::load_file`].
