@@ -21,8 +21,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{first_per_class, has_image_extension, seeded_split, DataError, Dataset, Labelled, LoadOptions, Skipped};
-use super::{Member, Source, EVAL_SPLIT_NAMES};
+use super::{first_per_class, seeded_split, DataError, Dataset, Labelled, LoadOptions, Skipped};
+use super::{Member, Source, EVAL_SPLIT_NAMES, IMAGE_EXTENSIONS};
 
 /// The file beside the shards naming the classes in label order.
 pub const SHARD_CLASSES_FILE: &str = "classes.json";
@@ -139,7 +139,7 @@ pub fn index_shard(path: &Path) -> Result<ShardIndex, DataError> {
                     .ok_or_else(|| format!("its class member {name} holds {:?}, not a class index", text.trim())),
                 Err(e) => Err(format!("its class member {name} cannot be read: {e}")),
             });
-        } else if pending.image.is_none() && has_image_extension(Path::new(&name)) {
+        } else if pending.image.is_none() && IMAGE_EXTENSIONS.contains(&ext.as_str()) {
             pending.image = Some(Member { shard: shard.clone(), name, offset, len });
         }
     }
