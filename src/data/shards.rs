@@ -312,6 +312,40 @@ mod tests {
     }
 
     #[test]
+    fn members_group_by_key_and_incomplete_samples_are_skipped_with_the_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("set-000000.tar");
+        let mut tar = tar::Builder::new(File::create(&path).unwrap());
+        let members: [(&str, &[u8]); 7] = [
+            ("d/a.cls", b"2\n"),
+            ("d/a.JPG", b"jpeg bytes"),
+            ("b.seg.png", b"a mask, not the image"),
+            ("b.cls", b"1"),
+            ("c.jpg", b"no class"),
+            ("e.jpg", b"x"),
+            ("e.cls", b"cat"),
+        ];
+        for (name, data) in members {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            tar.append_data(&mut header, name, data).unwrap();
+        }
+        tar.finish().unwrap();
+        drop(tar);
+        let index = index_shard(&path).unwrap();
+        assert_eq!(index.samples.len(), 1);
+        let (member, label) = &index.samples[0];
+        assert_eq!((member.name.as_str(), *label, member.len), ("d/a.JPG", 2, 10));
+        assert_eq!(member.read(u64::MAX).unwrap(), b"jpeg bytes");
+        let reasons: Vec<_> = index.skipped.iter().map(|s| (s.path.clone(), s.reason.clone())).collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(reasons[0].0.ends_with("set-000000.tar/b") && reasons[0].1.contains("no image member"));
+        assert!(reasons[1].0.ends_with("set-000000.tar/c") && reasons[1].1.contains("no class member"));
+        assert!(reasons[2].1.contains("e.cls holds \"cat\""), "{reasons:?}");
+    }
+
+    #[test]
     fn a_stray_tar_beside_class_folders_leaves_an_image_folder() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("backup.tar"), b"").unwrap();
