@@ -1,10 +1,13 @@
-//! Data sets for training and evaluation, decoded once into compact u8 memory.
+//! Data sets for training and evaluation, decoded once into compact u8 memory
+//! (or indexed for streaming, [`scan_splits`]).
 //!
-//! Two sources are recognised, as a PyTorch user expects:
+//! Three sources are recognised, as a PyTorch user expects:
 //! - an image folder as torchvision's `ImageFolder`: `DIR/<class>/*.{jpg,jpeg,png,bmp,webp}`,
 //!   split by `DIR/train` + an evaluation split beside it (`val`, `valid`,
 //!   `validation` or `test`), otherwise by a seeded fraction ([`Layout`]);
-//! - a Fashion-MNIST/MNIST IDX folder (`train-images-idx3-ubyte[.gz]` ...).
+//! - a Fashion-MNIST/MNIST IDX folder (`train-images-idx3-ubyte[.gz]` ...);
+//! - a folder of WebDataset tar shards (`*.tar`, see [`split_shards`]); each
+//!   sample then lives in a tar member rather than a file ([`Source`]).
 //!
 //! Every image goes through [`Preprocessor::prepare`], the same code inference uses.
 //! Undecodable files are skipped with a warning each and counted; entries the
@@ -15,6 +18,8 @@
 mod folder;
 mod idx;
 mod layout;
+mod shards;
+mod source;
 mod stream;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +32,8 @@ pub use folder::{has_image_extension, scan_image_folder, walk_images, FolderScan
 pub use idx::{load_idx_split, read_idx_images, read_idx_labels, FASHION_MNIST_LABELS};
 pub use layout::{is_idx_dir, Layout, EVAL_SPLIT_NAMES, SPLIT_NAMES};
 use layout::{split_list, LAYOUT_HELP};
+pub use shards::{index_shard, is_shard_dir, split_shards, ShardSplits, SHARD_CLASSES_FILE};
+pub use source::{Member, Source};
 pub use stream::{decoded_bytes, scan_splits};
 
 /// Errors loading a data set.
@@ -61,6 +68,14 @@ pub enum DataError {
         train_classes: Vec<String>,
         /// Class folders of `val`.
         val_classes: Vec<String>,
+    },
+    /// A tar shard cannot be indexed (not a tar file, truncated, a bad label).
+    #[error("tar shard {path}: {message}")]
+    Shard {
+        /// The tar file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
     },
     /// Nothing could be decoded.
     #[error("no usable image in {path}: all {skipped} files failed to decode")]
@@ -132,8 +147,8 @@ pub struct Dataset {
     pub labels: Vec<i64>,
     /// Values per image.
     pub image_len: usize,
-    /// Source path per image (empty for IDX data).
-    pub paths: Vec<PathBuf>,
+    /// Where each image came from: a file or a tar shard member (empty for IDX data).
+    pub sources: Vec<Source>,
     /// Files that could not be used.
     pub skipped: Vec<Skipped>,
 }
@@ -161,8 +176,8 @@ impl Dataset {
         for &i in indices {
             out.pixels.extend_from_slice(self.image(i));
             out.labels.push(self.labels[i]);
-            if let Some(p) = self.paths.get(i) {
-                out.paths.push(p.clone());
+            if let Some(s) = self.sources.get(i) {
+                out.sources.push(s.clone());
             }
         }
         out
@@ -189,6 +204,8 @@ pub enum SourceKind {
     FolderSeededSplit,
     /// IDX files (train + t10k as val).
     Idx,
+    /// WebDataset tar shards (`train-*.tar` + `val-*.tar`, or one set split by `val_fraction`).
+    Shards,
 }
 
 /// How to load a data set.
@@ -248,17 +265,24 @@ impl Splits {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn load_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Result<Splits, DataError> {
-    splits_with(dir, prep, opts, decode_files)
+    splits_with(dir, prep, opts, decode_sources)
 }
 
-/// How one split of files becomes a [`Dataset`]: decoded ([`decode_files`]) or indexed for streaming.
-type MakeSplit = fn(&Path, &[(PathBuf, i64)], Vec<Skipped>, &Preprocessor) -> Result<Dataset, DataError>;
+/// How one split of samples becomes a [`Dataset`]: decoded ([`decode_sources`]) or indexed for streaming.
+type MakeSplit = fn(&Path, &[(Source, i64)], Vec<Skipped>, &Preprocessor) -> Result<Dataset, DataError>;
 
 /// [`load_splits`] with the per-split step `make`, so decoding and streaming read a folder alike.
 fn splits_with(dir: &Path, prep: &Preprocessor, opts: &LoadOptions, make: MakeSplit) -> Result<Splits, DataError> {
     let layout = Layout::detect(dir)?;
     if !(0.0..1.0).contains(&opts.val_fraction) {
         return Err(DataError::Invalid(format!("val_fraction {} must be in [0, 1)", opts.val_fraction)));
+    }
+    // A folder of shards has no sub-folders, so its layout reads as `Folder`: shards are told apart here.
+    if is_shard_dir(dir) {
+        let shards = split_shards(dir, opts)?;
+        let train = make(dir, &shards.train, shards.skipped, prep)?;
+        let val = make(dir, &shards.val, Vec::new(), prep)?;
+        return Ok(Splits { classes: shards.classes, train, val, source: SourceKind::Shards });
     }
     if layout == Layout::Idx {
         let train = load_idx_split(dir, "train", prep, opts.max_per_class)?;
@@ -280,8 +304,8 @@ fn splits_with(dir: &Path, prep: &Preprocessor, opts: &LoadOptions, make: MakeSp
         check_unreadable(dir, [&train_scan.unreadable, &val_scan.unreadable], opts)?;
         let (train_files, val_files) =
             (cap(train_scan.files, opts.max_per_class), cap(val_scan.files, opts.max_per_class));
-        let train = make(&train_dir, &train_files, train_scan.unreadable, prep)?;
-        let val = make(&val_dir, &val_files, val_scan.unreadable, prep)?;
+        let train = make(&train_dir, &as_sources(&train_files), train_scan.unreadable, prep)?;
+        let val = make(&val_dir, &as_sources(&val_files), val_scan.unreadable, prep)?;
         require_decoded_classes(&train_dir, &train_scan.classes, &[(&train_files, &train)])?;
         require_decoded_classes(&val_dir, &train_scan.classes, &[(&val_files, &val)])?;
         return Ok(Splits { classes: train_scan.classes, train, val, source: SourceKind::FolderSplits });
@@ -290,8 +314,8 @@ fn splits_with(dir: &Path, prep: &Preprocessor, opts: &LoadOptions, make: MakeSp
     check_unreadable(dir, [&scan.unreadable], opts)?;
     let (train_files, val_files) = seeded_split(&scan.files, scan.classes.len(), opts);
     // Which split an unreadable entry would have joined is unknown: the training split counts them.
-    let train = make(dir, &train_files, scan.unreadable, prep)?;
-    let val = make(dir, &val_files, Vec::new(), prep)?;
+    let train = make(dir, &as_sources(&train_files), scan.unreadable, prep)?;
+    let val = make(dir, &as_sources(&val_files), Vec::new(), prep)?;
     require_decoded_classes(dir, &scan.classes, &[(&train_files, &train), (&val_files, &val)])?;
     Ok(Splits { classes: scan.classes, train, val, source: SourceKind::FolderSeededSplit })
 }
@@ -334,7 +358,7 @@ fn check_unreadable<const N: usize>(dir: &Path, lists: [&[Skipped]; N], opts: &L
 pub fn load_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Dataset), DataError> {
     require_dir(dir)?;
     let scan = scan_image_folder(dir)?;
-    let data = decode_files(dir, &scan.files, scan.unreadable, prep)?;
+    let data = decode_sources(dir, &as_sources(&scan.files), scan.unreadable, prep)?;
     Ok((scan.classes, data))
 }
 
@@ -363,8 +387,11 @@ pub(crate) fn first_per_class(labels: impl IntoIterator<Item = i64>, max: Option
         .collect()
 }
 
+/// (item, label) pairs.
+type Labelled<T> = Vec<(T, i64)>;
+
 /// (file, label) pairs, as [`FolderScan::files`].
-type LabelledFiles = Vec<(PathBuf, i64)>;
+type LabelledFiles = Labelled<PathBuf>;
 
 /// Keeps the first `max` files of each class (files are sorted within a class).
 fn cap(files: LabelledFiles, max: Option<usize>) -> LabelledFiles {
@@ -372,7 +399,7 @@ fn cap(files: LabelledFiles, max: Option<usize>) -> LabelledFiles {
 }
 
 /// Per class, a seeded shuffle; the first `val_fraction` go to validation.
-fn seeded_split(files: &[(PathBuf, i64)], num_classes: usize, opts: &LoadOptions) -> (LabelledFiles, LabelledFiles) {
+fn seeded_split<T: Clone>(files: &[(T, i64)], num_classes: usize, opts: &LoadOptions) -> (Labelled<T>, Labelled<T>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for class in 0..num_classes as i64 {
@@ -387,35 +414,40 @@ fn seeded_split(files: &[(PathBuf, i64)], num_classes: usize, opts: &LoadOptions
     (train, val)
 }
 
-/// Decodes files in parallel; failures are skipped with one warning each, as
-/// are the `unreadable` entries found by the folder walk.
-fn decode_files(
+/// Files as samples.
+fn as_sources(files: &[(PathBuf, i64)]) -> Vec<(Source, i64)> {
+    files.iter().map(|(p, l)| (Source::File(p.clone()), *l)).collect()
+}
+
+/// Decodes samples in parallel; failures are skipped with one warning each, as
+/// are the `unreadable` entries found before.
+fn decode_sources(
     root: &Path,
-    files: &[(PathBuf, i64)],
+    samples: &[(Source, i64)],
     unreadable: Vec<Skipped>,
     prep: &Preprocessor,
 ) -> Result<Dataset, DataError> {
     use rayon::prelude::*;
-    let decoded: Vec<_> = files.par_iter().map(|(path, _)| prep.load_file(path)).collect();
+    let decoded: Vec<_> = samples.par_iter().map(|(source, _)| source.load(prep)).collect();
     let mut out = Dataset { image_len: prep.image_len(), ..Default::default() };
     for s in &unreadable {
         log::warn!("skipping {}: {}", s.path.display(), s.reason);
     }
     out.skipped = unreadable;
-    for ((path, label), result) in files.iter().zip(decoded) {
+    for ((source, label), result) in samples.iter().zip(decoded) {
         match result {
             Ok(px) => {
                 out.pixels.extend_from_slice(&px);
                 out.labels.push(*label);
-                out.paths.push(path.clone());
+                out.sources.push(source.clone());
             }
             Err(e) => {
-                log::warn!("skipping {}: {e}", path.display());
-                out.skipped.push(Skipped { path: path.clone(), reason: e.to_string() });
+                log::warn!("skipping {source}: {e}");
+                out.skipped.push(Skipped { path: source.path(), reason: e.to_string() });
             }
         }
     }
-    if out.is_empty() && !files.is_empty() {
+    if out.is_empty() && !samples.is_empty() {
         return Err(DataError::NothingUsable { path: root.to_path_buf(), skipped: out.skipped.len() });
     }
     Ok(out)

@@ -116,7 +116,7 @@ fn train_val_folders_and_seeded_split() {
     let s2 = load_splits(&flat, &prep(4, 1), &opts(1)).unwrap();
     assert_eq!(s1.source, SourceKind::FolderSeededSplit);
     assert_eq!((s1.train.len(), s1.val.len()), (4, 2));
-    assert_eq!(s1.val.paths, s2.val.paths);
+    assert_eq!(s1.val.sources, s2.val.sources);
     assert_eq!(s1.val.class_counts(2), vec![1, 1]);
 
     let capped =
@@ -221,7 +221,7 @@ fn train_beside_test_valid_or_validation_are_splits_never_classes() {
         let s = load_splits(dir.path(), &prep(4, 1), &LoadOptions::default()).unwrap();
         assert_eq!(s.source, SourceKind::FolderSplits, "{eval}");
         assert_eq!(s.classes, vec!["cat", "dog", "fox"], "{eval}: split names are not classes");
-        assert!(s.val.paths.iter().all(|p| p.starts_with(dir.path().join(eval))), "{eval}");
+        assert!(s.val.sources.iter().all(|p| p.file().starts_with(dir.path().join(eval))), "{eval}");
     }
     // val/ wins over test/ when both exist.
     let dir = tempfile::tempdir().unwrap();

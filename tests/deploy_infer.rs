@@ -60,7 +60,7 @@ fn a_raw_pixel_model_classifies_files_as_the_float_model_does() {
         pixels: (0..n * image_len).map(|_| (rng.uniform() * 255.0) as u8).collect(),
         labels: (0..n as i64).map(|i| i % 3).collect(),
         image_len,
-        paths: Vec::new(),
+        sources: Vec::new(),
         skipped: Vec::new(),
     };
     let (a, e) = (raw.evaluate(&data, 4).expect("raw eval"), float.evaluate(&data, 4).expect("float eval"));

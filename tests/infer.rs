@@ -270,7 +270,7 @@ fn evaluate_counts_argmax_per_true_class() {
     image_folder(&split_dir.join("val"), &LABELS, 3);
     let set = vit::infer::load_eval_data(&split_dir, clf.preprocessor()).unwrap();
     assert_eq!(set.data.len(), 9);
-    assert!(set.data.paths.iter().all(|p| p.starts_with(split_dir.join("val"))));
+    assert!(set.data.sources.iter().all(|p| p.file().starts_with(split_dir.join("val"))));
     // Other class names are refused.
     let msg = clf.check_classes(&["x".into(), "y".into(), "z".into()]).unwrap_err().to_string();
     assert!(msg.contains("a_red") && msg.contains("\"x\""), "{msg}");

@@ -1,17 +1,17 @@
-//! Data sets too big to decode into memory: an image folder read as an index
-//! (file paths and labels, no pixels) whose images are decoded one at a time,
-//! when a batch needs them. The index comes from the same folder walk, split
+//! Data sets too big to decode into memory: an image folder or tar shards read
+//! as an index (file paths or tar members, and labels; no pixels) whose images
+//! are decoded one at a time, when a batch needs them. The index comes from the same folder walk, split
 //! and checks as [`load_splits`](super::load_splits), so a streamed set holds
 //! the same samples in the same order as the decoded one, and an image decodes
 //! to the same pixels through the same [`Preprocessor::load_file`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{splits_with, DataError, Dataset, LoadOptions, Skipped, Splits};
+use super::{splits_with, DataError, Dataset, LoadOptions, Skipped, Source, Splits};
 use crate::preprocess::{PreprocessError, Preprocessor};
 
 /// Like [`load_splits`](super::load_splits), but image folders are only
-/// indexed: each split's [`Dataset`] holds `labels`, `paths` and `image_len`
+/// indexed: each split's [`Dataset`] holds `labels`, `sources` and `image_len`
 /// and no pixels ([`Dataset::is_streamed`]); read an image with
 /// [`Dataset::read_image`]. IDX files are small and always decoded. Files that
 /// turn out undecodable are found only when read.
@@ -24,11 +24,11 @@ pub fn decoded_bytes(images: usize, image_len: usize) -> u64 {
     images as u64 * image_len as u64
 }
 
-/// The index of `files`: paths and labels, no pixels; the `unreadable`
+/// The index of `files`: sources and labels, no pixels; the `unreadable`
 /// entries of the walk are warned about and kept in [`Dataset::skipped`].
 fn index_files(
     _root: &Path,
-    files: &[(PathBuf, i64)],
+    files: &[(Source, i64)],
     unreadable: Vec<Skipped>,
     prep: &Preprocessor,
 ) -> Result<Dataset, DataError> {
@@ -39,7 +39,7 @@ fn index_files(
         pixels: Vec::new(),
         labels: files.iter().map(|(_, l)| *l).collect(),
         image_len: prep.image_len(),
-        paths: files.iter().map(|(p, _)| p.clone()).collect(),
+        sources: files.iter().map(|(s, _)| s.clone()).collect(),
         skipped: unreadable,
     })
 }
@@ -52,13 +52,13 @@ impl Dataset {
     }
 
     /// Writes the CHW u8 pixels of image `i` into `out` (`image_len` values):
-    /// copied from memory, or decoded from its file when the set is streamed.
+    /// copied from memory, or decoded from its file or tar member when the set is streamed.
     pub fn read_image(&self, i: usize, prep: &Preprocessor, out: &mut [u8]) -> Result<(), PreprocessError> {
         if !self.is_streamed() {
             out.copy_from_slice(self.image(i));
             return Ok(());
         }
-        let pixels = prep.load_file(&self.paths[i])?;
+        let pixels = self.sources[i].load(prep)?;
         out.copy_from_slice(&pixels);
         Ok(())
     }

@@ -100,7 +100,7 @@ impl Classifier {
             }
         }
         if let Some(i) = first {
-            let first = data.paths.get(i).map_or_else(|| format!("image {i}"), |p| p.display().to_string());
+            let first = data.sources.get(i).map_or_else(|| format!("image {i}"), |s| s.to_string());
             return Err(InferError::NonFiniteEvaluation { count: non_finite, total: data.len(), first });
         }
         Ok(Evaluation { accuracy: confusion.accuracy(), total: confusion.total(), confusion })

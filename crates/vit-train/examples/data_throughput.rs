@@ -1,7 +1,7 @@
 //! Throughput of the batch producer alone (no model step): images/s of
 //! augmented, normalised training batches built by the worker pool, for each
 //! worker count given, from a data set decoded in memory or streamed from its
-//! files. Tells whether the data side keeps up with a GPU. Prints one JSON line per worker count.
+//! files or tar shards (in the epoch order `fit` uses for each). Tells whether the data side keeps up with a GPU. Prints one JSON line per worker count.
 //!
 //! `cargo run -p vit-train --example data_throughput -- --config models/coco5-vit.toml \
 //!  --data ../shared/data/coco5 --workers 1,2`
@@ -13,8 +13,9 @@ use anyhow::Result;
 use clap::Parser;
 use vit::data::LoadOptions;
 use vit::{Preprocessor, ViTConfig};
-use vit_train::batches::{epoch_batches, for_each_train_batch, Augment, Pipeline};
+use vit_train::batches::{epoch_batches_of, for_each_train_batch, Augment, Pipeline};
 use vit_train::data_source::{load_splits_in, DataMode};
+use vit_train::shard_order::DEFAULT_SHUFFLE_BUFFER;
 
 /// Times the batch producer.
 #[derive(Debug, Parser)]
@@ -22,7 +23,7 @@ struct Args {
     /// Preset whose size, batch and augmentations are used.
     #[arg(long)]
     config: PathBuf,
-    /// Data folder.
+    /// Data folder (an image folder, IDX files or tar shards).
     #[arg(long)]
     data: PathBuf,
     /// Worker counts to time, comma separated.
@@ -49,7 +50,7 @@ fn main() -> Result<()> {
         let started = Instant::now();
         let mut images = 0;
         for epoch in 0..a.epochs {
-            let batches = epoch_batches(data.len(), t.batch_size, t.seed, epoch);
+            let batches = epoch_batches_of(data, t.batch_size, t.seed, epoch, DEFAULT_SHUFFLE_BUFFER);
             for_each_train_batch(data, &prep, Augment::from_train(t), &batches, t.seed, epoch, pipe, |_, b, _| {
                 images += b.labels.len();
                 true

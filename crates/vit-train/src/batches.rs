@@ -115,6 +115,23 @@ pub fn epoch_batches(len: usize, batch_size: usize, seed: u64, epoch: usize) -> 
     epoch_order(len, batch_size, &mut epoch_rng(seed, epoch))
 }
 
+/// The batches of epoch `epoch` of `data`: WebDataset's order
+/// ([`crate::shard_order`], with a shuffle buffer of `shuffle_buffer` samples)
+/// when every sample comes from a tar shard, otherwise [`epoch_batches`]. In a
+/// process group, this rank's share either way.
+pub fn epoch_batches_of(
+    data: &Dataset,
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+    shuffle_buffer: usize,
+) -> Vec<Vec<usize>> {
+    let Some(shards) = data.shard_ranges() else { return epoch_batches(data.len(), batch_size, seed, epoch) };
+    let rank = crate::dist::sampler::rank();
+    let order = crate::shard_order::shard_epoch_order(&shards, shuffle_buffer, &mut epoch_rng(seed, epoch), rank);
+    order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
+}
+
 /// Runs `consume` on every training batch of `batches` (epoch `epoch`),
 /// built by `pipe`'s workers ahead of it, each from its [`batch_rng`]; the
 /// [`Flow`] says how full the queue is. Stops early if `consume` returns false.

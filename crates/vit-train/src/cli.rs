@@ -32,6 +32,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Write a few validation images as PNG (`<index>_<label>.png`), as the model sees them.
     Samples(SamplesArgs),
+    /// Pack an image folder into WebDataset tar shards that `fit --data` reads.
+    Shards(shards::ShardsArgs),
 }
 
 /// `vit-train samples` flags.
@@ -57,7 +59,8 @@ pub struct FitArgs {
     /// Model preset (TOML), e.g. models/fashion-mnist.toml (not needed with --resume).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Data: DIR/CLASS/*.jpg, DIR/{train,val}/CLASS/*.jpg, or a folder of IDX files (not needed with --resume).
+    /// Data: DIR/CLASS/*.jpg, DIR/{train,val}/CLASS/*.jpg, a folder of IDX files, or a folder of
+    /// tar shards (not needed with --resume).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Run folder for config, metrics, checkpoints, plots and model.onnx.
@@ -339,6 +342,7 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Fit(a) => run_fit(&a),
+        Command::Shards(a) => shards::run_shards(&a),
         Command::Samples(a) => {
             let dir = RunDir::inspect(&a.run)?;
             let (cfg, _) =
@@ -439,6 +443,7 @@ fn export_and_print(dir: &RunDir, req: &ExportRequest) -> Result<()> {
 mod data;
 mod dist;
 mod fit;
+mod shards;
 
 use fit::{new_run_options, resume_config, run_fit};
 pub use fit::{resolve_config, DEFAULT_VAL_FRACTION};

@@ -32,6 +32,8 @@ pub mod resume;
 pub mod run_dir;
 pub mod run_lock;
 pub mod samples;
+pub mod shard_order;
+pub mod shards;
 pub mod train;
 pub mod trainer;
 pub mod verify;

@@ -191,6 +191,7 @@ mod tests {
             allow_skipped: false,
             init: None,
             data_mode: crate::data_source::DataMode::Memory,
+            shuffle_buffer: crate::shard_order::DEFAULT_SHUFFLE_BUFFER,
             finetune: Finetune { freeze_backbone: false, layer_decay: Some(0.75) },
         };
         let dir = Path::new("runs/r");

@@ -42,9 +42,17 @@ pub struct RunOptions {
     /// resolved (`memory` or `stream`), and runs from before streaming read as `memory`.
     #[serde(default)]
     pub data_mode: crate::data_source::DataMode,
+    /// Samples in the shuffle buffer of data read from tar shards (`--shuffle-buffer`).
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
     /// `--freeze-backbone` and `--layer-decay` (neither, in runs from before them).
     #[serde(default, skip_serializing_if = "crate::optim::Finetune::is_none")]
     pub finetune: crate::optim::Finetune,
+}
+
+/// The shuffle buffer of runs from before tar shards.
+fn default_shuffle_buffer() -> usize {
+    crate::shard_order::DEFAULT_SHUFFLE_BUFFER
 }
 
 /// Where a run's initial weights came from (`run.json`'s `init`).
@@ -370,6 +378,7 @@ mod tests {
             allow_skipped: true,
             init: None,
             data_mode: crate::data_source::DataMode::Stream,
+            shuffle_buffer: crate::shard_order::DEFAULT_SHUFFLE_BUFFER,
             finetune: crate::optim::Finetune { freeze_backbone: true, layer_decay: Some(0.75) },
         };
         run.write_run_options(&opts).unwrap();

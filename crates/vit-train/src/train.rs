@@ -121,6 +121,10 @@ pub fn fit_rank(
     let estimate = crate::memory::check(&cfg, opts.device)?;
     log::debug!("memory estimate: {:.0} MiB", estimate.total() / (1u64 << 20) as f64);
     let splits = load_data(&mut cfg, &mut run, opts.data.budget())?;
+    if let Some(shards) = splits.train.shard_ranges() {
+        crate::shard_order::check_shards_for_ranks(shards.len(), crate::dist::sampler::rank().1)
+            .map_err(anyhow::Error::msg)?;
+    }
     let measured = !splits.val.is_empty();
     if !measured {
         log::warn!("no validation images: accuracy will not be measured (and no best.safetensors chosen by it)");
@@ -146,6 +150,7 @@ pub fn fit_rank(
     let shard = crate::dist::sampler::shard_len(splits.train.len());
     let mut trainer = Trainer::new(&cfg, opts.device, shard, opts.eval_batch)?;
     trainer.set_pipeline(opts.data.pipeline);
+    trainer.set_shuffle_buffer(run.shuffle_buffer);
     trainer.finetune(&run.finetune)?;
     let parameters = trainer.parameters();
     log::info!("model: {:?} variant, {parameters} parameters, device {}", cfg.variant, device_name(opts.device));

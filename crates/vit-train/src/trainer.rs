@@ -13,7 +13,7 @@ use vit::data::Dataset;
 use vit::{Preprocessor, ViTConfig};
 
 use crate::amp::{Autocast, LossScaler};
-use crate::batches::{epoch_batches, for_each_train_batch, Augment, HostBatch, Pipeline};
+use crate::batches::{epoch_batches_of, for_each_train_batch, Augment, HostBatch, Pipeline};
 use crate::checkpoint::{self, CheckpointError};
 use crate::dist::{DistError, ProcessGroup};
 use crate::ema::Ema;
@@ -105,6 +105,7 @@ pub struct Trainer {
     prep: Preprocessor,
     eval_batch: usize,
     pipe: Pipeline,
+    shuffle_buffer: usize,
     steps_per_epoch: usize,
     warmup_steps: usize,
     total_steps: usize,
@@ -138,6 +139,7 @@ impl Trainer {
             prep: Preprocessor::from_config(cfg),
             eval_batch,
             pipe: Pipeline::default(),
+            shuffle_buffer: crate::shard_order::DEFAULT_SHUFFLE_BUFFER,
             steps_per_epoch,
             warmup_steps: (t.warmup_epochs * steps_per_epoch as f64).round() as usize,
             total_steps: steps_per_epoch * t.epochs,
@@ -244,6 +246,11 @@ impl Trainer {
         self.pipe = pipe;
     }
 
+    /// Sets the shuffle buffer of data read from tar shards (`--shuffle-buffer`; it changes the batches).
+    pub fn set_shuffle_buffer(&mut self, samples: usize) {
+        self.shuffle_buffer = samples;
+    }
+
     /// Trains one epoch (0-based) on `data` in the seeded order of that epoch;
     /// `on_step` sees every step after its update. A step whose loss is not
     /// finite ends the epoch at once ([`EpochStats::diverged`]; `on_step` does not see it).
@@ -264,7 +271,7 @@ impl Trainer {
         let mut stats = EpochStats { loss_sum: 0.0, images: 0, train_seconds: 0.0, diverged: None };
         let (prep, pipe) = (self.prep.clone(), self.pipe);
         let mut failed = None;
-        let batches = epoch_batches(data.len(), batch_size, seed, epoch);
+        let batches = epoch_batches_of(data, batch_size, seed, epoch, self.shuffle_buffer);
         for_each_train_batch(data, &prep, aug, &batches, seed, epoch, pipe, |i, batch, flow| {
             let started = Instant::now();
             let step = epoch * self.steps_per_epoch + i;

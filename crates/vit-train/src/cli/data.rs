@@ -1,10 +1,12 @@
 //! The data pipeline flags of `vit-train fit`: how images are held
-//! (`--data-mode`), how many threads build batches and how far ahead. Only
-//! the mode is saved in `run.json`; the others change speed and memory, never the batches.
+//! (`--data-mode`), how many threads build batches and how far ahead, and the
+//! shuffle buffer of tar shards. Only the mode and the shuffle buffer are saved
+//! in `run.json`; the others change speed and memory, never the batches.
 
 use clap::Args;
 
 use crate::data_source::{parse_bytes, DataMode, DataOptions};
+use crate::shard_order::DEFAULT_SHUFFLE_BUFFER;
 use crate::workers::{default_workers, Pipeline, DEFAULT_PREFETCH};
 
 /// `fit`'s data pipeline flags.
@@ -25,6 +27,10 @@ pub struct DataArgs {
     /// (default: half of the memory available).
     #[arg(long, value_parser = parse_bytes)]
     pub data_memory_budget: Option<u64>,
+    /// With --data a folder of tar shards: samples the shuffle buffer mixes, in the order
+    /// the shards are read (1 reads each shard in order; a resumed run keeps its own).
+    #[arg(long, default_value_t = DEFAULT_SHUFFLE_BUFFER)]
+    pub shuffle_buffer: usize,
 }
 
 impl DataArgs {

@@ -157,6 +157,7 @@ pub(super) fn new_run_options(a: &FitArgs) -> Result<RunOptions> {
         allow_skipped: a.allow_skipped,
         init,
         data_mode: a.data_pipeline.data_mode,
+        shuffle_buffer: a.data_pipeline.shuffle_buffer,
         finetune: a.finetune(),
     })
 }
