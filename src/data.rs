@@ -27,7 +27,7 @@ pub use folder::{has_image_extension, scan_image_folder, walk_images, FolderScan
 pub use idx::{load_idx_split, read_idx_images, read_idx_labels, FASHION_MNIST_LABELS};
 pub use layout::{is_idx_dir, Layout, EVAL_SPLIT_NAMES, SPLIT_NAMES};
 use layout::{split_list, LAYOUT_HELP};
-pub use stream::{decoded_bytes, scan_splits};
+pub use stream::{decoded_bytes, scan_folder, scan_splits};
 
 /// Errors loading a data set.
 #[derive(Debug, thiserror::Error)]

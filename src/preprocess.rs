@@ -160,6 +160,13 @@ impl Preprocessor {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn load_file(&self, path: &Path) -> Result<Vec<u8>, PreprocessError> {
+        Ok(self.prepare(self.decode_file(path)?))
+    }
+
+    /// Reads and decodes a file at its own size and colour type, before
+    /// [`Preprocessor::prepare`]: what a crop of the original image starts from.
+    /// Only a regular file of at most [`Preprocessor::max_file_bytes`] is read.
+    pub fn decode_file(&self, path: &Path) -> Result<DynamicImage, PreprocessError> {
         let name = || path.display().to_string();
         let read_error = |source| PreprocessError::Read { path: name(), source };
         // Checked before opening: opening a FIFO blocks, and /dev/zero never ends.
@@ -179,7 +186,7 @@ impl Preprocessor {
         if bytes.len() as u64 > limit {
             return Err(PreprocessError::TooLarge { path: name(), size: bytes.len() as u64, limit });
         }
-        self.load_bytes(&bytes).map_err(|message| PreprocessError::Decode { path: path.display().to_string(), message })
+        image::load_from_memory(&bytes).map_err(|e| PreprocessError::Decode { path: name(), message: e.to_string() })
     }
 
     /// Decodes encoded image bytes (format guessed from content) into CHW u8 pixels.
