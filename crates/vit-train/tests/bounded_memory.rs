@@ -53,6 +53,7 @@ fn write_images(dir: &Path) {
 
 /// Runs `cmd` to completion; fails the test on a non-zero exit. Returns the
 /// child's peak resident memory in bytes (`ru_maxrss` of its own `wait4`).
+#[allow(clippy::zombie_processes)] // reaped by `wait4`, which std's `wait` cannot replace: it returns the usage too
 fn peak_rss(cmd: &mut Command, log: &Path) -> u64 {
     let stderr = std::fs::File::create(log).unwrap();
     let child = cmd.stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
