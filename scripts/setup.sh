@@ -29,16 +29,17 @@ if [ ! -x "$VIT_VENV/bin/python" ]; then
   python3 -m venv "$VIT_VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
 fi
 ORT_PKG=onnxruntime; [ "$GPU" = 1 ] && ORT_PKG=onnxruntime-gpu
-# timm and transformers: test-only (checkpoints trained elsewhere), pinned beside torch so pip keeps torch 2.11.0.
-want=("torch==2.11.0" "$ORT_PKG==1.31.1" "onnx" "numpy" "timm==1.0.15" "transformers==4.51.3")
+# timm and transformers: test-only (checkpoints trained elsewhere), pinned beside torch so pip keeps torch 2.11.0;
+# torchvision (with Pillow) is the data-loading anchor of scripts/bench-data.sh, pinned to torch 2.11's release.
+want=("torch==2.11.0" "torchvision==0.26.0" "$ORT_PKG==1.31.1" "onnx" "numpy" "timm==1.0.15" "transformers==4.51.3")
 # onnxruntime-gpu 1.31.1 is built for CUDA 13: its provider needs libcudart.so.13,
 # libcublas(Lt).so.13, libcurand.so.10, libcufft.so.12 and libcudnn.so.9. The
 # [cuda,cudnn] extras bring all but cuBLAS, which torch 2.11 already brings
 # (nvidia-cublas 13.x); vit-infer finds them in site-packages/nvidia/*/lib.
-[ "$GPU" = 1 ] && want=("torch==2.11.0" "onnxruntime-gpu[cuda,cudnn]==1.31.1" "nvidia-cublas>=13,<14" "onnx" "numpy" "timm==1.0.15" "transformers==4.51.3")
+[ "$GPU" = 1 ] && want=("torch==2.11.0" "torchvision==0.26.0" "onnxruntime-gpu[cuda,cudnn]==1.31.1" "nvidia-cublas>=13,<14" "onnx" "numpy" "timm==1.0.15" "transformers==4.51.3")
 have() { "$VIT_VENV/bin/python" -m pip show "$1" 2>/dev/null | awk '/^Version:/{print $2}'; }
 if [ "$(have torch)" != "2.11.0" ] || [ "$(have "$ORT_PKG")" != "1.31.1" ] || [ -z "$(have onnx)" ] \
-  || [ "$(have timm)" != "1.0.15" ] || [ "$(have transformers)" != "4.51.3" ]; then
+  || [ "$(have torchvision)" != "0.26.0" ] || [ "$(have timm)" != "1.0.15" ] || [ "$(have transformers)" != "4.51.3" ]; then
   if [ "$GPU" = 1 ] && [ -n "$(have onnxruntime)" ]; then
     say "replacing onnxruntime (CPU) with onnxruntime-gpu"
     "$VIT_VENV/bin/python" -m pip uninstall -y -q onnxruntime

@@ -34,7 +34,7 @@ pub use layout::{is_idx_dir, Layout, EVAL_SPLIT_NAMES, SPLIT_NAMES};
 use layout::{split_list, LAYOUT_HELP};
 pub use shards::{index_shard, is_shard_dir, split_shards, ShardSplits, SHARD_CLASSES_FILE};
 pub use source::{Member, Source};
-pub use stream::{decoded_bytes, scan_splits};
+pub use stream::{decoded_bytes, scan_folder, scan_splits};
 
 /// Errors loading a data set.
 #[derive(Debug, thiserror::Error)]

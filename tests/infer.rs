@@ -279,6 +279,29 @@ fn evaluate_counts_argmax_per_true_class() {
     assert!(clf.evaluate(&wrong, 4).unwrap_err().to_string().contains("Preprocessor"));
 }
 
+#[test]
+fn a_streamed_evaluation_equals_the_decoded_one_and_counts_the_same_skipped_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_model(dir.path(), "m.onnx", &small(3), 8);
+    let data_dir = dir.path().join("data");
+    image_folder(&data_dir, &LABELS, 7);
+    std::fs::write(data_dir.join("b_green/broken.png"), b"not a png").unwrap();
+    let mut clf = open(&path);
+    let decoded = vit::infer::load_eval_data(&data_dir, clf.preprocessor()).unwrap();
+    let streamed = vit::infer::scan_eval_data(&data_dir, clf.preprocessor()).unwrap();
+    assert!(streamed.data.is_streamed() && streamed.data.pixels.is_empty(), "an index holds no pixels");
+    assert_eq!((decoded.classes.clone(), decoded.description.clone()), (streamed.classes, streamed.description));
+    let reference = clf.evaluate(&decoded.data, 4).unwrap();
+    assert_eq!((decoded.data.skipped.len(), reference.total), (1, 21));
+    // Batch sizes that do and do not divide the set, so the broken file falls in a batch of its own or not.
+    for batch in [1, 4, 7, 64] {
+        let eval = clf.evaluate(&streamed.data, batch).unwrap();
+        assert_eq!((eval.accuracy, &eval.confusion, eval.total), (reference.accuracy, &reference.confusion, 21));
+        assert_eq!(eval.skipped.len(), 1, "batch {batch}");
+        assert!(eval.skipped[0].path.ends_with("b_green/broken.png"), "{:?}", eval.skipped);
+    }
+}
+
 // ---- model errors -------------------------------------------------------------
 
 #[test]

@@ -79,6 +79,14 @@ pub struct TrainConfig {
     /// Random resized crop: range of the crop's area as a fraction of the image
     /// (aspect ratio in [3/4, 4/3]), resized back bilinearly; `[1, 1]` disables it.
     pub crop_scale: (f64, f64),
+    /// Take the random resized crop (area in `crop_scale`, aspect in [3/4, 4/3],
+    /// torchvision's `RandomResizedCrop`) from the original image file and
+    /// resize it straight to `image_size` in one antialiased bilinear pass,
+    /// instead of cropping the image already resized to `image_size`. Needs
+    /// streamed data (`--data-mode stream` or `auto`): memory mode keeps no
+    /// originals. Written to `config.toml` only when set.
+    #[serde(skip_serializing_if = "is_false")]
+    pub crop_from_original: bool,
     /// Colour jitter strength: brightness, contrast and saturation factors are
     /// drawn from [1 - s, 1 + s] (0: none).
     pub color_jitter: f64,
@@ -147,6 +155,7 @@ impl Default for TrainConfig {
             hflip: false,
             crop_padding: 0,
             crop_scale: (1.0, 1.0),
+            crop_from_original: false,
             color_jitter: 0.0,
             mixup_alpha: 0.0,
             cutmix_alpha: 0.0,

@@ -48,6 +48,19 @@ impl Source {
         }
     }
 
+    /// Reads and decodes the image at its own size and colour type (before
+    /// [`Preprocessor::prepare`]), for crops of the original image.
+    pub fn original(&self, prep: &Preprocessor) -> Result<image::DynamicImage, PreprocessError> {
+        match self {
+            Source::File(path) => prep.decode_file(path),
+            Source::Member(m) => {
+                let bytes = m.read(prep.max_file_bytes)?;
+                image::load_from_memory(&bytes)
+                    .map_err(|e| PreprocessError::Decode { path: m.to_string(), message: e.to_string() })
+            }
+        }
+    }
+
     /// Reads and decodes the image into CHW u8 pixels through `prep`.
     pub fn load(&self, prep: &Preprocessor) -> Result<Vec<u8>, PreprocessError> {
         match self {

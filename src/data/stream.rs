@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use super::{splits_with, DataError, Dataset, LoadOptions, Skipped, Source, Splits};
+use image::DynamicImage;
+
+use super::{require_dir, scan_image_folder, splits_with, DataError, Dataset, LoadOptions, Skipped, Source, Splits};
 use crate::preprocess::{PreprocessError, Preprocessor};
 
 /// Like [`load_splits`](super::load_splits), but image folders are only
@@ -17,6 +19,17 @@ use crate::preprocess::{PreprocessError, Preprocessor};
 /// turn out undecodable are found only when read.
 pub fn scan_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Result<Splits, DataError> {
     splits_with(dir, prep, opts, index_files)
+}
+
+/// Like [`load_folder`](super::load_folder), but the image folder is only
+/// indexed: one evaluation set whose images are decoded when read
+/// ([`Dataset::read_image`]), so evaluating a folder of any size takes the
+/// memory of a batch, not of the folder.
+pub fn scan_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Dataset), DataError> {
+    require_dir(dir)?;
+    let scan = scan_image_folder(dir)?;
+    let data = index_files(dir, &super::as_sources(&scan.files), scan.unreadable, prep)?;
+    Ok((scan.classes, data))
 }
 
 /// Bytes that `images` decoded images of `image_len` values take in memory.
@@ -61,5 +74,12 @@ impl Dataset {
         let pixels = self.sources[i].load(prep)?;
         out.copy_from_slice(&pixels);
         Ok(())
+    }
+
+    /// The original image `i`, decoded at its own size from its file or tar
+    /// member (a streamed set only: a decoded set keeps the resized pixels
+    /// alone), for augmentations that crop before resizing.
+    pub fn read_original(&self, i: usize, prep: &Preprocessor) -> Result<DynamicImage, PreprocessError> {
+        self.sources[i].original(prep)
     }
 }

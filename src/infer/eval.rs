@@ -2,11 +2,16 @@
 //! split vit-train validated on (through [`Layout`], the one detection both
 //! share), and [`Classifier::evaluate`] counts a [`Confusion`] matrix of the
 //! argmax of the logits, the same numbers training reported.
+//! [`scan_eval_data`] indexes the same images instead of decoding them, and
+//! [`Classifier::evaluate`] then decodes one batch at a time, so a folder of
+//! any size is evaluated in the memory of a batch.
 
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use super::{Classifier, InferError};
-use crate::data::{self, Dataset, Layout};
+use crate::data::{self, Dataset, Layout, Skipped};
 use crate::metrics::{argmax, Confusion};
 use crate::preprocess::Preprocessor;
 
@@ -19,6 +24,11 @@ pub struct Evaluation {
     pub confusion: Confusion,
     /// Images evaluated.
     pub total: u64,
+    /// Files of a streamed set that could not be read or decoded when their
+    /// batch came (each warned about), left out of the counts as a decoded
+    /// set leaves out the files it skipped at load time.
+    #[serde(skip)]
+    pub skipped: Vec<Skipped>,
 }
 
 /// An evaluation set as [`load_eval_data`] found it.
@@ -26,7 +36,7 @@ pub struct Evaluation {
 pub struct EvalData {
     /// Class names of the data, in label order.
     pub classes: Vec<String>,
-    /// The decoded images.
+    /// The images: decoded ([`load_eval_data`]) or indexed ([`scan_eval_data`]).
     pub data: Dataset,
     /// Which split was used, in words (`val split DIR`, `test split DIR`, ...).
     pub description: String,
@@ -38,7 +48,21 @@ pub struct EvalData {
 ///   the first found): that evaluation split's image folder;
 /// - otherwise an image folder `DIR/<class>/*`, all of it.
 pub fn load_eval_data(dir: impl AsRef<Path>, prep: &Preprocessor) -> Result<EvalData, InferError> {
-    let dir = dir.as_ref();
+    eval_data(dir.as_ref(), prep, data::load_folder)
+}
+
+/// The images [`load_eval_data`] would decode, indexed only (IDX data, small,
+/// is decoded): [`Classifier::evaluate`] decodes them batch by batch, and
+/// counts the ones that fail in [`Evaluation::skipped`].
+pub fn scan_eval_data(dir: impl AsRef<Path>, prep: &Preprocessor) -> Result<EvalData, InferError> {
+    eval_data(dir.as_ref(), prep, data::scan_folder)
+}
+
+/// How an image folder becomes an evaluation set: decoded or indexed.
+type ReadFolder = fn(&Path, &Preprocessor) -> Result<(Vec<String>, Dataset), data::DataError>;
+
+/// [`load_eval_data`] with the folder step `read`.
+fn eval_data(dir: &Path, prep: &Preprocessor, read: ReadFolder) -> Result<EvalData, InferError> {
     match Layout::detect(dir)? {
         Layout::Idx => {
             // The same t10k decode `load_splits` uses for validation, without the 60k training images.
@@ -50,15 +74,41 @@ pub fn load_eval_data(dir: impl AsRef<Path>, prep: &Preprocessor) -> Result<Eval
         Layout::Splits { val, .. } => {
             // `load_splits` decodes `val/` with `load_folder`'s code path (no cap):
             // loading it alone gives the same images without decoding train/.
-            let (classes, data) = data::load_folder(&val, prep)?;
+            let (classes, data) = read(&val, prep)?;
             let name = val.file_name().map_or_else(|| "evaluation".into(), |n| n.to_string_lossy().into_owned());
             Ok(EvalData { classes, data, description: format!("{name} split {}", val.display()) })
         }
         Layout::Folder => {
-            let (classes, data) = data::load_folder(dir, prep)?;
+            let (classes, data) = read(dir, prep)?;
             Ok(EvalData { classes, data, description: format!("image folder {}", dir.display()) })
         }
     }
+}
+
+/// Decodes the images `range` of a streamed set in parallel: the CHW u8
+/// pixels of those that decode, back to back, and their indices; the others
+/// are warned about and added to `skipped`.
+fn decode_batch(
+    data: &Dataset,
+    range: std::ops::Range<usize>,
+    prep: &Preprocessor,
+    skipped: &mut Vec<Skipped>,
+) -> (Vec<u8>, Vec<usize>) {
+    let decoded: Vec<_> = data.sources[range.clone()].par_iter().map(|source| source.load(prep)).collect();
+    let (mut pixels, mut kept) = (Vec::with_capacity(range.len() * data.image_len), Vec::new());
+    for (i, result) in range.zip(decoded) {
+        match result {
+            Ok(px) => {
+                pixels.extend_from_slice(&px);
+                kept.push(i);
+            }
+            Err(e) => {
+                log::warn!("skipping {}: {e}", data.sources[i]);
+                skipped.push(Skipped { path: data.sources[i].path(), reason: e.to_string() });
+            }
+        }
+    }
+    (pixels, kept)
 }
 
 impl Classifier {
@@ -85,17 +135,27 @@ impl Classifier {
         }
         let mut confusion = Confusion::new(k);
         let bs = batch_size.max(1);
-        let (mut non_finite, mut first) = (0usize, None);
+        let (mut non_finite, mut first, mut skipped) = (0usize, None, Vec::new());
         for start in (0..data.len()).step_by(bs) {
             let end = (start + bs).min(data.len());
-            let px = &data.pixels[start * data.image_len..end * data.image_len];
-            let logits = self.logits_u8(px, end - start)?;
-            for (i, (row, &label)) in logits.chunks(k).zip(&data.labels[start..end]).enumerate() {
+            let decoded;
+            let (px, rows) = if data.is_streamed() {
+                let (pixels, kept) = decode_batch(data, start..end, &prep, &mut skipped);
+                decoded = pixels;
+                (&decoded[..], kept)
+            } else {
+                (&data.pixels[start * data.image_len..end * data.image_len], (start..end).collect())
+            };
+            if rows.is_empty() {
+                continue;
+            }
+            let logits = self.logits_u8(px, rows.len())?;
+            for (row, &i) in logits.chunks(k).zip(&rows) {
                 if row.iter().all(|v| v.is_finite()) {
-                    confusion.add(label as usize, argmax(row));
+                    confusion.add(data.labels[i] as usize, argmax(row));
                 } else {
                     non_finite += 1;
-                    first.get_or_insert(start + i);
+                    first.get_or_insert(i);
                 }
             }
         }
@@ -103,7 +163,7 @@ impl Classifier {
             let first = data.sources.get(i).map_or_else(|| format!("image {i}"), |s| s.to_string());
             return Err(InferError::NonFiniteEvaluation { count: non_finite, total: data.len(), first });
         }
-        Ok(Evaluation { accuracy: confusion.accuracy(), total: confusion.total(), confusion })
+        Ok(Evaluation { accuracy: confusion.accuracy(), total: confusion.total(), confusion, skipped })
     }
 
     /// Checks that the data's class names are the model's labels, in order.

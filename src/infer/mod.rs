@@ -59,7 +59,7 @@ pub use cuda::{
     SearchDir, CUDA_DRIVER, CUDA_LIBRARIES, CUDA_LIB_DIR_ENV, CUDA_PROVIDER_LIBRARY,
 };
 pub use error::InferError;
-pub use eval::{load_eval_data, EvalData, Evaluation};
+pub use eval::{load_eval_data, scan_eval_data, EvalData, Evaluation};
 pub use options::{max_intra_threads, ClassifierOptions, ClassifyOptions, OptLevel, Provider};
 pub use prediction::{softmax, Prediction, Scored};
 pub use runtime::{runtime_candidates, runtime_path, RuntimeCandidate};

@@ -85,6 +85,7 @@ fn main() -> Result<()> {
         pixels: (0..batch_size * image_len).map(|_| rng.random_range(-2.0f32..2.0)).collect(),
         labels: (0..batch_size).map(|_| rng.random_range(0..cfg.num_classes as i64)).collect(),
         mix_lam: None,
+        unreadable: Vec::new(),
     };
     let lr = cfg.train.lr;
     let mut times = Vec::with_capacity(a.steps);

@@ -4,12 +4,16 @@
 //! erasing; and the batch-level mixes (mixup, CutMix) that pair image `i`
 //! with image `n - 1 - i` of the batch (timm's `Mixup`, batch mode).
 //!
-//! Every draw comes from the epoch's seeded RNG, so runs and resumes repeat.
+//! Every draw comes from the batch's seeded RNG, so runs and resumes repeat.
+//! A streamed set can instead take the resized crop from the original file
+//! ([`original`]).
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution};
 use vit::config::TrainConfig;
+
+pub mod original;
 
 /// Which augmentations run, with their strengths (see [`TrainConfig`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -20,6 +24,9 @@ pub struct Augment {
     pub crop_padding: usize,
     /// Random resized crop area range; `(1, 1)` is off.
     pub crop_scale: (f64, f64),
+    /// Take the resized crop from the original file ([`original`]) when the
+    /// set is streamed.
+    pub from_original: bool,
     /// Colour jitter strength (0: off).
     pub color_jitter: f64,
     /// Probability of erasing one rectangle.
@@ -42,6 +49,7 @@ impl Augment {
         hflip: false,
         crop_padding: 0,
         crop_scale: (1.0, 1.0),
+        from_original: false,
         color_jitter: 0.0,
         random_erasing: 0.0,
         mixup_alpha: 0.0,
@@ -54,6 +62,7 @@ impl Augment {
             hflip: t.hflip,
             crop_padding: t.crop_padding,
             crop_scale: t.crop_scale,
+            from_original: t.crop_from_original,
             color_jitter: t.color_jitter,
             random_erasing: t.random_erasing,
             mixup_alpha: t.mixup_alpha,

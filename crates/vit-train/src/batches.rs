@@ -7,13 +7,17 @@
 //! Randomness is split so that no draw depends on which thread runs it: the
 //! epoch's sample order comes from [`epoch_rng`], and each batch's
 //! augmentations from its own [`batch_rng`] of (seed, epoch, batch index).
-
-use std::sync::Mutex;
+//!
+//! A streamed file that breaks after it was indexed is fed as a black image
+//! and travels with its batch ([`HostBatch::unreadable`]) back to the epoch
+//! loop, which decides whether the run stops.
 
 use rand::{seq::SliceRandom, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vit::{data::Dataset, Preprocessor};
+use vit::data::{Dataset, Skipped, Source};
+use vit::Preprocessor;
 
+use crate::augment::original::{crop_resize, random_crop_box, CROP_RATIO};
 pub use crate::augment::Augment;
 use crate::augment::{augment_image, cutmix, draw_mix, mixup, Geometry, MixKind};
 pub use crate::workers::{Flow, Pipeline};
@@ -29,16 +33,9 @@ pub struct HostBatch {
     /// image's own label; the partner of image `i` is image `n - 1 - i`, so the
     /// partner labels are `labels` reversed.
     pub mix_lam: Option<f32>,
-}
-
-/// Streamed images that failed to decode since the last [`take_unreadable`]
-/// (their error messages, naming the file).
-static UNREADABLE: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// The read failures of streamed images since the last call (each message names
-/// its file), emptying the record. Such images were fed as black images.
-pub fn take_unreadable() -> Vec<String> {
-    std::mem::take(&mut *UNREADABLE.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Streamed files of this batch that could not be read or decoded (the
+    /// reason names the file); each was fed as a black image.
+    pub unreadable: Vec<Skipped>,
 }
 
 /// The RNG of epoch `epoch` of a run seeded with `seed` (restarts identically on resume).
@@ -61,28 +58,38 @@ pub fn batch_rng(seed: u64, epoch: usize, batch: usize) -> ChaCha8Rng {
 
 /// Builds the batch of `indices`.
 /// With an RNG, each image is augmented and the batch may be mixed; without
-/// one (evaluation), the images are only normalised.
+/// one (evaluation), the images are only normalised. With
+/// [`Augment::from_original`] on a streamed set, the resized crop is taken from
+/// each original file ([`crate::augment::original`]) instead of from the
+/// image resized to the model's side.
 pub fn make_batch(
     data: &Dataset,
     indices: &[usize],
     prep: &Preprocessor,
     aug: Augment,
-    rng: Option<&mut ChaCha8Rng>,
+    mut rng: Option<&mut ChaCha8Rng>,
 ) -> HostBatch {
+    let from_original = aug.from_original && data.is_streamed() && rng.is_some();
     let mut pixels_u8 = vec![0u8; indices.len() * data.image_len];
+    let mut unreadable = Vec::new();
     for (&i, out) in indices.iter().zip(pixels_u8.chunks_mut(data.image_len.max(1))) {
-        // A streamed file can break after it was indexed. The batch gets a black image in its place and the
-        // failure is recorded: the epoch loop then stops before saving anything (see `take_unreadable`),
-        // unless the run tolerates unreadable files.
-        if let Err(e) = data.read_image(i, prep, out) {
+        let read = match rng.as_deref_mut() {
+            Some(rng) if from_original => read_crop(data, i, prep, aug.crop_scale, rng, out),
+            _ => data.read_image(i, prep, out).map_err(|e| e.to_string()),
+        };
+        // A streamed file can break after it was indexed: a black image takes its place, and the epoch loop
+        // sees the failure with the batch.
+        if let Err(reason) = read {
             out.fill(0);
-            UNREADABLE.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+            unreadable.push(Skipped { path: data.sources.get(i).map(Source::path).unwrap_or_default(), reason });
         }
     }
     let labels: Vec<i64> = indices.iter().map(|&i| data.labels[i]).collect();
     let Some(rng) = rng else {
-        return HostBatch { pixels: prep.normalize(&pixels_u8), labels, mix_lam: None };
+        return HostBatch { pixels: prep.normalize(&pixels_u8), labels, mix_lam: None, unreadable };
     };
+    // The crop from the original replaces the crop of the resized image.
+    let aug = if from_original { Augment { crop_scale: (1.0, 1.0), ..aug } } else { aug };
     let g = Geometry { channels: prep.channels, side: prep.image_size };
     let mut scratch = Vec::new();
     for img in pixels_u8.chunks_mut(data.image_len) {
@@ -97,7 +104,23 @@ pub fn make_batch(
     if let Some(MixKind::Mixup(lam)) = mix_kind {
         mixup(&mut pixels, data.image_len, lam);
     }
-    HostBatch { pixels, labels, mix_lam: mix_kind.map(MixKind::lam) }
+    HostBatch { pixels, labels, mix_lam: mix_kind.map(MixKind::lam), unreadable }
+}
+
+/// A random resized crop (area in `scale`) of the original file of image `i`,
+/// resampled to the model's side into `out`; the error names the file.
+fn read_crop(
+    data: &Dataset,
+    i: usize,
+    prep: &Preprocessor,
+    scale: (f64, f64),
+    rng: &mut ChaCha8Rng,
+    out: &mut [u8],
+) -> Result<(), String> {
+    let img = data.read_original(i, prep).map_err(|e| e.to_string())?;
+    let crop = random_crop_box(img.width(), img.height(), scale, CROP_RATIO, rng);
+    crop_resize(img, crop, prep.channels, prep.image_size, out)
+        .map_err(|e| format!("cannot resize image {}: {e}", data.sources[i]))
 }
 
 /// Shuffled training batches of one epoch (the last partial batch is kept).
@@ -135,6 +158,8 @@ pub fn epoch_batches_of(
 /// Runs `consume` on every training batch of `batches` (epoch `epoch`),
 /// built by `pipe`'s workers ahead of it, each from its [`batch_rng`]; the
 /// [`Flow`] says how full the queue is. Stops early if `consume` returns false.
+/// Returns the streamed files that could not be read in the batches consumed
+/// (each also in its batch's [`HostBatch::unreadable`]).
 #[allow(clippy::too_many_arguments)] // each is one independent knob of the epoch; a struct would only rename them
 pub fn for_each_train_batch(
     data: &Dataset,
@@ -144,15 +169,21 @@ pub fn for_each_train_batch(
     seed: u64,
     epoch: usize,
     pipe: Pipeline,
-    consume: impl FnMut(usize, HostBatch, Flow) -> bool,
-) {
+    mut consume: impl FnMut(usize, HostBatch, Flow) -> bool,
+) -> Vec<Skipped> {
     let make = |i: usize| make_batch(data, &batches[i], prep, aug, Some(&mut batch_rng(seed, epoch, i)));
-    crate::workers::run_ordered(batches.len(), pipe, make, consume);
+    let mut unreadable = Vec::new();
+    crate::workers::run_ordered(batches.len(), pipe, make, |i, batch, flow| {
+        unreadable.extend(batch.unreadable.iter().cloned());
+        consume(i, batch, flow)
+    });
+    unreadable
 }
 
 /// Runs `consume` on the un-augmented batches of the images `indices` of
 /// `data`, in order (evaluation), built by `pipe`'s workers, so a streamed set
-/// decodes in parallel too.
+/// decodes in parallel too. Returns the streamed files that could not be read
+/// (fed as black images).
 pub fn for_each_eval_batch(
     data: &Dataset,
     indices: &[usize],
@@ -160,13 +191,16 @@ pub fn for_each_eval_batch(
     batch_size: usize,
     pipe: Pipeline,
     mut consume: impl FnMut(HostBatch),
-) {
+) -> Vec<Skipped> {
     let batches: Vec<&[usize]> = indices.chunks(batch_size.max(1)).collect();
     let make = |i: usize| make_batch(data, batches[i], prep, Augment::NONE, None);
-    crate::workers::run_ordered(batches.len(), pipe, make, |_, batch, _| {
+    let mut unreadable = Vec::new();
+    crate::workers::run_ordered(batches.len(), pipe, make, |_, mut batch, _| {
+        unreadable.append(&mut batch.unreadable);
         consume(batch);
         true
     });
+    unreadable
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! accuracy, confusion matrix, whole or one rank's share of it.
 
 use tch::{nn::ModuleT, Device, Kind, Tensor};
-use vit::{data::Dataset, Preprocessor};
+use vit::data::{Dataset, Skipped};
+use vit::Preprocessor;
 
 use crate::batches::{for_each_eval_batch, Pipeline};
 use crate::metrics::Confusion;
@@ -16,6 +17,8 @@ pub struct Evaluation {
     pub accuracy: f64,
     /// `[true][predicted]` counts.
     pub confusion: Confusion,
+    /// Streamed files that could not be read (evaluated as black images).
+    pub unreadable: Vec<Skipped>,
 }
 
 /// Host batch -> device tensors.
@@ -26,8 +29,8 @@ pub fn to_device(pixels: &[f32], labels: &[i64], prep: &Preprocessor, device: De
     (x, y)
 }
 
-/// Logits of the whole data set, in order ([N, K] on the CPU); `pipe`'s
-/// workers build the batches.
+/// Logits of the whole data set, in order ([N, K] on the CPU), and the
+/// streamed files that could not be read; `pipe`'s workers build the batches.
 pub fn predict(
     model: &impl ModuleT,
     data: &Dataset,
@@ -35,12 +38,13 @@ pub fn predict(
     device: Device,
     batch: usize,
     pipe: Pipeline,
-) -> Tensor {
+) -> (Tensor, Vec<Skipped>) {
     let indices: Vec<usize> = (0..data.len()).collect();
     predict_indices(model, data, &indices, prep, device, batch, pipe)
 }
 
-/// Logits of the images `indices` of `data`, in that order ([len, K] on the CPU).
+/// Logits of the images `indices` of `data`, in that order ([len, K] on the
+/// CPU), and the streamed files that could not be read.
 pub fn predict_indices(
     model: &impl ModuleT,
     data: &Dataset,
@@ -49,15 +53,15 @@ pub fn predict_indices(
     device: Device,
     batch: usize,
     pipe: Pipeline,
-) -> Tensor {
+) -> (Tensor, Vec<Skipped>) {
     let mut outs = Vec::new();
-    tch::no_grad(|| {
+    let unreadable = tch::no_grad(|| {
         for_each_eval_batch(data, indices, prep, batch, pipe, |b| {
             let (x, _) = to_device(&b.pixels, &b.labels, prep, device);
             outs.push(model.forward_t(&x, false).to_device(Device::Cpu));
         })
     });
-    Tensor::cat(&outs, 0)
+    (Tensor::cat(&outs, 0), unreadable)
 }
 
 /// Loss, accuracy and confusion matrix over `data` with `num_classes` classes.
@@ -72,20 +76,21 @@ pub fn evaluate(
 ) -> Evaluation {
     let mut confusion = Confusion::new(num_classes);
     if data.is_empty() {
-        return Evaluation { loss: f64::NAN, accuracy: 0.0, confusion };
+        return Evaluation { loss: f64::NAN, accuracy: 0.0, confusion, unreadable: Vec::new() };
     }
-    let logits = predict(model, data, prep, device, batch, pipe);
+    let (logits, unreadable) = predict(model, data, prep, device, batch, pipe);
     let labels = Tensor::from_slice(&data.labels);
     let loss = logits.cross_entropy_for_logits(&labels).double_value(&[]);
     let predicted = Vec::<i64>::try_from(logits.argmax(-1, false).to_kind(Kind::Int64)).unwrap_or_default();
     for (&t, &p) in data.labels.iter().zip(&predicted) {
         confusion.add(t as usize, p as usize);
     }
-    Evaluation { loss, accuracy: confusion.accuracy(), confusion }
+    Evaluation { loss, accuracy: confusion.accuracy(), confusion, unreadable }
 }
 
 /// The additive part of an evaluation of the images `indices` of `data`: the sum of
-/// their cross-entropies and their confusion counts (ranks add these up exactly).
+/// their cross-entropies and their confusion counts (ranks add these up exactly),
+/// with the streamed files that could not be read.
 #[allow(clippy::too_many_arguments)] // the model, its data and the knobs of one pass
 pub fn evaluate_part(
     model: &impl ModuleT,
@@ -96,12 +101,12 @@ pub fn evaluate_part(
     device: Device,
     batch: usize,
     pipe: Pipeline,
-) -> (f64, Confusion) {
+) -> (f64, Confusion, Vec<Skipped>) {
     let mut confusion = Confusion::new(num_classes);
     if indices.is_empty() {
-        return (0.0, confusion);
+        return (0.0, confusion, Vec::new());
     }
-    let logits = predict_indices(model, data, indices, prep, device, batch, pipe);
+    let (logits, unreadable) = predict_indices(model, data, indices, prep, device, batch, pipe);
     let truth: Vec<i64> = indices.iter().map(|&i| data.labels[i]).collect();
     let loss_sum = logits
         .log_softmax(-1, Kind::Float)
@@ -111,5 +116,5 @@ pub fn evaluate_part(
     for (&t, &p) in truth.iter().zip(&predicted) {
         confusion.add(t as usize, p as usize);
     }
-    (loss_sum, confusion)
+    (loss_sum, confusion, unreadable)
 }

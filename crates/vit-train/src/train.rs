@@ -4,16 +4,18 @@
 //! with weights, Adam moments (and the weight average, when the recipe keeps
 //! one) and the data order of the next epoch, so it reaches the same result.
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Device;
-use vit::data::{LoadOptions, Splits};
+use vit::data::{LoadOptions, Skipped, Splits};
 use vit::{Preprocessor, ViTConfig};
 
-use crate::data_source::{load_splits_in, DataOptions};
+use crate::data_source::{load_splits_in, DataMode, DataOptions};
 use crate::dist::ProcessGroup;
 use crate::evaluate::Evaluation;
 use crate::import::Imported;
@@ -60,6 +62,20 @@ pub fn load_data(cfg: &mut ViTConfig, run: &mut RunOptions, budget: u64) -> Resu
         max_per_class: run.max_per_class,
         allow_unreadable: run.allow_skipped,
     };
+    if cfg.train.crop_from_original {
+        match run.data_mode {
+            DataMode::Memory => bail!(
+                "train.crop_from_original = true crops each training image from its original file, and \
+                 --data-mode memory keeps only the images resized to image_size: pass --data-mode stream \
+                 (or auto), or set train.crop_from_original = false"
+            ),
+            DataMode::Auto => {
+                log::info!("data: train.crop_from_original = true reads the original files, so the data is streamed");
+                run.data_mode = DataMode::Stream;
+            }
+            DataMode::Stream => {}
+        }
+    }
     let splits = match load_splits_in(&run.data, &prep, &opts, run.data_mode, budget) {
         Err(e @ vit::data::DataError::Unreadable { .. }) => {
             return Err(anyhow::Error::new(e).context("pass --allow-skipped to train on the readable part"))
@@ -72,6 +88,13 @@ pub fn load_data(cfg: &mut ViTConfig, run: &mut RunOptions, budget: u64) -> Resu
     };
     if splits.train.is_empty() {
         bail!("no training images found in {}", run.data.display());
+    }
+    if cfg.train.crop_from_original && !splits.train.is_streamed() {
+        bail!(
+            "train.crop_from_original = true needs image files, but {} holds IDX data, decoded in memory; set \
+             train.crop_from_original = false",
+            run.data.display()
+        );
     }
     if cfg.num_classes != 0 && cfg.num_classes != splits.classes.len() {
         bail!(
@@ -190,6 +213,9 @@ pub fn fit_rank(
     let t = &cfg.train;
     // Evaluation of the current weights; the last epoch always evaluates, so the summary reuses it.
     let mut last_eval = None;
+    // Streamed files found unreadable in this process's epochs, counted once each in `skipped_files`. Every epoch
+    // reads the whole training split and the last one evaluates, so a resumed run that trains on finds the same files.
+    let mut unreadable = BTreeSet::new();
     for epoch in start_epoch..t.epochs {
         let epoch_start = Instant::now();
         let bar = progress_bar(opts.progress, trainer.steps_per_epoch(), epoch, t.epochs);
@@ -210,7 +236,7 @@ pub fn fit_rank(
             bar.inc(1);
         })?;
         bar.finish_and_clear();
-        check_reads(run.allow_skipped, dir, epoch, "training")?;
+        check_reads(run.allow_skipped, dir, epoch, "training", &stats.unreadable, &mut unreadable)?;
         if let Some(d) = stats.diverged {
             bail!(
                 "training diverged: the loss is {} at epoch {}, step {} of {} (iteration {}); {}; lower --lr or set --grad-clip",
@@ -233,7 +259,8 @@ pub fn fit_rank(
         let best_so_far = records.iter().filter_map(Record::val_accuracy).fold(f64::NEG_INFINITY, f64::max);
         let eval = trainer.with_eval_weights(|tr| -> Result<Option<Evaluation>> {
             let eval = if due { Some(tr.evaluate(&splits.val)?) } else { None };
-            check_reads(run.allow_skipped, dir, epoch, "evaluation")?;
+            let failed = eval.as_ref().map_or(&[][..], |e| &e.unreadable[..]);
+            check_reads(run.allow_skipped, dir, epoch, "evaluation", failed, &mut unreadable)?;
             let rec = epoch_record(epoch, &stats, eval.as_ref(), epoch_start.elapsed().as_secs_f64());
             log_epoch(&rec, t.epochs);
             records.push(rec);
@@ -257,6 +284,7 @@ pub fn fit_rank(
         None if measured => Some(trainer.with_eval_weights(|tr| tr.evaluate(&splits.val))?),
         None => None,
     };
+    unreadable.extend(eval.iter().flat_map(|e| e.unreadable.iter().map(|s| s.path.clone())));
     let summary = summarize(&SummaryInputs {
         records: &records,
         eval: eval.as_ref(),
@@ -265,6 +293,7 @@ pub fn fit_rank(
         device: opts.device,
         wall_seconds: started.elapsed().as_secs_f64(),
         epochs: t.epochs,
+        unreadable_streamed: unreadable.len(),
     });
     let Some(dir) = dir else { return Ok(summary) };
     dir.write_summary(&summary)?;
@@ -276,14 +305,21 @@ pub fn fit_rank(
 }
 
 /// Stops the run when streamed images could not be read during `epoch`'s
-/// `phase` (they were fed as black images), before anything of the epoch is
-/// saved; with `--allow-skipped` only warns.
-fn check_reads(allow_skipped: bool, dir: Option<&RunDir>, epoch: usize, phase: &str) -> Result<()> {
-    let failed = crate::batches::take_unreadable();
+/// `phase` (`failed`; they were fed as black images), before anything of the
+/// epoch is saved; with `--allow-skipped` only warns, and adds their files to `seen`.
+fn check_reads(
+    allow_skipped: bool,
+    dir: Option<&RunDir>,
+    epoch: usize,
+    phase: &str,
+    failed: &[Skipped],
+    seen: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
     if failed.is_empty() {
         return Ok(());
     }
-    let shown = failed.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
+    seen.extend(failed.iter().map(|s| s.path.clone()));
+    let shown = failed.iter().take(3).map(|s| s.reason.as_str()).collect::<Vec<_>>().join("; ");
     if allow_skipped {
         log::warn!(
             "{} streamed images could not be read in epoch {} ({phase}), fed as black images: {shown}",
@@ -393,6 +429,9 @@ pub struct SummaryInputs<'a> {
     pub wall_seconds: f64,
     /// Epochs trained.
     pub epochs: usize,
+    /// Streamed files that could not be read during training or evaluation
+    /// (each counted once), on top of the files skipped at load time.
+    pub unreadable_streamed: usize,
 }
 
 /// The run's `summary.json`: final and best accuracy, mean throughput and the data's size.
@@ -416,7 +455,7 @@ pub fn summarize(inputs: &SummaryInputs) -> Summary {
         labels: splits.classes.clone(),
         epochs: inputs.epochs,
         train_images_per_sec: if n > 0 { ips / n as f64 } else { 0.0 },
-        skipped_files: splits.skipped(),
+        skipped_files: splits.skipped() + inputs.unreadable_streamed,
         train_images: splits.train.len(),
         val_images: splits.val.len(),
         parameters: inputs.parameters,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
-use vit::data::Dataset;
+use vit::data::{Dataset, Skipped};
 use vit::{Preprocessor, ViTConfig};
 
 use crate::amp::{Autocast, LossScaler};
@@ -56,7 +56,7 @@ pub struct DataFlow {
 }
 
 /// What one epoch of training measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EpochStats {
     /// Sum over batches of batch loss times batch size.
     pub loss_sum: f64,
@@ -66,6 +66,8 @@ pub struct EpochStats {
     pub train_seconds: f64,
     /// The step whose loss was not finite; the epoch stopped there.
     pub diverged: Option<Divergence>,
+    /// Streamed files that could not be read (trained on as black images).
+    pub unreadable: Vec<Skipped>,
 }
 
 /// Where training stopped because the loss was NaN or infinite.
@@ -268,11 +270,12 @@ impl Trainer {
         tch::manual_seed(t.seed as i64 + 1 + epoch as i64);
         let aug = Augment::from_train(t);
         let (batch_size, seed) = (t.batch_size, t.seed);
-        let mut stats = EpochStats { loss_sum: 0.0, images: 0, train_seconds: 0.0, diverged: None };
+        let mut stats =
+            EpochStats { loss_sum: 0.0, images: 0, train_seconds: 0.0, diverged: None, unreadable: Vec::new() };
         let (prep, pipe) = (self.prep.clone(), self.pipe);
         let mut failed = None;
         let batches = epoch_batches_of(data, batch_size, seed, epoch, self.shuffle_buffer);
-        for_each_train_batch(data, &prep, aug, &batches, seed, epoch, pipe, |i, batch, flow| {
+        let unreadable = for_each_train_batch(data, &prep, aug, &batches, seed, epoch, pipe, |i, batch, flow| {
             let started = Instant::now();
             let step = epoch * self.steps_per_epoch + i;
             let lr = learning_rate(&self.cfg.train, step, self.warmup_steps, self.total_steps);
@@ -298,6 +301,7 @@ impl Trainer {
             on_step(&StepReport { step, loss, lr, images: stats.images, train_seconds: stats.train_seconds, data });
             true
         });
+        stats.unreadable = unreadable;
         if let Some(e) = failed {
             return Err(e);
         }
@@ -425,7 +429,7 @@ impl Trainer {
             return Ok(evaluate(&self.model, data, &self.prep, k, self.device, self.eval_batch, self.pipe));
         }
         let mine: Vec<usize> = (group.rank()..data.len()).step_by(group.world_size()).collect();
-        let (loss_sum, part) =
+        let (loss_sum, part, unreadable) =
             evaluate_part(&self.model, data, &mine, &self.prep, k, self.device, self.eval_batch, self.pipe);
         let mut sums = vec![loss_sum];
         sums.extend(part.matrix.iter().flatten().map(|&c| c as f64));
@@ -437,7 +441,7 @@ impl Trainer {
             *row = counts.iter().map(|&c| c as u64).collect();
         }
         let loss = sums[0] / data.len() as f64;
-        Ok(Evaluation { loss, accuracy: confusion.accuracy(), confusion })
+        Ok(Evaluation { loss, accuracy: confusion.accuracy(), confusion, unreadable })
     }
 
     /// Writes the model's current weights (a `last`/`best` checkpoint).

@@ -1,6 +1,7 @@
 //! Streaming the data from its files gives the very batches that decoding it
 //! into memory gives, whatever the number of batch workers, and a streamed run
 //! that is killed and resumed ends where an uninterrupted in-memory run ends.
+//! Crops from the original files are seeded alike, and need streamed data.
 
 mod common;
 
@@ -109,20 +110,56 @@ fn a_streamed_file_that_does_not_decode_stops_the_epoch_unless_skipping_is_allow
     }
     std::fs::write(data.join("bus").join("broken.jpg"), b"\xff\xd8 not a jpeg").unwrap();
     let cfg = write_config(tmp.path(), SMALL);
-    let fit = |run: &Path| {
+    let fit = |run: &Path, epochs: &str| {
         let mut cmd = bin();
         cmd.arg("--config").arg(&cfg).arg("--data").arg(&data).arg("--out").arg(run);
-        cmd.args(["--epochs", "1", "--no-export", "--data-mode", "stream", "--val-fraction", "0"]);
+        cmd.args(["--epochs", epochs, "--no-export", "--data-mode", "stream", "--val-fraction", "0"]);
         cmd
     };
     let strict = tmp.path().join("strict");
-    let err = run_err(&mut fit(&strict));
+    let err = run_err(&mut fit(&strict, "1"));
     assert!(err.contains("broken.jpg") && err.contains("--allow-skipped"), "{err}");
     assert!(err.contains("no epoch completed"), "{err}");
     assert!(!strict.join("last.safetensors").exists(), "nothing of the broken epoch may be saved");
 
     let lenient = tmp.path().join("lenient");
-    let out = run_ok(fit(&lenient).arg("--allow-skipped"));
+    let out = run_ok(fit(&lenient, "2").arg("--allow-skipped"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("broken.jpg"), "the failure must still be reported");
     assert!(lenient.join("last.safetensors").exists());
+    assert_eq!(summary(&lenient)["skipped_files"], 1, "the broken file is counted once, whatever the epochs");
+}
+
+#[test]
+fn crops_from_the_original_files_are_seeded_and_differ_from_crops_of_the_resized_image() {
+    let mut cfg = ViTConfig::from_toml_file(&repo_root().join("models/coco5-vit.toml")).unwrap();
+    cfg.train.batch_size = 8;
+    (cfg.train.crop_scale, cfg.train.color_jitter, cfg.train.mixup_alpha) = ((0.08, 1.0), 0.3, 0.8);
+    let prep = Preprocessor::from_config(&cfg);
+    let opts = LoadOptions { max_per_class: Some(6), seed: cfg.train.seed, ..LoadOptions::default() };
+    let stream = scan_splits(&coco5(), &prep, &opts).unwrap();
+    let resized = epoch(&stream.train, &cfg, 0, 1);
+    cfg.train.crop_from_original = true;
+    let original = epoch(&stream.train, &cfg, 0, 1);
+    assert_eq!(original.len(), resized.len());
+    assert!(original.iter().zip(&resized).all(|(a, b)| a.labels == b.labels), "the sample order is the same");
+    assert!(original != resized, "the crop of the original must differ from the crop of the resized image");
+    assert!(epoch(&stream.train, &cfg, 0, 3) == original, "3 workers differ from 1");
+    assert!(epoch(&stream.train, &cfg, 1, 1) != original, "epochs differ");
+    assert!(original.iter().all(|b| b.unreadable.is_empty() && b.pixels.iter().all(|v| v.is_finite())));
+}
+
+#[test]
+fn crop_from_original_refuses_memory_mode_and_streams_in_auto() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        &(SMALL.to_string() + "hflip = true\ncrop_scale = [0.08, 1.0]\ncrop_from_original = true\n"),
+    );
+    let err = run_err(quick(&cfg, &tmp.path().join("memory"), "1").args(["--data-mode", "memory"]));
+    assert!(err.contains("train.crop_from_original") && err.contains("--data-mode stream"), "{err}");
+    let run = tmp.path().join("auto");
+    run_ok(quick(&cfg, &run, "1").args(["--data-mode", "auto"]));
+    let run_json = std::fs::read_to_string(run.join("run.json")).unwrap();
+    assert!(run_json.contains("\"data_mode\": \"stream\""), "{run_json}");
+    assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().contains("crop_from_original = true"));
 }

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Parser;
 use vit::data::DataError;
-use vit::infer::{load_eval_data, Classifier, InferError};
+use vit::infer::{scan_eval_data, Classifier, InferError};
 
 use args::Cli;
 use output::Format;
@@ -138,7 +138,8 @@ fn classify(cli: &Cli) -> anyhow::Result<u8> {
 
 fn evaluate(cli: &Cli, dir: &Path) -> anyhow::Result<u8> {
     let mut clf = open(cli)?;
-    let set = load_eval_data(dir, clf.preprocessor())?;
+    // Indexed, decoded batch by batch: the folder's size does not matter.
+    let set = scan_eval_data(dir, clf.preprocessor())?;
     clf.check_classes(&set.classes)?;
     if set.data.is_empty() {
         bail!("no images to evaluate in {}", set.description);
@@ -148,7 +149,7 @@ fn evaluate(cli: &Cli, dir: &Path) -> anyhow::Result<u8> {
     // A closed stdout (e.g. piped into `head`) is not an evaluation failure.
     let _ = output::write_evaluation(&mut out, &set, &eval, clf.labels(), clf.provider(), cli.json)
         .and_then(|()| out.flush());
-    let skipped = set.data.skipped.len();
+    let skipped = output::skipped(&set, &eval);
     if skipped > 0 {
         // Each was warned about as it was skipped; the count says what the accuracy leaves out.
         eprintln!(

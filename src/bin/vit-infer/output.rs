@@ -62,7 +62,7 @@ pub fn write_evaluation(
             "total": eval.total,
             "labels": labels,
             "confusion_matrix": eval.confusion,
-            "skipped": set.data.skipped.len(),
+            "skipped": skipped(set, eval),
             "provider": provider,
         });
         return writeln!(out, "{line}");
@@ -71,6 +71,12 @@ pub fn write_evaluation(
     writeln!(out, "accuracy {:.4} ({correct}/{} correct) on {}", eval.accuracy, eval.total, set.description)?;
     writeln!(out, "confusion matrix (rows: true class, columns: predicted class):")?;
     write!(out, "{}", confusion_table(labels, &eval.confusion.matrix))
+}
+
+/// Files left out of an evaluation: skipped when the folder was read, and
+/// when their batch was decoded.
+pub fn skipped(set: &EvalData, eval: &Evaluation) -> usize {
+    set.data.skipped.len() + eval.skipped.len()
 }
 
 /// A text table with a header row of column numbers and one row per true class.
