@@ -13,6 +13,8 @@
 #   scripts/bench-data.sh /tmp/jpegs
 #   ROUNDS=5 WORKERS="1 2 4" BATCHES=150 scripts/bench-data.sh /tmp/jpegs
 #   PROFILE=release scripts/bench-data.sh /tmp/jpegs   # ours built with --release
+#   SHARDS=/tmp/jpegs-shards scripts/bench-data.sh /tmp/jpegs   # also ours from the same
+#                        # images packed by `vit-train shards` (third in each round)
 #
 # BATCHES limits each measurement to that many batches (default: one epoch).
 # Timings on a busy machine are noise: compare the ratio, and say what else ran.
@@ -46,14 +48,24 @@ largest() { printf '%s\n' "$@" | sort -g | tail -1; }
 
 summary=()
 for w in $WORKERS; do
-  ours=(); ref=(); ours_rss=(); ref_rss=()
+  ours=(); ref=(); ours_rss=(); ref_rss=(); shards=()
   for round in $(seq "$ROUNDS"); do
     line="$("$BIN" "${ours_args[@]}" --workers "$w")"
     ours+=("$(field images_per_sec <<<"$line")"); ours_rss+=("$(field peak_rss_mib <<<"$line")")
     line="$(python bench/pytorch_dataloader.py "${ref_args[@]}" --workers "$w")"
     ref+=("$(field images_per_sec <<<"$line")"); ref_rss+=("$(field peak_rss_mib <<<"$line")")
     printf 'round %s, %s worker(s): ours %.0f images/s, PyTorch %.0f images/s\n' "$round" "$w" "${ours[-1]}" "${ref[-1]}"
+    if [ -n "${SHARDS:-}" ]; then
+      line="$("$BIN" "${ours_args[@]/#$DATA/$SHARDS}" --workers "$w")"
+      shards+=("$(field images_per_sec <<<"$line")")
+      printf 'round %s, %s worker(s): ours from shards %.0f images/s\n' "$round" "$w" "${shards[-1]}"
+    fi
   done
+  if [ -n "${SHARDS:-}" ]; then
+    s_med="$(median "${shards[@]}")"
+    summary+=("$(printf '%s worker(s): ours from shards %.0f images/s, shards/folder %.2fx' "$w" "$s_med" \
+      "$(python -c "print($s_med / $(median "${ours[@]}"))")")")
+  fi
   o="$(median "${ours[@]}")"; r="$(median "${ref[@]}")"
   summary+=("$(printf '%s worker(s): ours %.0f images/s (peak RSS %.0f MiB), PyTorch %.0f images/s (peak RSS %.0f MiB), ratio %.2fx' \
     "$w" "$o" "$(largest "${ours_rss[@]}")" "$r" "$(largest "${ref_rss[@]}")" "$(python -c "print($o / $r)")")")
