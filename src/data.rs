@@ -352,11 +352,16 @@ fn check_unreadable<const N: usize>(dir: &Path, lists: [&[Skipped]; N], opts: &L
     Err(DataError::Unreadable { dir: dir.to_path_buf(), count: all.len(), first: first.join(", ") })
 }
 
-/// Loads one image folder (`DIR/<class>/*`) as a single evaluation set.
+/// Loads one image folder (`DIR/<class>/*`) as a single evaluation set; a
+/// folder of tar shards gives its evaluation shards, or all when it has none.
 /// Entries that cannot be read and files that cannot be decoded are skipped,
 /// each warned and listed in [`Dataset::skipped`].
 pub fn load_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Dataset), DataError> {
     require_dir(dir)?;
+    if is_shard_dir(dir) {
+        let set = shards::eval_shards(dir)?;
+        return Ok((set.classes, decode_sources(dir, &set.samples, set.skipped, prep)?));
+    }
     let scan = scan_image_folder(dir)?;
     let data = decode_sources(dir, &as_sources(&scan.files), scan.unreadable, prep)?;
     Ok((scan.classes, data))

@@ -302,6 +302,53 @@ fn a_streamed_evaluation_equals_the_decoded_one_and_counts_the_same_skipped_file
     }
 }
 
+#[test]
+fn a_folder_of_tar_shards_evaluates_like_the_image_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_model(dir.path(), "m.onnx", &small(3), 8);
+    let data_dir = dir.path().join("data");
+    image_folder(&data_dir, &LABELS, 7);
+    // WebDataset layout, as Python's tarfile writes it: `<key>.png` and `<key>.cls` per sample,
+    // the samples of all classes mixed, and the class names beside the shards.
+    let shards = dir.path().join("shards");
+    std::fs::create_dir(&shards).unwrap();
+    let mut samples = Vec::new();
+    for (label, class) in LABELS.iter().enumerate() {
+        let mut files: Vec<_> = std::fs::read_dir(data_dir.join(class)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        samples.extend(files.into_iter().map(|f| (label, f)));
+    }
+    samples.reverse();
+    let mut tar = tar::Builder::new(std::fs::File::create(shards.join("val-000000.tar")).unwrap());
+    for (i, (label, file)) in samples.iter().enumerate() {
+        let mut add = |name: String, bytes: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            tar.append_data(&mut header, name, bytes).unwrap();
+        };
+        add(format!("s{i:04}.png"), &std::fs::read(file).unwrap());
+        add(format!("s{i:04}.cls"), label.to_string().as_bytes());
+    }
+    tar.finish().unwrap();
+    drop(tar);
+    std::fs::write(shards.join("classes.json"), serde_json::json!({ "classes": LABELS }).to_string()).unwrap();
+
+    let mut clf = open(&path);
+    let folder = vit::infer::load_eval_data(&data_dir, clf.preprocessor()).unwrap();
+    let reference = clf.evaluate(&folder.data, 4).unwrap();
+    for set in [
+        vit::infer::load_eval_data(&shards, clf.preprocessor()).unwrap(),
+        vit::infer::scan_eval_data(&shards, clf.preprocessor()).unwrap(),
+    ] {
+        assert_eq!(set.classes, folder.classes);
+        assert!(set.description.starts_with("tar shards"), "{}", set.description);
+        assert_eq!(set.data.len(), 21);
+        let eval = clf.evaluate(&set.data, 4).unwrap();
+        assert_eq!((eval.accuracy, &eval.confusion, eval.total), (reference.accuracy, &reference.confusion, 21));
+    }
+}
+
 // ---- model errors -------------------------------------------------------------
 
 #[test]

@@ -224,6 +224,33 @@ pub fn split_shards(dir: &Path, opts: &LoadOptions) -> Result<ShardSplits, DataE
     Ok(ShardSplits { classes, train, val, skipped })
 }
 
+/// The samples an evaluation of the shard folder `dir` reads, as an image
+/// folder's: its evaluation shards (`val-*.tar`, ...) when it has them, else
+/// every shard; with the class names and the members skipped while indexing.
+pub fn eval_shards(dir: &Path) -> Result<EvalShards, DataError> {
+    let files = tar_files(dir)?;
+    let eval = EVAL_SPLIT_NAMES.iter().find(|s| files.iter().any(|f| split_of(f) == Some(**s)));
+    let (mut samples, mut skipped) = (Vec::new(), Vec::new());
+    for f in files.iter().filter(|f| eval.map_or(true, |s| split_of(f) == Some(*s))) {
+        let one = index_shard(f)?;
+        samples.extend(one.samples);
+        skipped.extend(one.skipped);
+    }
+    let classes = read_classes(dir, samples.iter())?;
+    Ok(EvalShards { classes, samples: samples.into_iter().map(|(m, l)| (Source::Member(m), l)).collect(), skipped })
+}
+
+/// The evaluation set of a shard folder ([`eval_shards`]).
+#[derive(Debug, Clone)]
+pub struct EvalShards {
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// The samples, in shard order.
+    pub samples: Vec<(Source, i64)>,
+    /// Members that could not be used.
+    pub skipped: Vec<Skipped>,
+}
+
 /// The first `max` samples of each class, in order.
 fn cap(samples: Vec<(Source, i64)>, max: Option<usize>) -> Vec<(Source, i64)> {
     first_per_class(samples.iter().map(|(_, l)| *l), max).into_iter().map(|i| samples[i].clone()).collect()

@@ -27,6 +27,10 @@ pub fn scan_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
 /// memory of a batch, not of the folder.
 pub fn scan_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Dataset), DataError> {
     require_dir(dir)?;
+    if super::is_shard_dir(dir) {
+        let set = super::shards::eval_shards(dir)?;
+        return Ok((set.classes, index_files(dir, &set.samples, set.skipped, prep)?));
+    }
     let scan = scan_image_folder(dir)?;
     let data = index_files(dir, &super::as_sources(&scan.files), scan.unreadable, prep)?;
     Ok((scan.classes, data))

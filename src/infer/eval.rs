@@ -80,7 +80,8 @@ fn eval_data(dir: &Path, prep: &Preprocessor, read: ReadFolder) -> Result<EvalDa
         }
         Layout::Folder => {
             let (classes, data) = read(dir, prep)?;
-            Ok(EvalData { classes, data, description: format!("image folder {}", dir.display()) })
+            let kind = if data::is_shard_dir(dir) { "tar shards" } else { "image folder" };
+            Ok(EvalData { classes, data, description: format!("{kind} {}", dir.display()) })
         }
     }
 }
