@@ -357,13 +357,19 @@ fn check_unreadable<const N: usize>(dir: &Path, lists: [&[Skipped]; N], opts: &L
 /// Entries that cannot be read and files that cannot be decoded are skipped,
 /// each warned and listed in [`Dataset::skipped`].
 pub fn load_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Dataset), DataError> {
+    folder_with(dir, prep, decode_sources)
+}
+
+/// [`load_folder`] with the step `make` that turns the samples into a [`Dataset`]
+/// (decoded, or indexed for streaming), so both read a folder alike.
+fn folder_with(dir: &Path, prep: &Preprocessor, make: MakeSplit) -> Result<(Vec<String>, Dataset), DataError> {
     require_dir(dir)?;
     if is_shard_dir(dir) {
         let set = shards::eval_shards(dir)?;
-        return Ok((set.classes, decode_sources(dir, &set.samples, set.skipped, prep)?));
+        return Ok((set.classes, make(dir, &set.samples, set.skipped, prep)?));
     }
     let scan = scan_image_folder(dir)?;
-    let data = decode_sources(dir, &as_sources(&scan.files), scan.unreadable, prep)?;
+    let data = make(dir, &as_sources(&scan.files), scan.unreadable, prep)?;
     Ok((scan.classes, data))
 }
 

@@ -185,7 +185,7 @@ pub fn split_shards(dir: &Path, opts: &LoadOptions) -> Result<ShardSplits, DataE
     let files = tar_files(dir)?;
     let invalid = |message: String| DataError::Shard { path: dir.to_path_buf(), message };
     let has = |split: &str| files.iter().any(|f| split_of(f) == Some(split));
-    let eval = EVAL_SPLIT_NAMES.iter().copied().find(|s| has(s));
+    let eval = eval_split(&files);
     let of = |split: &str| -> Vec<&PathBuf> { files.iter().filter(|f| split_of(f) == Some(split)).collect() };
     // Named shards keep their split (train alone: no evaluation set); unnamed ones are split by the fraction.
     let (train_files, val_files, named) = match (has("train"), eval) {
@@ -198,21 +198,9 @@ pub fn split_shards(dir: &Path, opts: &LoadOptions) -> Result<ShardSplits, DataE
         (false, Some(eval)) => return Err(invalid(format!("has {eval} shards but no train shards (train-*.tar)"))),
         (false, None) => (files.iter().collect(), Vec::new(), false),
     };
-    let index = |files: &[&PathBuf]| -> Result<ShardIndex, DataError> {
-        let mut all = ShardIndex::default();
-        for f in files {
-            let one = index_shard(f)?;
-            all.samples.extend(one.samples);
-            all.skipped.extend(one.skipped);
-        }
-        Ok(all)
-    };
-    let (train, val) = (index(&train_files)?, index(&val_files)?);
+    let (train, val) = (index_shards(&train_files)?, index_shards(&val_files)?);
     let classes = read_classes(dir, train.samples.iter().chain(&val.samples))?;
     let skipped = [train.skipped, val.skipped].concat();
-    let labelled = |samples: Vec<(Member, i64)>| -> Vec<(Source, i64)> {
-        samples.into_iter().map(|(m, l)| (Source::Member(m), l)).collect()
-    };
     let (train, val) = if named {
         (cap(labelled(train.samples), opts.max_per_class), cap(labelled(val.samples), opts.max_per_class))
     } else {
@@ -229,15 +217,32 @@ pub fn split_shards(dir: &Path, opts: &LoadOptions) -> Result<ShardSplits, DataE
 /// every shard; with the class names and the members skipped while indexing.
 pub fn eval_shards(dir: &Path) -> Result<EvalShards, DataError> {
     let files = tar_files(dir)?;
-    let eval = EVAL_SPLIT_NAMES.iter().find(|s| files.iter().any(|f| split_of(f) == Some(**s)));
-    let (mut samples, mut skipped) = (Vec::new(), Vec::new());
-    for f in files.iter().filter(|f| eval.map_or(true, |s| split_of(f) == Some(*s))) {
+    let eval = eval_split(&files);
+    let chosen: Vec<&PathBuf> = files.iter().filter(|f| eval.map_or(true, |s| split_of(f) == Some(s))).collect();
+    let index = index_shards(&chosen)?;
+    let classes = read_classes(dir, index.samples.iter())?;
+    Ok(EvalShards { classes, samples: labelled(index.samples), skipped: index.skipped })
+}
+
+/// The evaluation split (`val`, `valid`, ...) some of `files` are named for, if any.
+fn eval_split(files: &[PathBuf]) -> Option<&'static str> {
+    EVAL_SPLIT_NAMES.iter().copied().find(|s| files.iter().any(|f| split_of(f) == Some(*s)))
+}
+
+/// The samples and skipped entries of the shards `files`, in file order.
+fn index_shards(files: &[&PathBuf]) -> Result<ShardIndex, DataError> {
+    let mut all = ShardIndex::default();
+    for f in files {
         let one = index_shard(f)?;
-        samples.extend(one.samples);
-        skipped.extend(one.skipped);
+        all.samples.extend(one.samples);
+        all.skipped.extend(one.skipped);
     }
-    let classes = read_classes(dir, samples.iter())?;
-    Ok(EvalShards { classes, samples: samples.into_iter().map(|(m, l)| (Source::Member(m), l)).collect(), skipped })
+    Ok(all)
+}
+
+/// Shard members as samples.
+fn labelled(samples: Vec<(Member, i64)>) -> Vec<(Source, i64)> {
+    samples.into_iter().map(|(m, l)| (Source::Member(m), l)).collect()
 }
 
 /// The evaluation set of a shard folder ([`eval_shards`]).

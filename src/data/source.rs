@@ -63,13 +63,7 @@ impl Source {
 
     /// Reads and decodes the image into CHW u8 pixels through `prep`.
     pub fn load(&self, prep: &Preprocessor) -> Result<Vec<u8>, PreprocessError> {
-        match self {
-            Source::File(path) => prep.load_file(path),
-            Source::Member(m) => {
-                let bytes = m.read(prep.max_file_bytes)?;
-                prep.load_bytes(&bytes).map_err(|message| PreprocessError::Decode { path: m.to_string(), message })
-            }
-        }
+        Ok(prep.prepare(self.original(prep)?))
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use image::DynamicImage;
 
-use super::{require_dir, scan_image_folder, splits_with, DataError, Dataset, LoadOptions, Skipped, Source, Splits};
+use super::{folder_with, splits_with, DataError, Dataset, LoadOptions, Skipped, Source, Splits};
 use crate::preprocess::{PreprocessError, Preprocessor};
 
 /// Like [`load_splits`](super::load_splits), but image folders are only
@@ -26,14 +26,7 @@ pub fn scan_splits(dir: &Path, prep: &Preprocessor, opts: &LoadOptions) -> Resul
 /// ([`Dataset::read_image`]), so evaluating a folder of any size takes the
 /// memory of a batch, not of the folder.
 pub fn scan_folder(dir: &Path, prep: &Preprocessor) -> Result<(Vec<String>, Dataset), DataError> {
-    require_dir(dir)?;
-    if super::is_shard_dir(dir) {
-        let set = super::shards::eval_shards(dir)?;
-        return Ok((set.classes, index_files(dir, &set.samples, set.skipped, prep)?));
-    }
-    let scan = scan_image_folder(dir)?;
-    let data = index_files(dir, &super::as_sources(&scan.files), scan.unreadable, prep)?;
-    Ok((scan.classes, data))
+    folder_with(dir, prep, index_files)
 }
 
 /// Bytes that `images` decoded images of `image_len` values take in memory.
