@@ -316,7 +316,7 @@ def make_optimizer(model, train, impl):
                **kwargs)
 
 
-def time_training(model, cfg, steps, warmup, impl, device="cpu", precision="fp32"):
+def time_training(model, cfg, steps, warmup, impl, device="cpu", precision="fp32", compile_mode=None):
     train = cfg["train"]
     b, c, s = train["batch_size"], cfg["in_channels"], cfg["image_size"]
     g = torch.Generator().manual_seed(0)
@@ -324,6 +324,9 @@ def time_training(model, cfg, steps, warmup, impl, device="cpu", precision="fp32
     host_y = torch.randint(0, cfg["num_classes"], (b,), generator=g)
     model.to(device).train()
     opt = make_optimizer(model, train, impl)
+    # torch.compile of the forward (backward through AOTAutograd); "reduce-overhead" replays
+    # CUDA graphs: PyTorch's best for a launch-bound step. The optimiser stays eager.
+    forward = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_mode else model
     # Autocast over the forward pass only, the loss in float32: as vit-train's Trainer::step.
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(device) if precision == "fp16" else None
@@ -337,7 +340,7 @@ def time_training(model, cfg, steps, warmup, impl, device="cpu", precision="fp32
         # vit-train copies each host batch into a tensor on the device
         x, y = host_x.clone().to(device), host_y.clone().to(device)
         with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
         opt.zero_grad(set_to_none=False)
         if scaler is not None:
@@ -415,6 +418,8 @@ def main():
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the timed steps run")
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                     help="autocast of the forward pass, as vit-train's train.precision (fp16 with GradScaler)")
+    ap.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"], default=None,
+                    help="torch.compile the network in this mode (PyTorch's best; compilation happens in --warmup)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile --steps steps and print where the step time goes (self CPU time per op group)")
     ap.add_argument("--check-only", action="store_true", help="only check the network against model.onnx")
@@ -437,10 +442,17 @@ def main():
     if not a.check_only:
         if a.device == "cuda" and not torch.cuda.is_available():
             fail("--device cuda: torch sees no CUDA device")
-        times = sorted(time_training(model, cfg, a.steps, a.warmup, a.optimizer_impl, a.device, a.precision))
+        started = time.perf_counter()
+        times = sorted(time_training(model, cfg, a.steps, a.warmup, a.optimizer_impl, a.device, a.precision,
+                                     a.compile))
         median = times[len(times) // 2]
-        result.update(steps=a.steps, device=a.device, precision=a.precision, step_ms_median=median * 1e3,
-                      images_per_sec=a.steps * cfg["train"]["batch_size"] / sum(times))
+        result.update(steps=a.steps, device=a.device, precision=a.precision, optimizer_impl=a.optimizer_impl,
+                      compile=a.compile, step_ms_median=median * 1e3,
+                      images_per_sec=a.steps * cfg["train"]["batch_size"] / sum(times),
+                      wall_seconds=time.perf_counter() - started)
+        if a.device == "cuda":
+            result["cuda_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            result["cuda_max_memory_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
     if a.profile:
         result["profile"] = profile_training(model, cfg, a.steps, a.device, a.precision)
     print(json.dumps(result))

@@ -17,8 +17,12 @@ BIN="${BIN:?BIN=folder holding vit-train, train_steps, data_throughput}"
 DATA="${DATA:-../shared/data/coco5}"
 OUT="${OUT:-runs/gpu-bench}"
 DRY=0; [ "${1:-}" = --dry ] && DRY=1
+for b in vit-train train_steps data_throughput; do
+  [ -x "$BIN/$b" ] || { echo "gpu-bench-train: $BIN/$b missing (BIN must hold vit-train, train_steps and data_throughput)" >&2; exit 1; }
+done
 mkdir -p "$OUT"
 LOG="$OUT/gpu-bench.log"
+FAILED=()
 export PYTHON="${PYTHON:-python3}" BIN COCO5="$DATA" RUNS="$OUT/runs"
 if [ $DRY = 1 ]; then
   export DEVICE=cpu ROUNDS=1 STEPS=2 WARMUP=1 THREADS=2; EPOCHS=1; WORKERS=1,2; FIT_DEVICE=cpu; FIT_EXTRA="--max-per-class 8"
@@ -26,7 +30,13 @@ else
   export DEVICE=cuda ROUNDS="${ROUNDS:-3}" STEPS="${STEPS:-40}" WARMUP="${WARMUP:-10}" THREADS="${THREADS:-8}"
   EPOCHS=5; WORKERS=1,2,4,8; FIT_DEVICE=cuda; FIT_EXTRA=""
 fi
-step() { echo "=== $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; }
+# Every step runs; a failed one is named in the log and at the end, and the script exits 1.
+step() {
+  echo "=== $*" | tee -a "$LOG"
+  "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || { echo "=== FAILED ($rc): $*" | tee -a "$LOG"; FAILED+=("$*"); }
+}
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$LOG"
 for precision in fp32 bf16; do
@@ -42,4 +52,9 @@ for precision in fp32 bf16; do
     --epochs $EPOCHS --device $FIT_DEVICE --precision $precision --data-workers 8 --no-export $FIT_EXTRA
 done
 step scripts/bench-train.sh models/coco5-vit.toml models/seed-hw9.toml
+if [ ${#FAILED[@]} -gt 0 ]; then
+  printf 'gpu-bench-train: %d step(s) failed:\n' ${#FAILED[@]} | tee -a "$LOG" >&2
+  printf '  %s\n' "${FAILED[@]}" | tee -a "$LOG" >&2
+  exit 1
+fi
 echo "done: $LOG"

@@ -6,24 +6,28 @@
 # the CPU provider and PyTorch eager on the same GPU (the same network, random
 # weights), and writes OUT_DIR/gpu-check.json.
 #
-#   scripts/gpu-check.sh OUT_DIR [--dry] [--provider-dir DIR] [--epochs N] [--deadline SECONDS]
+#   scripts/gpu-check.sh OUT_DIR [--dry] [--provider-dir DIR] [--epochs N] [--deadline SECONDS] [--run DIR]
 #
+# --run DIR: evaluate and time an existing run folder (its model.onnx,
+#   config.toml, summary.json) instead of training one.
 # --provider-dir DIR: a folder holding libonnxruntime.so.* and
 #   libonnxruntime_providers_cuda.so (e.g. the onnxruntime-gpu wheel's
 #   onnxruntime/capi), used instead of the venv's ONNX Runtime; the CUDA
 #   libraries still come from VIT_CUDA_LIB_DIR, the venv, CUDA_HOME or the system.
 # --dry: everything but CUDA, on this CPU machine (CPU training on 10 images per
 #   class, CPU provider, short timings), ending with the same JSON.
-# VIT_TRAIN, VIT_INFER, INFER_LATENCY: prebuilt binaries (else cargo builds them).
+# VIT_TRAIN, VIT_INFER, INFER_LATENCY: prebuilt binaries (else cargo builds them);
+# PYTHON: the python3 with torch for the PyTorch eager timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=""; DRY=0; PROVIDER_DIR=""; EPOCHS=3; DEADLINE=540
+OUT=""; DRY=0; PROVIDER_DIR=""; EPOCHS=3; DEADLINE=540; RUN_DIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry) DRY=1 ;;
     --provider-dir) PROVIDER_DIR="$2"; shift ;;
     --epochs) EPOCHS="$2"; shift ;;
     --deadline) DEADLINE="$2"; shift ;;
+    --run) RUN_DIR="$2"; shift ;;
     -*) echo "gpu-check: unknown option $1" >&2; exit 2 ;;
     *) OUT="$1" ;;
   esac
@@ -46,16 +50,20 @@ DATA="${VIT_COCO5:-../shared/data/coco5}"
 
 # ONNX Runtime for the CUDA runs: the given folder, else the GPU build beside the
 # venv (scripts/setup.sh), else the venv's own (onnxruntime-gpu after setup.sh --gpu).
-CPU_ORT="$ORT_DYLIB_PATH"
+CPU_ORT="${ORT_DYLIB_PATH:-}"
 if [ -n "$PROVIDER_DIR" ]; then
   CUDA_ORT=$(ls "$PROVIDER_DIR"/libonnxruntime.so.* 2>/dev/null | head -n 1 || true)
   [ -n "$CUDA_ORT" ] || die "no libonnxruntime.so.* in $PROVIDER_DIR"
   [ -e "$PROVIDER_DIR/libonnxruntime_providers_cuda.so" ] || die "no libonnxruntime_providers_cuda.so in $PROVIDER_DIR"
 elif [ "$DRY" = 0 ]; then
-  CUDA_ORT="$ORT_DYLIB_PATH"
+  CUDA_ORT="${ORT_DYLIB_PATH:-}"
 else
-  CUDA_ORT="${VIT_ORT_GPU_DYLIB:-$ORT_DYLIB_PATH}"
+  CUDA_ORT="${VIT_ORT_GPU_DYLIB:-${ORT_DYLIB_PATH:-}}"
 fi
+# The CPU provider: the venv's build, else the same library as the CUDA runs.
+CPU_ORT="${CPU_ORT:-$CUDA_ORT}"
+[ -n "$CUDA_ORT" ] || die "no ONNX Runtime library (scripts/setup.sh, or --provider-dir)"
+PYTHON="${PYTHON:-python3}"
 if [ "$DRY" = 1 ]; then EP=cpu; DEVICE=cpu; EPOCHS=1; ITERS=20; BATCH_ITERS=3; else EP=cuda; DEVICE=cuda; ITERS=300; BATCH_ITERS=30; fi
 
 if [ -z "${VIT_TRAIN:-}" ] || [ -z "${VIT_INFER:-}" ] || [ -z "${INFER_LATENCY:-}" ]; then
@@ -80,13 +88,18 @@ if [ "$DRY" = 0 ] && [ "$CHECK" != 0 ]; then
   die "the CUDA provider would not start (report above)"
 fi
 
-# 2. Train and export.
-TRAIN_ARGS=(--config models/coco5-vit.toml --data "$DATA" --out "$OUT/run" --epochs "$EPOCHS" --device "$DEVICE" --quiet)
-[ "$DRY" = 1 ] && TRAIN_ARGS+=(--max-per-class 10)
-rm -rf "$OUT/run"
-say "training ($DEVICE, $EPOCHS epoch(s))"
-step "$VIT_TRAIN" fit "${TRAIN_ARGS[@]}" >&2
-MODEL="$OUT/run/model.onnx"
+# 2. Train and export (or take the given run).
+if [ -n "$RUN_DIR" ]; then
+  RUN="$(cd "$RUN_DIR" && pwd)" || die "--run $RUN_DIR: no such folder"
+else
+  RUN="$OUT/run"
+  TRAIN_ARGS=(--config models/coco5-vit.toml --data "$DATA" --out "$RUN" --epochs "$EPOCHS" --device "$DEVICE" --quiet)
+  [ "$DRY" = 1 ] && TRAIN_ARGS+=(--max-per-class 10)
+  rm -rf "$RUN"
+  say "training ($DEVICE, $EPOCHS epoch(s))"
+  step "$VIT_TRAIN" fit "${TRAIN_ARGS[@]}" >&2
+fi
+MODEL="$RUN/model.onnx"
 [ -f "$MODEL" ] || die "no $MODEL after training"
 
 # 3. Evaluate with both providers; the dry run uses 20 images per class.
@@ -114,7 +127,7 @@ ORT_DYLIB_PATH="$CPU_ORT" step "$INFER_LATENCY" --model "$MODEL" --ep cpu --no-t
 # PyTorch eager: the run's network (stem, blocks, locality attention, mean
 # pooling, test-time flip) rebuilt in torch with random weights: the same
 # shapes and operations, so the same work per image.
-step python3 - "$OUT/run/config.toml" "$DEVICE" "$ITERS" "$BATCH_ITERS" >"$OUT/latency-torch.json" <<'PY'
+step "$PYTHON" - "$RUN/config.toml" "$DEVICE" "$ITERS" "$BATCH_ITERS" >"$OUT/latency-torch.json" <<'PY'
 import json, math, sys, time, tomllib
 import torch
 from torch import nn
@@ -178,12 +191,12 @@ print(json.dumps({"engine": "torch-eager", "device": str(dev), "torch": torch.__
 PY
 
 # 5. One JSON of results.
-python3 - "$OUT" "$DRY" "$GPU_NAME" "$CUDA_ORT" "$PROVIDER_DIR" "$CHECK" <<'PY'
+"$PYTHON" - "$OUT" "$DRY" "$GPU_NAME" "$CUDA_ORT" "$PROVIDER_DIR" "$CHECK" "$RUN" <<'PY'
 import json, sys
-out, dry, gpu, cuda_ort, provider_dir, check_status = sys.argv[1:]
+out, dry, gpu, cuda_ort, provider_dir, check_status, run = sys.argv[1:]
 load = lambda f: json.load(open(f"{out}/{f}"))
 lines = lambda f: [json.loads(l) for l in open(f"{out}/{f}") if l.strip()]
-summary, check = load("run/summary.json"), load("check-gpu.json")
+summary, check = json.load(open(f"{run}/summary.json")), load("check-gpu.json")
 ev_cuda, ev_cpu = load("eval-cuda.json"), load("eval-cpu.json")
 probs = lambda f: {r["path"]: {t["index"]: t["probability"] for t in r["top"]} for r in lines(f)}
 pc, pp = probs("probs-cuda.jsonl"), probs("probs-cpu.jsonl")
