@@ -339,6 +339,9 @@ def time_training(model, cfg, steps, warmup, impl, device="cpu", precision="fp32
         t0 = time.perf_counter()
         # vit-train copies each host batch into a tensor on the device
         x, y = host_x.clone().to(device), host_y.clone().to(device)
+        if compile_mode == "reduce-overhead":
+            # a new step: the graphs' outputs of the last one may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = forward(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)

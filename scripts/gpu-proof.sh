@@ -74,7 +74,7 @@ collect() {
 }
 status() {
   echo "phase: $(cat "$R/phase" 2>/dev/null || echo none); pieces: $(ls "$WORK/pieces" 2>/dev/null | tr '\n' ' ')"
-  [ -f "$R/steps.tsv" ] && column -t -s $'\t' "$R/steps.tsv"
+  [ -f "$R/steps.tsv" ] && awk -F'\t' '{printf "%-44s %4s %8.1f s\n", $1, $2, $4 - $3}' "$R/steps.tsv"
   local failed
   failed=$(awk -F'\t' '$2 != 0 {print $1}' "$R/steps.tsv" 2>/dev/null | tr '\n' ' ')
   [ -n "$failed" ] && echo "FAILED steps: $failed"
@@ -166,9 +166,18 @@ a, b = ([json.loads(l) for l in open(f) if l.strip()] for f in sys.argv[1:])
 la = [r["loss"] for r in a if r["kind"] == "step"]; lb = [r["loss"] for r in b if r["kind"] == "step"]
 ea = [r["train_loss"] for r in a if r["kind"] == "epoch"]; eb = [r["train_loss"] for r in b if r["kind"] == "epoch"]
 assert ea and len(la) == len(lb) and len(ea) == len(eb), ("records", len(la), len(lb), len(ea), len(eb))
-d = max(abs(x - y) / max(abs(x), 1e-9) for x, y in zip(la + ea, lb + eb))
-print(json.dumps({"step_losses": len(la), "max_relative_difference": d, "plain": la, "torchrun": lb}))
-sys.exit(0 if d < 1e-3 else 1)
+rel = lambda x, y: abs(x - y) / max(abs(x), 1e-9)
+# On a GPU two runs of one seed drift apart by rounding (atomics in the backward,
+# BatchNorm amplifies it: measured 7e-7 relative on the first window, 2e-2 after
+# two epochs), so the decisive check is the first logged window (another data
+# order or a wrong gradient average changes it by far more than 1e-4) and the
+# epoch losses within 1e-2.
+first = rel((la or ea)[0], (lb or eb)[0])
+epochs = max(rel(x, y) for x, y in zip(ea, eb))
+d = max(rel(x, y) for x, y in zip(la + ea, lb + eb))
+print(json.dumps({"step_losses": len(la), "first_window_relative_difference": first,
+                  "epoch_loss_max_relative_difference": epochs, "max_relative_difference": d, "plain": la, "torchrun": lb}))
+sys.exit(0 if first < 1e-4 and epochs < 1e-2 else 1)
 PY
   # 4. The GPU preset in a real fit (the producer feeding the GPU), a few epochs.
   run_step fit-gpu-preset vit-train fit --config models/coco5-vit-gpu.toml --data "$DATA" --out "$R/fit-gpu-preset" \

@@ -181,4 +181,15 @@ extern "C" char *vit_dist_barrier(vit_dist *d) {
   });
 }
 
-extern "C" void vit_dist_destroy(vit_dist *d) { delete d; }
+// Shuts the backend down before releasing it, as destroy_process_group() does:
+// NCCL warns (and may leak its communicators) when a group is only destructed.
+// A failing shutdown (a peer already gone) must not keep the process from exiting.
+extern "C" void vit_dist_destroy(vit_dist *d) {
+  if (d != nullptr && d->group) {
+    try {
+      d->group->shutdown();
+    } catch (const std::exception &) {
+    }
+  }
+  delete d;
+}
