@@ -20,9 +20,9 @@ use anyhow::Result;
 use clap::Parser;
 use vit::data::LoadOptions;
 use vit::{Preprocessor, ViTConfig};
-use vit_train::batches::{epoch_batches_of, for_each_train_batch, Augment, Pipeline};
-use vit_train::data_source::{load_splits_in, DataMode};
-use vit_train::shard_order::DEFAULT_SHUFFLE_BUFFER;
+use vit_train::data::batches::{epoch_batches_of, for_each_train_batch, Augment, Pipeline};
+use vit_train::data::shard_order::DEFAULT_SHUFFLE_BUFFER;
+use vit_train::data::source::{load_splits_in, DataMode};
 
 /// Which augmentations run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

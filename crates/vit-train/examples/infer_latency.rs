@@ -4,7 +4,7 @@
 //! large batch. Preprocessing is not timed (it is the same code for both). A
 //! raw-pixel model is fed seeded u8 pixels instead (ONNX Runtime only).
 //!
-//! `cargo run -p vit-train --example infer_latency -- --model models/fashion-mnist.onnx`
+//! `cargo run -p vit-train --example infer_latency -- --model runs/demo/model.onnx`
 //! (scripts/bench-infer.sh adds the cold-start time and the binary size).
 
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use vit::infer::{Classifier, ClassifierOptions, Provider};
 #[derive(Debug, Parser)]
 struct Args {
     /// Exported model.
-    #[arg(long, default_value = "models/fashion-mnist.onnx")]
+    #[arg(long, default_value = "runs/demo/model.onnx")]
     model: PathBuf,
     /// Timed runs at batch 1 (after 20 warm-up runs).
     #[arg(long, default_value_t = 500)]

@@ -15,8 +15,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::Device;
 use vit::ViTConfig;
-use vit_train::batches::HostBatch;
-use vit_train::trainer::Trainer;
+use vit_train::data::batches::HostBatch;
+use vit_train::train::trainer::Trainer;
 
 /// Times training steps of a run's network.
 #[derive(Debug, Parser)]

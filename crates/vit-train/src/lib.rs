@@ -2,39 +2,29 @@
 //! trains them (CUDA when available, CPU otherwise), evaluates, plots, writes
 //! safetensors checkpoints, and exports ONNX through the light `vit` crate,
 //! verifying each export with tract.
+//!
+//! The folders follow the data flow, and imports go down it:
+//!
+//! | folder | stage |
+//! |---|---|
+//! | [`data`] | images into batches: sources, batches, augmentation, worker threads, shard order, the shard writer |
+//! | [`model`] | the networks (tch) |
+//! | [`train`] | the loop, the trainer, evaluation, optimisers and fused kernels, precision, weight average |
+//! | [`run`] | the run folder: lock, resume rules, checkpoints, records, plots, TensorBoard events, samples |
+//! | [`export`] | ONNX out: export, deployment formats, int8, verification, Hugging Face files, foreign weights |
+//! | [`import`] | weights in: timm / Hugging Face checkpoints, `fit --init` |
+//! | [`dist`] | data-parallel training over c10d (Gloo, NCCL) |
+//! | [`host`] | facts of the machine: memory estimate, allocator, OpenMP wait policy |
+//! | [`cli`] | the `vit-train` command line |
 
 #![warn(missing_docs)]
 
-pub mod amp;
-pub mod augment;
-pub mod batches;
-pub mod checkpoint;
 pub mod cli;
-pub mod cpu_memory;
-pub mod data_source;
-pub mod deploy;
+pub mod data;
 pub mod dist;
-pub mod ema;
-pub mod evaluate;
 pub mod export;
-pub mod export_weights;
-pub mod fused;
-pub mod hf_files;
+pub mod host;
 pub mod import;
-pub mod init;
-pub mod memory;
-pub mod metrics;
 pub mod model;
-pub mod omp;
-pub mod optim;
-pub mod plots;
-pub mod resume;
-pub mod run_dir;
-pub mod run_lock;
-pub mod samples;
-pub mod shard_order;
-pub mod shards;
+pub mod run;
 pub mod train;
-pub mod trainer;
-pub mod verify;
-pub mod workers;

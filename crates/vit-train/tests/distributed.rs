@@ -140,9 +140,9 @@ fn only_rank_0_writes_a_run_folder_and_the_shards_partition_the_epoch() {
     // Rank 1 was given its own --out: it must not even create it.
     assert!(!run1.exists(), "rank 1 wrote {}", run1.display());
 
-    let mut rng = vit_train::batches::epoch_rng(3, 0);
+    let mut rng = vit_train::data::batches::epoch_rng(3, 0);
     for len in [80, 81] {
-        let order: Vec<usize> = vit_train::batches::epoch_order(len, len, &mut rng).concat();
+        let order: Vec<usize> = vit_train::data::batches::epoch_order(len, len, &mut rng).concat();
         let shards: Vec<Vec<usize>> = (0..2).map(|r| vit_train::dist::sampler::shard_of(&order, r, 2)).collect();
         assert_eq!(shards[0].len(), shards[1].len());
         let mut all = shards.concat();

@@ -8,7 +8,7 @@ use tch::nn::ModuleT;
 use vit::config::{Attention, Pooling, Stem};
 use vit::{ModelMetadata, ViTConfig};
 use vit_train::export::named_tensors;
-use vit_train::verify::{compare, tract_logits};
+use vit_train::export::verify::{compare, tract_logits};
 
 /// Absolute tolerance per variant. The dlstudio network has no final LayerNorm and
 /// sums 2*L*E-wide flattened products, so its logits are O(1-10) and f32 rounding
@@ -142,7 +142,7 @@ fn briefly_trained_weights_still_match() {
             weight_decay: 0.05,
             ..Default::default()
         };
-        let mut opt = vit_train::optim::Adam::new(&vs, &train);
+        let mut opt = vit_train::train::optim::Adam::new(&vs, &train);
         let x = random_input(&cfg, 8, 1);
         let y = Tensor::from_slice(&[0i64, 1, 2, 3, 0, 1, 2, 3]);
         for _ in 0..5 {

@@ -61,12 +61,122 @@ fn short_fit_learns_and_fills_the_run_folder() {
     ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
-    let loss_png = image::open(run.join("loss.png")).unwrap();
-    assert_eq!((loss_png.width(), loss_png.height()), vit_train::plots::LOSS_SIZE);
+    let curves_png = image::open(run.join("curves.png")).unwrap();
+    assert_eq!((curves_png.width(), curves_png.height()), vit_train::run::plots::CURVES_SIZE);
+    assert!(!run.join("loss.png").exists(), "curves.png replaces loss.png");
+    assert_curves_match_records(&run);
     let cm_png = image::open(run.join("confusion.png")).unwrap();
-    assert_eq!((cm_png.width(), cm_png.height()), vit_train::plots::CONFUSION_SIZE);
+    assert_eq!((cm_png.width(), cm_png.height()), vit_train::run::plots::CONFUSION_SIZE);
     let csv = std::fs::read_to_string(run.join("confusion.csv")).unwrap();
     assert!(csv.starts_with("true\\predicted,airplane,bus,cat,dog,pizza\n"), "{csv}");
+}
+
+/// The series `curves.png` draws are `metrics.jsonl`'s: every logged step's loss at
+/// iteration / steps-per-epoch, every epoch's validation loss and accuracy at its end,
+/// and the best epoch the one `summary.json` names.
+fn assert_curves_match_records(run: &Path) {
+    use vit_train::run::metrics::Record;
+    let records: Vec<Record> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let s = summary(run);
+    let (train, batch) = (s["train_images"].as_u64().unwrap() as usize, 32); // SMALL's batch size
+    let steps_per_epoch = train.div_ceil(batch);
+    let c = vit_train::run::plots::Curves::from_records(&records, steps_per_epoch);
+    let steps: Vec<(usize, f64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step { iter, loss, .. } => Some((*iter, *loss)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(c.train_loss.len(), steps.len());
+    for ((x, y), (iter, loss)) in c.train_loss.iter().zip(&steps) {
+        assert!((x - *iter as f64 / steps_per_epoch as f64).abs() < 1e-12 && y == loss, "{x},{y} vs {iter},{loss}");
+    }
+    let epochs: Vec<&Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "epoch")
+        .collect::<Vec<_>>()
+        .leak()
+        .iter()
+        .collect();
+    assert_eq!(c.val_accuracy.len(), epochs.len());
+    assert_eq!(c.epochs, epochs.len());
+    for (i, e) in epochs.iter().enumerate() {
+        assert_eq!(c.val_accuracy[i], ((i + 1) as f64, e["val_accuracy"].as_f64().unwrap()));
+        assert_eq!(c.val_loss[i], ((i + 1) as f64, e["val_loss"].as_f64().unwrap()));
+    }
+    let (best_epoch, best) = c.best.expect("a best epoch");
+    assert_eq!(Some(best), s["best_val_accuracy"].as_f64());
+    assert_eq!(Some(best_epoch as u64), s["best_epoch"].as_u64());
+}
+
+/// `fit` writes TensorBoard events beside `metrics.jsonl`; the `tensorboard` package's own
+/// reader finds the same training losses (per logged step), learning rates and validation
+/// accuracies (per epoch), at the global steps they belong to.
+#[test]
+fn tensorboard_reads_the_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let run = tmp.path().join("run");
+    run_ok(&mut quick(&cfg, &run, "2"));
+    let events: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(events.len(), 1, "one event file: {events:?}");
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1]); acc.Reload()
+print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}))
+"#;
+    let out = std::process::Command::new(venv_python())
+        .args(["-c", script])
+        .arg(&run)
+        .output()
+        .expect("run the venv's python (scripts/setup.sh installs tensorboard)");
+    assert!(out.status.success(), "tensorboard reader failed: {}", String::from_utf8_lossy(&out.stderr));
+    let tb: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let series = |tag: &str| -> Vec<(u64, f64)> {
+        tb[tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no scalar `{tag}` in {tb}"))
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+            .collect()
+    };
+    let records: Vec<Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+    let steps: Vec<&Value> = records.iter().filter(|r| r["kind"] == "step").collect();
+    let (loss, lr) = (series("loss/train"), series("lr"));
+    assert_eq!((loss.len(), lr.len()), (steps.len(), steps.len()));
+    for ((l, r), rec) in loss.iter().zip(&lr).zip(&steps) {
+        let iter = rec["iter"].as_u64().unwrap();
+        assert!(l.0 == iter && close(l.1, rec["loss"].as_f64().unwrap()), "{l:?} vs {rec}");
+        assert!(r.0 == iter && close(r.1, rec["lr"].as_f64().unwrap()), "{r:?} vs {rec}");
+    }
+    let epochs: Vec<&Value> = records.iter().filter(|r| r["kind"] == "epoch").collect();
+    let (acc, val_loss, ips) = (series("accuracy/val"), series("loss/val"), series("throughput/train_images_per_sec"));
+    assert_eq!((acc.len(), val_loss.len(), ips.len()), (2, 2, 2));
+    let per_epoch = acc[0].0;
+    assert!(per_epoch > 0 && acc[1].0 == 2 * per_epoch, "epoch ends at steps {acc:?}");
+    assert!(steps.iter().all(|s| s["iter"].as_u64().unwrap() <= 2 * per_epoch));
+    for (i, e) in epochs.iter().enumerate() {
+        assert!(close(acc[i].1, e["val_accuracy"].as_f64().unwrap()), "{:?} vs {e}", acc[i]);
+        assert!(close(val_loss[i].1, e["val_loss"].as_f64().unwrap()), "{:?} vs {e}", val_loss[i]);
+        assert!(close(ips[i].1, e["train_images_per_sec"].as_f64().unwrap()), "{:?} vs {e}", ips[i]);
+    }
 }
 
 fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {

@@ -114,7 +114,7 @@ fn unsupported_or_mismatched_tensors_are_refused_by_name() {
 fn resampled_position_embeddings_equal_timms() {
     let dir = tempfile::tempdir().unwrap();
     python(&["resample".as_ref(), dir.path().as_os_str()]);
-    let t = vit_train::checkpoint::read_all(&dir.path().join("resample.safetensors")).unwrap();
+    let t = vit_train::run::checkpoint::read_all(&dir.path().join("resample.safetensors")).unwrap();
     let ours = vit_train::import::resample::resample_abs_pos_embed(&t["pos_embed"], 7, 1);
     assert_eq!(ours.size(), t["resampled"].size());
     let diff = (&ours - &t["resampled"]).abs().max().double_value(&[]);
@@ -197,8 +197,8 @@ fn timm_options_from_scratch_start_as_configured_and_export_the_same_function() 
         let x = common::random_input(&cfg, batch, 20 + batch as i64);
         let expected = common::to_vec(&tch::no_grad(|| model.forward_t(&x, false)));
         let shape = [batch, 3, 32, 32];
-        let actual = vit_train::verify::tract_logits(&path, &common::to_vec(&x), shape).unwrap();
-        let cmp = vit_train::verify::compare(&actual, &expected, 1e-5, 1e-4);
+        let actual = vit_train::export::verify::tract_logits(&path, &common::to_vec(&x), shape).unwrap();
+        let cmp = vit_train::export::verify::compare(&actual, &expected, 1e-5, 1e-4);
         assert!(cmp.ok(), "batch {batch}: {cmp}");
     }
 }

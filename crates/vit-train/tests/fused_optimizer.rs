@@ -12,7 +12,7 @@ use common::{random_input, random_model, seeded_rng, standard};
 use tch::{nn, nn::ModuleT, Kind, Tensor};
 use vit::config::{Optimizer, Pooling, TrainConfig, ViTConfig};
 use vit_train::model::ViT;
-use vit_train::optim::Adam;
+use vit_train::train::optim::Adam;
 
 fn recipe(optimizer: Optimizer, fused: bool) -> TrainConfig {
     TrainConfig { optimizer, weight_decay: 0.05, lr: 1e-3, fused_optimizer: fused, ..Default::default() }

@@ -10,10 +10,10 @@ use vit::config::{Attention, Pooling, TrainConfig, ViTConfig};
 use vit::data::{load_splits, LoadOptions};
 use vit::infer::{Classifier, ClassifierOptions, Provider};
 use vit::{ModelMetadata, Preprocessor};
+use vit_train::export::verify::{compare, tract_logits};
 use vit_train::export::{export_run, named_tensors, ExportRequest};
-use vit_train::run_dir::{RunDir, RunOptions};
-use vit_train::train::{fit, FitOptions};
-use vit_train::verify::{compare, tract_logits};
+use vit_train::run::dir::{RunDir, RunOptions};
+use vit_train::train::fit::{fit, FitOptions};
 
 fn cpu() -> ClassifierOptions {
     ClassifierOptions { provider: Provider::Cpu, ..Default::default() }
@@ -126,7 +126,7 @@ fn evaluation_accuracy_equals_the_trained_runs_with_test_time_flip() {
         .read_records()
         .into_iter()
         .filter_map(|r| match r {
-            vit_train::metrics::Record::Epoch { epoch, val_accuracy: Some(_), .. } => Some(epoch + 1),
+            vit_train::run::metrics::Record::Epoch { epoch, val_accuracy: Some(_), .. } => Some(epoch + 1),
             _ => None,
         })
         .collect();
@@ -147,8 +147,8 @@ fn trained_run_evaluates_the_same_in_ort(cfg: &ViTConfig) -> (tempfile::TempDir,
             max_per_class: Some(30),
             allow_skipped: false,
             init: None,
-            data_mode: vit_train::data_source::DataMode::Memory,
-            shuffle_buffer: vit_train::shard_order::DEFAULT_SHUFFLE_BUFFER,
+            data_mode: vit_train::data::source::DataMode::Memory,
+            shuffle_buffer: vit_train::data::shard_order::DEFAULT_SHUFFLE_BUFFER,
             finetune: Default::default(),
         },
         data: Default::default(),

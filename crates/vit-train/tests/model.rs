@@ -8,7 +8,7 @@ use vit::config::Stem;
 use vit::config::{Attention, Pooling};
 use vit::ViTConfig;
 use vit_train::model::{dlstudio_attention, drop_path, parameter_count};
-use vit_train::optim::is_no_decay;
+use vit_train::train::optim::is_no_decay;
 
 #[test]
 fn forward_shapes_for_several_configs() {

@@ -12,7 +12,7 @@ use common::cli::*;
 use common::*;
 use vit::data::{load_splits, scan_splits, Dataset, LoadOptions, Splits};
 use vit::{Preprocessor, ViTConfig};
-use vit_train::batches::{epoch_batches_of, for_each_train_batch, Augment, HostBatch, Pipeline};
+use vit_train::data::batches::{epoch_batches_of, for_each_train_batch, Augment, HostBatch, Pipeline};
 
 /// `vit-train shards --data DATA --out OUT` with `args`.
 fn shards(data: &Path, out: &Path, args: &[&str]) -> Command {

@@ -11,7 +11,7 @@ use common::cli::*;
 use common::*;
 use vit::data::{load_splits, scan_splits, LoadOptions};
 use vit::{Preprocessor, ViTConfig};
-use vit_train::batches::{epoch_batches, for_each_train_batch, Augment, HostBatch, Pipeline};
+use vit_train::data::batches::{epoch_batches, for_each_train_batch, Augment, HostBatch, Pipeline};
 
 /// Every training batch of `epoch` under `cfg`'s augmentations.
 fn epoch(data: &vit::data::Dataset, cfg: &ViTConfig, epoch: usize, workers: usize) -> Vec<HostBatch> {

@@ -5,9 +5,9 @@
 
 use clap::Args;
 
-use crate::data_source::{parse_bytes, DataMode, DataOptions};
-use crate::shard_order::DEFAULT_SHUFFLE_BUFFER;
-use crate::workers::{default_workers, Pipeline, DEFAULT_PREFETCH};
+use crate::data::shard_order::DEFAULT_SHUFFLE_BUFFER;
+use crate::data::source::{parse_bytes, DataMode, DataOptions};
+use crate::data::workers::{default_workers, Pipeline, DEFAULT_PREFETCH};
 
 /// `fit`'s data pipeline flags.
 #[derive(Debug, Clone, Args)]

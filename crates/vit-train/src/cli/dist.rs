@@ -68,7 +68,7 @@ pub fn join(a: &DistArgs, launch: &Launch, device: Device) -> Result<ProcessGrou
 pub(super) fn fit_other_rank(a: &super::FitArgs, launch: &Launch, device: Device) -> Result<()> {
     log::set_max_level(log::LevelFilter::Warn);
     let (cfg, run, init_checkpoint) = if a.resume {
-        let dir = crate::run_dir::RunDir::inspect(&a.out)?;
+        let dir = crate::run::dir::RunDir::inspect(&a.out)?;
         let mut run = dir.read_run_options()?;
         run.allow_skipped |= a.allow_skipped;
         (super::resume_config(&dir, a)?, run, None)
@@ -76,7 +76,7 @@ pub(super) fn fit_other_rank(a: &super::FitArgs, launch: &Launch, device: Device
         let (cfg, checkpoint) = super::resolve_config(a)?;
         (cfg, super::new_run_options(a)?, checkpoint)
     };
-    let opts = crate::train::FitOptions {
+    let opts = crate::train::fit::FitOptions {
         run,
         device,
         resume: a.resume,
@@ -86,6 +86,6 @@ pub(super) fn fit_other_rank(a: &super::FitArgs, launch: &Launch, device: Device
         init_checkpoint,
     };
     let group = join(&a.dist, launch, device)?;
-    crate::train::fit_rank(None, cfg, &opts, Some(group))?;
+    crate::train::fit::fit_rank(None, cfg, &opts, Some(group))?;
     Ok(())
 }

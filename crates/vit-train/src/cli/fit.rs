@@ -11,14 +11,14 @@ use vit::ViTConfig;
 use super::{dist, export_and_print, set_threads, FitArgs};
 use crate::export::ExportRequest;
 use crate::import::Imported;
-use crate::resume::{reconcile, ResumeRequest};
-use crate::run_dir::{InitSource, RunDir, RunOptions};
-use crate::train::{fit_rank, FitOptions};
+use crate::run::dir::{InitSource, RunDir, RunOptions};
+use crate::run::resume::{reconcile, ResumeRequest};
+use crate::train::fit::{fit_rank, FitOptions};
 
 impl FitArgs {
     /// `--freeze-backbone` and `--layer-decay`.
-    pub fn finetune(&self) -> crate::optim::Finetune {
-        crate::optim::Finetune { freeze_backbone: self.freeze_backbone, layer_decay: self.layer_decay }
+    pub fn finetune(&self) -> crate::train::optim::Finetune {
+        crate::train::optim::Finetune { freeze_backbone: self.freeze_backbone, layer_decay: self.layer_decay }
     }
 }
 
@@ -31,7 +31,7 @@ pub fn resolve_config(a: &FitArgs) -> Result<(ViTConfig, Option<Rc<Imported>>)> 
     let preset = a.config.as_deref().map(ViTConfig::from_toml_file).transpose()?;
     let (mut cfg, checkpoint) = match (&a.init, preset) {
         (Some(weights), preset) => {
-            let (cfg, checkpoint) = crate::init::run_config(weights, a.num_heads, preset.as_ref())?;
+            let (cfg, checkpoint) = crate::import::init::run_config(weights, a.num_heads, preset.as_ref())?;
             (cfg, Some(Rc::new(checkpoint)))
         }
         (None, Some(cfg)) => (cfg, None),
@@ -46,7 +46,7 @@ pub fn resolve_config(a: &FitArgs) -> Result<(ViTConfig, Option<Rc<Imported>>)> 
     Ok((cfg, checkpoint))
 }
 
-/// Config of a resumed run: the saved one, unless the flags contradict it (see [`crate::resume`]).
+/// Config of a resumed run: the saved one, unless the flags contradict it (see [`crate::run::resume`]).
 pub(super) fn resume_config(dir: &RunDir, a: &FitArgs) -> Result<ViTConfig> {
     let saved = dir.read_config()?;
     let run = dir.read_run_options().context("--resume needs the run's run.json")?;
@@ -99,9 +99,9 @@ fn apply_overrides(cfg: &mut ViTConfig, a: &FitArgs) {
 /// the folder stays locked from the first write to the end of the export.
 pub(super) fn run_fit(a: &FitArgs) -> Result<()> {
     // First: on a machine other processes keep busy this restarts the program with a short OpenMP spin.
-    crate::omp::adapt_wait_policy();
+    crate::host::omp::adapt_wait_policy();
     set_threads(a.threads)?;
-    let _ = crate::cpu_memory::keep_freed_memory(); // only speed depends on it
+    let _ = crate::host::allocator::keep_freed_memory(); // only speed depends on it
     let device = a.device.resolve()?;
     let ranked = dist::launch(device)?;
     let device = ranked.as_ref().map_or(device, |(_, d)| *d);
@@ -118,7 +118,7 @@ pub(super) fn run_fit(a: &FitArgs) -> Result<()> {
         (dir, cfg, run, None)
     } else {
         let (cfg, checkpoint) = resolve_config(a)?;
-        crate::memory::check(&cfg, device)?;
+        crate::host::memory::check(&cfg, device)?;
         a.finetune().check(&cfg).map_err(anyhow::Error::msg)?;
         let run = new_run_options(a)?;
         (RunDir::create(&a.out)?, cfg, run, checkpoint)

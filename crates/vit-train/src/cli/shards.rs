@@ -6,8 +6,8 @@ use anyhow::Result;
 use clap::Args;
 
 use super::DEFAULT_VAL_FRACTION;
-use crate::data_source::parse_bytes;
-use crate::shards::{write_shards, ShardsRequest};
+use crate::data::shards::{write_shards, ShardsRequest};
+use crate::data::source::parse_bytes;
 
 /// `vit-train shards` flags.
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@
 //! anything else is an error naming the tensor, never a silent drop.
 
 mod hf;
+pub mod init;
 pub mod resample;
 
 use std::collections::BTreeMap;

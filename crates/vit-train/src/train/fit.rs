@@ -15,13 +15,14 @@ use tch::Device;
 use vit::data::{LoadOptions, Skipped, Splits};
 use vit::{Preprocessor, ViTConfig};
 
-use crate::data_source::{load_splits_in, DataMode, DataOptions};
+use crate::data::source::{load_splits_in, DataMode, DataOptions};
 use crate::dist::ProcessGroup;
-use crate::evaluate::Evaluation;
 use crate::import::Imported;
-use crate::metrics::{Record, Summary};
-use crate::run_dir::{Checkpoint, RunDir, RunOptions};
-use crate::trainer::{EpochStats, StepReport, Trainer};
+use crate::run::dir::{Checkpoint, RunDir, RunOptions};
+use crate::run::events::RunEvents;
+use crate::run::metrics::{Record, Summary};
+use crate::train::evaluate::Evaluation;
+use crate::train::trainer::{EpochStats, StepReport, Trainer};
 
 /// Everything `fit` needs.
 #[derive(Debug, Clone)]
@@ -141,11 +142,11 @@ pub fn fit_rank(
         bail!("only ranks other than 0 train without the run folder");
     }
 
-    let estimate = crate::memory::check(&cfg, opts.device)?;
+    let estimate = crate::host::memory::check(&cfg, opts.device)?;
     log::debug!("memory estimate: {:.0} MiB", estimate.total() / (1u64 << 20) as f64);
     let splits = load_data(&mut cfg, &mut run, opts.data.budget())?;
     if let Some(shards) = splits.train.shard_ranges() {
-        crate::shard_order::check_shards_for_ranks(shards.len(), crate::dist::sampler::rank().1)
+        crate::data::shard_order::check_shards_for_ranks(shards.len(), crate::dist::sampler::rank().1)
             .map_err(anyhow::Error::msg)?;
     }
     let measured = !splits.val.is_empty();
@@ -168,7 +169,7 @@ pub fn fit_rank(
         dir.write_labels(&splits.classes)?;
     }
 
-    crate::amp::check_supported(cfg.train.precision, opts.device)?;
+    crate::train::amp::check_supported(cfg.train.precision, opts.device)?;
     crate::model::set_fused_attention(cfg.train.fused_attention);
     let shard = crate::dist::sampler::shard_len(splits.train.len());
     let mut trainer = Trainer::new(&cfg, opts.device, shard, opts.eval_batch)?;
@@ -196,9 +197,9 @@ pub fn fit_rank(
     if let (0, Some(init)) = (start_epoch, &run.init) {
         let imported = match &opts.init_checkpoint {
             Some(read) => Rc::clone(read),
-            None => Rc::new(crate::init::read(&init.weights, init.num_heads)?),
+            None => Rc::new(crate::import::init::read(&init.weights, init.num_heads)?),
         };
-        trainer.load_init(&crate::init::tensors_for(&imported, &cfg)?)?;
+        trainer.load_init(&crate::import::init::tensors_for(&imported, &cfg)?)?;
         log::info!("initial weights: {}", init.weights.display());
     }
     if let Some(group) = group {
@@ -209,6 +210,7 @@ pub fn fit_rank(
     if let Some(dir) = dir {
         dir.write_records(&records)?;
     }
+    let mut events = RunEvents::open(dir.map(|d| d.path()));
 
     let t = &cfg.train;
     // Evaluation of the current weights; the last epoch always evaluates, so the summary reuses it.
@@ -223,6 +225,9 @@ pub fn fit_rank(
         let stats = trainer.train_epoch(&splits.train, epoch, |s| {
             if let Some(rec) = window.push(s, epoch, t.log_every) {
                 bar.suspend(|| log_step(&rec));
+                if let Record::Step { iter, loss, lr, .. } = rec {
+                    events.scalars(iter as u64, &[("loss/train", loss), ("lr", lr)]);
+                }
                 records.push(rec);
             }
             bar.set_message(format!(
@@ -263,6 +268,7 @@ pub fn fit_rank(
             check_reads(run.allow_skipped, dir, epoch, "evaluation", failed, &mut unreadable)?;
             let rec = epoch_record(epoch, &stats, eval.as_ref(), epoch_start.elapsed().as_secs_f64());
             log_epoch(&rec, t.epochs);
+            epoch_events(&mut events, &rec, (epoch + 1) * tr.steps_per_epoch());
             records.push(rec);
             let Some(dir) = dir else { return Ok(eval) };
             dir.write_records(&records)?;
@@ -300,8 +306,20 @@ pub fn fit_rank(
     if let Some(eval) = &eval {
         dir.write_confusion_csv(&eval.confusion, &splits.classes)?;
     }
-    crate::plots::write_run_plots(dir, &records, eval.as_ref().map(|e| &e.confusion), &splits.classes)?;
+    let confusion = eval.as_ref().map(|e| &e.confusion);
+    crate::run::plots::write_run_plots(dir, &records, trainer.steps_per_epoch(), confusion, &splits.classes)?;
     Ok(summary)
+}
+
+/// An epoch's record as TensorBoard scalars at the global step it ends on.
+fn epoch_events(events: &mut RunEvents, rec: &Record, step: usize) {
+    if let Record::Epoch { train_loss, val_loss, val_accuracy, train_images_per_sec, .. } = *rec {
+        let mut scalars =
+            vec![("loss/train_epoch", train_loss), ("throughput/train_images_per_sec", train_images_per_sec)];
+        scalars.extend(val_loss.map(|v| ("loss/val", v)));
+        scalars.extend(val_accuracy.map(|v| ("accuracy/val", v)));
+        events.scalars(step as u64, &scalars);
+    }
 }
 
 /// Stops the run when streamed images could not be read during `epoch`'s

@@ -9,10 +9,10 @@ use tch::Device;
 use vit::config::Optimizer;
 use vit::ViTConfig;
 
+use crate::export::weights::{export_weights, WeightsExportRequest};
 use crate::export::{export_in, ExportRequest, DEFAULT_ATOL, DEFAULT_VERIFY_IMAGES};
-use crate::export_weights::{export_weights, WeightsExportRequest};
 use crate::import::ImportOptions;
-use crate::run_dir::{Checkpoint, RunDir};
+use crate::run::dir::{Checkpoint, RunDir};
 
 /// Train, evaluate and export Vision Transformers (tch / libtorch).
 #[derive(Debug, Parser)]
@@ -234,7 +234,7 @@ pub struct ExportArgs {
     pub test_time_flip: Option<bool>,
     /// Deployment format: --input, --precision, --quantize.
     #[command(flatten)]
-    pub deploy: crate::deploy::DeployArgs,
+    pub deploy: crate::export::deploy::DeployArgs,
 }
 
 /// `--optimizer` values.
@@ -351,7 +351,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Some(d) => d,
                 None => dir.read_run_options().context("pass --data")?.data,
             };
-            for f in crate::samples::write_samples(&cfg, &data, &a.out, a.count)? {
+            for f in crate::run::samples::write_samples(&cfg, &data, &a.out, a.count)? {
                 println!("{}", f.display());
             }
             Ok(())

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use vit::data::{decoded_bytes, load_splits, scan_splits, DataError, LoadOptions, Splits};
 use vit::Preprocessor;
 
-use crate::workers::Pipeline;
+use crate::data::workers::Pipeline;
 
 /// How the images of a run are held (`--data-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]

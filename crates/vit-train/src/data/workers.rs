@@ -2,7 +2,7 @@
 //! Batch `i` of an epoch is always built by worker `i % N` and handed over
 //! through that worker's bounded queue, and the consumer takes batches in
 //! order, so the sequence it sees does not depend on `N` or on timing; since
-//! each batch draws from its own RNG ([`crate::batches::batch_rng`]), neither do
+//! each batch draws from its own RNG ([`crate::data::batches::batch_rng`]), neither do
 //! the batches. Memory stays bounded by the queues (`prefetch` batches in all),
 //! whatever the size of the data set.
 

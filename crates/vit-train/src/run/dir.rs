@@ -10,7 +10,7 @@
 //! Layout: `config.toml` (resolved config, with `num_classes`), `labels.json`,
 //! `run.json` ([`RunOptions`], for `--resume`), `metrics.jsonl`, `summary.json`,
 //! `last.safetensors`, `best.safetensors`, `resume.safetensors`, `model.onnx`,
-//! `loss.png`, `confusion.png`, `confusion.csv`.
+//! `curves.png`, `confusion.png`, `confusion.csv`, `events.out.tfevents.*` (TensorBoard).
 
 use std::path::{Path, PathBuf};
 
@@ -18,8 +18,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use vit::config::ConfigError;
 use vit::ViTConfig;
 
-use crate::metrics::{read_records, write_records, Confusion, Record, Summary};
-use crate::run_lock::{remove_leftovers, temp_owner, LockError, RunLock, LOCK_FILE};
+use crate::run::lock::{remove_leftovers, temp_owner, LockError, RunLock, LOCK_FILE};
+use crate::run::metrics::{read_records, write_records, Confusion, Record, Summary};
 
 /// Data and run options of `fit` (saved as `run.json` for `--resume`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,18 +41,18 @@ pub struct RunOptions {
     /// How the images are held (`--data-mode`); a run records the mode it
     /// resolved (`memory` or `stream`), and runs from before streaming read as `memory`.
     #[serde(default)]
-    pub data_mode: crate::data_source::DataMode,
+    pub data_mode: crate::data::source::DataMode,
     /// Samples in the shuffle buffer of data read from tar shards (`--shuffle-buffer`).
     #[serde(default = "default_shuffle_buffer")]
     pub shuffle_buffer: usize,
     /// `--freeze-backbone` and `--layer-decay` (neither, in runs from before them).
-    #[serde(default, skip_serializing_if = "crate::optim::Finetune::is_none")]
-    pub finetune: crate::optim::Finetune,
+    #[serde(default, skip_serializing_if = "crate::train::optim::Finetune::is_none")]
+    pub finetune: crate::train::optim::Finetune,
 }
 
 /// The shuffle buffer of runs from before tar shards.
 fn default_shuffle_buffer() -> usize {
-    crate::shard_order::DEFAULT_SHUFFLE_BUFFER
+    crate::data::shard_order::DEFAULT_SHUFFLE_BUFFER
 }
 
 /// Where a run's initial weights came from (`run.json`'s `init`).
@@ -252,9 +252,9 @@ impl RunDir {
         self.root.join("model.onnx")
     }
 
-    /// `loss.png`: training loss per logged step.
-    pub fn loss_plot_path(&self) -> PathBuf {
-        self.root.join("loss.png")
+    /// `curves.png`: training and validation loss, validation accuracy.
+    pub fn curves_plot_path(&self) -> PathBuf {
+        self.root.join("curves.png")
     }
 
     /// `confusion.png`: heat map of the final confusion matrix.
@@ -377,9 +377,9 @@ mod tests {
             max_per_class: Some(3),
             allow_skipped: true,
             init: None,
-            data_mode: crate::data_source::DataMode::Stream,
-            shuffle_buffer: crate::shard_order::DEFAULT_SHUFFLE_BUFFER,
-            finetune: crate::optim::Finetune { freeze_backbone: true, layer_decay: Some(0.75) },
+            data_mode: crate::data::source::DataMode::Stream,
+            shuffle_buffer: crate::data::shard_order::DEFAULT_SHUFFLE_BUFFER,
+            finetune: crate::train::optim::Finetune { freeze_backbone: true, layer_decay: Some(0.75) },
         };
         run.write_run_options(&opts).unwrap();
         let back = RunDir::inspect(run.path()).unwrap().read_run_options().unwrap();

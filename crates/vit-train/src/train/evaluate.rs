@@ -5,8 +5,8 @@ use tch::{nn::ModuleT, Device, Kind, Tensor};
 use vit::data::{Dataset, Skipped};
 use vit::Preprocessor;
 
-use crate::batches::{for_each_eval_batch, Pipeline};
-use crate::metrics::Confusion;
+use crate::data::batches::{for_each_eval_batch, Pipeline};
+use crate::run::metrics::Confusion;
 
 /// What an evaluation measured.
 #[derive(Debug, Clone)]

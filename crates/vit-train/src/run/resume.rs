@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use vit::ViTConfig;
 
-use crate::optim::Finetune;
-use crate::run_dir::RunOptions;
+use crate::run::dir::RunOptions;
+use crate::train::optim::Finetune;
 
 /// Config keys and the `fit` flags that set them, for the messages.
 const FLAGS: &[(&str, &str)] = &[
@@ -190,8 +190,8 @@ mod tests {
             max_per_class: Some(40),
             allow_skipped: false,
             init: None,
-            data_mode: crate::data_source::DataMode::Memory,
-            shuffle_buffer: crate::shard_order::DEFAULT_SHUFFLE_BUFFER,
+            data_mode: crate::data::source::DataMode::Memory,
+            shuffle_buffer: crate::data::shard_order::DEFAULT_SHUFFLE_BUFFER,
             finetune: Finetune { freeze_backbone: false, layer_decay: Some(0.75) },
         };
         let dir = Path::new("runs/r");

@@ -1,6 +1,6 @@
 //! One process per run folder. Two `fit` or `export` processes on the same
 //! folder would interleave their checkpoints, metrics and ONNX files, so
-//! [`RunDir`](crate::run_dir::RunDir) holds an exclusive OS lock (`flock`) on
+//! [`RunDir`](crate::run::dir::RunDir) holds an exclusive OS lock (`flock`) on
 //! `RUN/.lock` while it is open. The kernel drops the lock when the process
 //! ends, however it ends, so a killed run leaves no stale marker; the file only
 //! carries the holder's PID for the error message of the process turned away.

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use tch::{nn, Device};
 use vit::{ModelMetadata, ViTConfig};
 
-use crate::export::{random_inputs, write_verified, ExportReport, Inputs, Samples, Target};
+use crate::export::target::{random_inputs, ExportReport, Inputs, Samples, Target};
+use crate::export::write::write_verified;
 use crate::import::{self, ImportOptions, Imported};
 use crate::model::ViT;
 
@@ -35,7 +36,7 @@ pub fn load_model(weights: &std::path::Path, opts: &ImportOptions) -> Result<(Im
     log::info!("{:?} checkpoint {}: {}", imported.format, imported.weights.display(), describe(&imported.cfg));
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = ViT::new(&vs.root(), &imported.cfg);
-    crate::checkpoint::load_into(&mut vs, &imported.weights, &imported.tensors)?;
+    crate::run::checkpoint::load_into(&mut vs, &imported.weights, &imported.tensors)?;
     Ok((imported, vs, model))
 }
 

@@ -16,10 +16,11 @@ use vit::{Preprocessor, ViTConfig};
 
 use crate::model::ViT;
 
-pub mod int8;
-use crate::run_dir::RunDir;
-use crate::verify::{compare, Comparison};
-use int8::{CalibrationArg, Int8Options, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_PERCENTILE};
+use crate::export::int8::{
+    CalibrationArg, Int8Options, DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_PERCENTILE,
+};
+use crate::export::verify::{compare, Comparison};
+use crate::run::dir::RunDir;
 
 /// Tolerance of an fp16 graph against tch's float32 logits: float16 keeps
 /// about 3 significant digits through every layer.
@@ -135,7 +136,7 @@ fn percentile(s: &str) -> Result<f32, String> {
 /// with the count and whether they are real.
 pub fn verification_images(dir: &RunDir, cfg: &ViTConfig, n: usize) -> (Vec<u8>, usize, bool) {
     let prep = Preprocessor::from_config(cfg);
-    if let Some(val) = crate::export::validation_sample(dir, cfg, n) {
+    if let Some(val) = crate::export::target::validation_sample(dir, cfg, n) {
         let count = val.len();
         return (val.pixels, count, true);
     }

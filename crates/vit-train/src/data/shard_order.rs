@@ -2,7 +2,7 @@
 //! are shuffled per epoch, each data-parallel rank takes its own shards
 //! (`shards[rank::world]`), and their samples, in shard order, pass through a
 //! seeded shuffle buffer. Reads stay near-sequential within a shard while
-//! batches still mix shards. [`crate::batches::epoch_batches_of`] is the one
+//! batches still mix shards. [`crate::data::batches::epoch_batches_of`] is the one
 //! place that picks this order or the plain shuffle of image folders.
 
 use std::ops::Range;
@@ -75,7 +75,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::batches::epoch_rng;
+    use crate::data::batches::epoch_rng;
 
     fn shards() -> Vec<Range<usize>> {
         vec![0..5, 5..9, 9..16, 16..20, 20..23]

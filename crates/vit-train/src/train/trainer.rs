@@ -12,17 +12,17 @@ use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 use vit::data::{Dataset, Skipped};
 use vit::{Preprocessor, ViTConfig};
 
-use crate::amp::{Autocast, LossScaler};
-use crate::batches::{epoch_batches_of, for_each_train_batch, Augment, HostBatch, Pipeline};
-use crate::checkpoint::{self, CheckpointError};
+use crate::data::batches::{epoch_batches_of, for_each_train_batch, Augment, HostBatch, Pipeline};
 use crate::dist::{DistError, ProcessGroup};
-use crate::ema::Ema;
-use crate::evaluate::{evaluate, evaluate_part, to_device, Evaluation};
-use crate::fused::ShimError;
-use crate::memory::{catch_allocation, MemoryError};
-use crate::metrics::Confusion;
+use crate::host::memory::{catch_allocation, MemoryError};
 use crate::model::{parameter_count, ViT};
-use crate::optim::{freeze_backbone, learning_rate, Adam, Finetune};
+use crate::run::checkpoint::{self, CheckpointError};
+use crate::run::metrics::Confusion;
+use crate::train::amp::{Autocast, LossScaler};
+use crate::train::ema::Ema;
+use crate::train::evaluate::{evaluate, evaluate_part, to_device, Evaluation};
+use crate::train::fused::ShimError;
+use crate::train::optim::{freeze_backbone, learning_rate, Adam, Finetune};
 
 /// Name of the scalar in `resume.safetensors` that counts completed epochs.
 const EPOCH_TENSOR: &str = "train.epoch";
@@ -118,7 +118,7 @@ impl Trainer {
     /// Seeds libtorch with `train.seed` and builds fresh weights on `device`,
     /// with a schedule for `train_images` training images per epoch;
     /// evaluation runs in batches of `eval_batch`. A failed allocation is an
-    /// error (check the size first with [`memory::check`](crate::memory::check)).
+    /// error (check the size first with [`memory::check`](crate::host::memory::check)).
     pub fn new(cfg: &ViTConfig, device: Device, train_images: usize, eval_batch: usize) -> Result<Self, MemoryError> {
         let t = &cfg.train;
         tch::manual_seed(t.seed as i64);
@@ -141,7 +141,7 @@ impl Trainer {
             prep: Preprocessor::from_config(cfg),
             eval_batch,
             pipe: Pipeline::default(),
-            shuffle_buffer: crate::shard_order::DEFAULT_SHUFFLE_BUFFER,
+            shuffle_buffer: crate::data::shard_order::DEFAULT_SHUFFLE_BUFFER,
             steps_per_epoch,
             warmup_steps: (t.warmup_epochs * steps_per_epoch as f64).round() as usize,
             total_steps: steps_per_epoch * t.epochs,
@@ -149,10 +149,10 @@ impl Trainer {
         })
     }
 
-    /// Starts from `tensors` (see [`crate::init`]) instead of the random
+    /// Starts from `tensors` (see [`crate::import::init`]) instead of the random
     /// initialisation; the weight average restarts from them too.
     pub fn load_init(&mut self, tensors: &std::collections::BTreeMap<String, tch::Tensor>) -> anyhow::Result<()> {
-        crate::init::copy_into(&self.vs, tensors)?;
+        crate::import::init::copy_into(&self.vs, tensors)?;
         if self.ema.is_some() {
             self.ema = Some(Ema::new(&self.vs, self.cfg.train.ema_decay));
         }

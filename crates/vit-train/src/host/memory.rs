@@ -278,7 +278,7 @@ mod tests {
             depth: 1,
             ..small()
         };
-        let err = crate::trainer::Trainer::new(&cfg, Device::Cpu, 10, 10).unwrap_err().to_string();
+        let err = crate::train::trainer::Trainer::new(&cfg, Device::Cpu, 10, 10).unwrap_err().to_string();
         assert!(err.starts_with("cannot allocate the model and optimiser state"), "{err}");
     }
 

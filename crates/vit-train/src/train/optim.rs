@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use tch::{nn, Tensor};
 use vit::config::{Optimizer, TrainConfig};
 
-use crate::fused::{self, ShimError};
+use crate::train::fused::{self, ShimError};
 
 /// One parameter and its Adam state.
 #[derive(Debug)]

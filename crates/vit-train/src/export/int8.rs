@@ -17,9 +17,9 @@ use vit::infer::{calibrate, CalibrationImages, Classifier, ClassifierOptions, Pr
 use vit::onnx::{calibration_model, write_model, write_quantized_model, ExportOptions};
 use vit::{ModelMetadata, NamedTensors, Preprocessor};
 
-use crate::export::{with_data_suffix, ExportReport, Staged, Target};
-use crate::run_dir::RunDir;
-use crate::verify::compare;
+use crate::export::target::{with_data_suffix, ExportReport, Int8Accuracy, Staged, Target};
+use crate::export::verify::compare;
+use crate::run::dir::RunDir;
 
 /// Default number of training images the ranges are measured on.
 pub const DEFAULT_CALIBRATION_IMAGES: usize = 256;
@@ -65,26 +65,6 @@ impl Default for Int8Options {
             method: CalibrationArg::Percentile.method(DEFAULT_PERCENTILE),
             max_accuracy_drop: DEFAULT_MAX_ACCURACY_DROP,
         }
-    }
-}
-
-/// Float and int8 accuracy of an int8 export on the validation split.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Int8Accuracy {
-    /// The float32 graph's accuracy (same input kind).
-    pub float: f64,
-    /// The int8 graph's accuracy.
-    pub int8: f64,
-    /// Validation images both were evaluated on.
-    pub images: usize,
-    /// Training images the ranges were measured on.
-    pub calibration_images: usize,
-}
-
-impl Int8Accuracy {
-    /// `float - int8`, in points.
-    pub fn drop_points(&self) -> f64 {
-        (self.float - self.int8) * 100.0
     }
 }
 
@@ -152,7 +132,7 @@ pub(crate) fn export(
         );
     }
     staged.commit(&target.path)?;
-    crate::hf_files::write_beside(&target.path, meta)?;
+    crate::export::hf_files::write_beside(&target.path, meta)?;
     let bytes = [target.path.clone(), with_data_suffix(&target.path)]
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))

@@ -100,7 +100,7 @@ pub fn load_into(
         !vars.contains_key(*k)
             && !k.starts_with("optim.")
             && !k.starts_with("train.")
-            && !k.starts_with(crate::ema::PREFIX)
+            && !k.starts_with(crate::train::ema::PREFIX)
     }) {
         return Err(mismatch(format!("tensor `{extra}` is not part of this model (wrong config or variant?)")));
     }

@@ -1,7 +1,7 @@
 //! Mini-batches from a u8 [`Dataset`], decoded in memory or streamed from its
 //! files: seeded shuffling, the u8 augmentations and batch mixes of
-//! [`crate::augment`], then the shared [`Preprocessor`] normalisation. A pool
-//! of workers ([`crate::workers`]) prepares batches ahead of the training step
+//! [`crate::data::augment`], then the shared [`Preprocessor`] normalisation. A pool
+//! of workers ([`crate::data::workers`]) prepares batches ahead of the training step
 //! so data work stays off the critical path.
 //!
 //! Randomness is split so that no draw depends on which thread runs it: the
@@ -17,10 +17,10 @@ use rand_chacha::ChaCha8Rng;
 use vit::data::{Dataset, Skipped, Source};
 use vit::Preprocessor;
 
-use crate::augment::original::{crop_resize, random_crop_box, CROP_RATIO};
-pub use crate::augment::Augment;
-use crate::augment::{augment_image, cutmix, draw_mix, mixup, Geometry, MixKind};
-pub use crate::workers::{Flow, Pipeline};
+use crate::data::augment::original::{crop_resize, random_crop_box, CROP_RATIO};
+pub use crate::data::augment::Augment;
+use crate::data::augment::{augment_image, cutmix, draw_mix, mixup, Geometry, MixKind};
+pub use crate::data::workers::{Flow, Pipeline};
 
 /// A host-side batch: normalised NCHW f32 pixels and labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +60,7 @@ pub fn batch_rng(seed: u64, epoch: usize, batch: usize) -> ChaCha8Rng {
 /// With an RNG, each image is augmented and the batch may be mixed; without
 /// one (evaluation), the images are only normalised. With
 /// [`Augment::from_original`] on a streamed set, the resized crop is taken from
-/// each original file ([`crate::augment::original`]) instead of from the
+/// each original file ([`crate::data::augment::original`]) instead of from the
 /// image resized to the model's side.
 pub fn make_batch(
     data: &Dataset,
@@ -139,7 +139,7 @@ pub fn epoch_batches(len: usize, batch_size: usize, seed: u64, epoch: usize) -> 
 }
 
 /// The batches of epoch `epoch` of `data`: WebDataset's order
-/// ([`crate::shard_order`], with a shuffle buffer of `shuffle_buffer` samples)
+/// ([`crate::data::shard_order`], with a shuffle buffer of `shuffle_buffer` samples)
 /// when every sample comes from a tar shard, otherwise [`epoch_batches`]. In a
 /// process group, this rank's share either way.
 pub fn epoch_batches_of(
@@ -151,7 +151,7 @@ pub fn epoch_batches_of(
 ) -> Vec<Vec<usize>> {
     let Some(shards) = data.shard_ranges() else { return epoch_batches(data.len(), batch_size, seed, epoch) };
     let rank = crate::dist::sampler::rank();
-    let order = crate::shard_order::shard_epoch_order(&shards, shuffle_buffer, &mut epoch_rng(seed, epoch), rank);
+    let order = crate::data::shard_order::shard_epoch_order(&shards, shuffle_buffer, &mut epoch_rng(seed, epoch), rank);
     order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
 }
 
@@ -173,7 +173,7 @@ pub fn for_each_train_batch(
 ) -> Vec<Skipped> {
     let make = |i: usize| make_batch(data, &batches[i], prep, aug, Some(&mut batch_rng(seed, epoch, i)));
     let mut unreadable = Vec::new();
-    crate::workers::run_ordered(batches.len(), pipe, make, |i, batch, flow| {
+    crate::data::workers::run_ordered(batches.len(), pipe, make, |i, batch, flow| {
         unreadable.extend(batch.unreadable.iter().cloned());
         consume(i, batch, flow)
     });
@@ -195,7 +195,7 @@ pub fn for_each_eval_batch(
     let batches: Vec<&[usize]> = indices.chunks(batch_size.max(1)).collect();
     let make = |i: usize| make_batch(data, batches[i], prep, Augment::NONE, None);
     let mut unreadable = Vec::new();
-    crate::workers::run_ordered(batches.len(), pipe, make, |_, mut batch, _| {
+    crate::data::workers::run_ordered(batches.len(), pipe, make, |_, mut batch, _| {
         unreadable.append(&mut batch.unreadable);
         consume(batch);
         true

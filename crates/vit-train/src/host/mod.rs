@@ -1,0 +1,7 @@
+//! Facts of the machine a run trains on: will it fit in memory ([`memory`]),
+//! keeping freed memory in the process ([`allocator`]), and how libtorch's
+//! OpenMP threads wait ([`omp`]).
+
+pub mod allocator;
+pub mod memory;
+pub mod omp;
