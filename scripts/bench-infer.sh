@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Inference numbers of an exported model (default: the demo's
-# models/fashion-mnist.onnx, made by scripts/demo.sh): vit-infer's process time
+# runs/demo/model.onnx, made by scripts/demo.sh): vit-infer's process time
 # for one image (cold start to printed result), ONNX Runtime vs tract p50/p99
 # latency at batch 1 and images/s at batch 64 on the same inputs, and the size
 # of the vit-infer binary. Run it on an otherwise idle machine.
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --no-build
 source scripts/env.sh
-MODEL="${1:-models/fashion-mnist.onnx}"
+MODEL="${1:-runs/demo/model.onnx}"
 [ -f "$MODEL" ] || { echo "bench-infer: $MODEL not found (run scripts/demo.sh first, or pass a model)" >&2; exit 1; }
 cargo build -q -p vit --features cli --bin vit-infer
 cargo build -q -p vit-train --example infer_latency

@@ -4,16 +4,22 @@
 # repo, Debian's Fashion-MNIST package and Chromium when apt is available, the
 # browser example's npm packages (examples/web: npm ci, onnxruntime-web vendored
 # into examples/web/vendor), then a build.
-#   scripts/setup.sh [--gpu] [--no-build] [--release]
+#   scripts/setup.sh [--gpu] [--no-build] [--release] [--demo]
+# --demo: only what the demo runs (torch, onnxruntime, the shim's headers,
+# Fashion-MNIST; builds vit-train and vit-infer), so the first result comes
+# without waiting for what only the tests need (timm, transformers, tensorboard,
+# tritonclient, the GPU build of ONNX Runtime, Chromium, npm packages, every
+# test binary); the test command installs and builds the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GPU=0; BUILD=1; PROFILE=dev
+GPU=0; BUILD=1; PROFILE=dev; DEMO=0
 for arg in "$@"; do
   case "$arg" in
     --gpu) GPU=1 ;;
     --no-build) BUILD=0 ;;
     --release) PROFILE=release ;;
-    *) echo "setup: unknown option $arg (use --gpu, --no-build, --release)" >&2; exit 2 ;;
+    --demo) DEMO=1 ;;
+    *) echo "setup: unknown option $arg (use --gpu, --no-build, --release, --demo)" >&2; exit 2 ;;
   esac
 done
 source scripts/env.sh
@@ -37,9 +43,20 @@ want=("torch==2.11.0" "torchvision==0.26.0" "$ORT_PKG==1.31.1" "onnx" "numpy" "t
 # [cuda,cudnn] extras bring all but cuBLAS, which torch 2.11 already brings
 # (nvidia-cublas 13.x); vit-infer finds them in site-packages/nvidia/*/lib.
 [ "$GPU" = 1 ] && want=("torch==2.11.0" "torchvision==0.26.0" "onnxruntime-gpu[cuda,cudnn]==1.31.1" "nvidia-cublas>=13,<14" "onnx" "numpy" "timm==1.0.15" "transformers==4.51.3")
+# tensorboard: test-only (its event reader checks our event files).
+want+=("tensorboard==2.21.0")
 have() { "$VIT_VENV/bin/python" -m pip show "$1" 2>/dev/null | awk '/^Version:/{print $2}'; }
-if [ "$(have torch)" != "2.11.0" ] || [ "$(have "$ORT_PKG")" != "1.31.1" ] || [ -z "$(have onnx)" ] \
-  || [ "$(have torchvision)" != "0.26.0" ] || [ "$(have timm)" != "1.0.15" ] || [ "$(have transformers)" != "4.51.3" ]; then
+if [ "$DEMO" = 1 ]; then
+  want=("torch==2.11.0" "$ORT_PKG==1.31.1")
+  [ "$GPU" = 1 ] && want=("torch==2.11.0" "onnxruntime-gpu[cuda,cudnn]==1.31.1" "nvidia-cublas>=13,<14")
+fi
+missing() {
+  [ "$(have torch)" != "2.11.0" ] || [ "$(have "$ORT_PKG")" != "1.31.1" ] && return 0
+  [ "$DEMO" = 1 ] && return 1
+  [ -z "$(have onnx)" ] || [ "$(have torchvision)" != "0.26.0" ] || [ "$(have timm)" != "1.0.15" ] \
+    || [ "$(have transformers)" != "4.51.3" ] || [ "$(have tensorboard)" != "2.21.0" ]
+}
+if missing; then
   if [ "$GPU" = 1 ] && [ -n "$(have onnxruntime)" ]; then
     say "replacing onnxruntime (CPU) with onnxruntime-gpu"
     "$VIT_VENV/bin/python" -m pip uninstall -y -q onnxruntime
@@ -63,14 +80,14 @@ source scripts/env.sh   # picks up ORT_DYLIB_PATH now that it exists
 # The GPU build of ONNX Runtime, apart from the venv (which keeps its own), for
 # the tests of the CUDA start-up on machines without a GPU (tests/cuda.rs).
 ORT_GPU_DIR="$VIT_CACHE/ort-gpu"
-if [ ! -d "$ORT_GPU_DIR/onnxruntime_gpu-1.31.1.dist-info" ]; then
+if [ "$DEMO" = 0 ] && [ ! -d "$ORT_GPU_DIR/onnxruntime_gpu-1.31.1.dist-info" ]; then
   say "installing onnxruntime-gpu 1.31.1 (library only) into $ORT_GPU_DIR"
   rm -rf "$ORT_GPU_DIR"
   "$VIT_VENV/bin/python" -m pip install -q --no-deps --target "$ORT_GPU_DIR" "onnxruntime-gpu==1.31.1" \
     || die "pip install onnxruntime-gpu --target $ORT_GPU_DIR failed: check access to PyPI"
 fi
 source scripts/env.sh   # picks up VIT_ORT_GPU_DYLIB
-[ -n "${VIT_ORT_GPU_DYLIB:-}" ] || die "libonnxruntime.so not found in $ORT_GPU_DIR"
+[ "$DEMO" = 1 ] || [ -n "${VIT_ORT_GPU_DYLIB:-}" ] || die "libonnxruntime.so not found in $ORT_GPU_DIR"
 
 # Gloo's headers for the C++ shim's c10d process group (the torch wheel ships c10d's, not Gloo's).
 if [ ! -e /usr/include/gloo/config.h ]; then
@@ -98,7 +115,7 @@ if [ ! -e "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -e "$FASHION_
 fi
 
 # Chromium runs the browser example's test (tests/web_page.rs) headless.
-if ! command -v chromium >/dev/null; then
+if [ "$DEMO" = 0 ] && ! command -v chromium >/dev/null; then
   if command -v apt-get >/dev/null; then
     say "installing Debian package chromium"
     SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
@@ -113,7 +130,9 @@ fi
 # package-lock.json; the runtime files the page loads are copied into vendor/
 # (git-ignored), so the page needs no CDN.
 WEB=examples/web
-if command -v npm >/dev/null; then
+if [ "$DEMO" = 1 ]; then
+  :
+elif command -v npm >/dev/null; then
   if [ ! -d "$WEB/node_modules" ] || [ "$WEB/package-lock.json" -nt "$WEB/node_modules/.package-lock.json" ]; then
     say "npm ci in $WEB"
     (cd "$WEB" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in $WEB failed"
@@ -127,7 +146,12 @@ else
   say "warning: no npm (node 20); the browser example (examples/web) is not set up"
 fi
 
-if [ "$BUILD" = 1 ]; then
+if [ "$BUILD" = 1 ] && [ "$DEMO" = 1 ]; then
+  # Only the demo's two programs; the test command builds everything else.
+  say "cargo build: vit-train and vit-infer (target dir $CARGO_TARGET_DIR)"
+  cargo build -p vit-train --bin vit-train || die "cargo build failed"
+  cargo build -p vit --features cli --bin vit-infer || die "cargo build failed"
+elif [ "$BUILD" = 1 ]; then
   if [ "$PROFILE" = release ]; then
     say "cargo build --release --workspace --all-features --bins (target dir $CARGO_TARGET_DIR)"
     cargo build --release --workspace --all-features --bins || die "cargo build failed"

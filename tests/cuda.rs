@@ -173,12 +173,16 @@ fn ep_cuda_without_a_driver_exits_2_and_names_it() {
 }
 
 #[test]
-fn ep_auto_without_a_driver_classifies_on_the_cpu_and_says_why() {
+fn ep_auto_without_a_driver_classifies_on_the_cpu_and_says_why_when_asked() {
     let t = tempfile::tempdir().unwrap();
     let (model, image) = model_and_image(t.path());
-    let (code, stdout, stderr) = vit_infer(&gpu_runtime(), &[], &[&"-m", &model, &"--json", &image]);
+    let (code, _, stderr) = vit_infer(&gpu_runtime(), &[], &[&"-m", &model, &"--json", &image]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("execution provider: cpu"), "{stderr}");
+    assert!(!stderr.contains("CUDA not used"), "quiet by default on a machine without a GPU: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: the model and its provider: {stderr}");
+    let (code, stdout, stderr) = vit_infer(&gpu_runtime(), &[], &[&"-m", &model, &"--json", &"-v", &image]);
+    assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("CUDA not used: no NVIDIA driver: libcuda.so.1"), "{stderr}");
     let line: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     assert_eq!(line["provider"], "cpu", "{stdout}");
@@ -267,7 +271,7 @@ fn past_the_libraries_onnx_runtime_says_why_registration_failed() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("registering it failed"), "{stderr}");
     assert!(stderr.contains("libonnxruntime_providers_cuda.so") && stderr.contains("undefined symbol"), "{stderr}");
-    let (code, stdout, stderr) = vit_infer(&gpu_runtime(), &envs, &[&"-m", &model, &"--json", &image]);
+    let (code, stdout, stderr) = vit_infer(&gpu_runtime(), &envs, &[&"-m", &model, &"--json", &"--verbose", &image]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("CUDA not used: registering it failed"), "{stderr}");
     assert!(stdout.contains("\"provider\":\"cpu\""), "{stdout}");

@@ -263,7 +263,8 @@ fn help_documents_every_flag() {
         "--batch-size",
         "--opt-level",
         "--eval",
-        "models/fashion-mnist.onnx",
+        "runs/demo/model.onnx",
+        "--verbose",
     ] {
         assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
     }

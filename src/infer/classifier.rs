@@ -53,7 +53,7 @@ impl Classifier {
     /// use vit::infer::{Classifier, ClassifierOptions, Provider};
     /// # fn main() -> Result<(), vit::infer::InferError> {
     /// let opts = ClassifierOptions { provider: Provider::Cpu, ..Default::default() };
-    /// let clf = Classifier::open("models/fashion-mnist.onnx", &opts)?;
+    /// let clf = Classifier::open("runs/demo/model.onnx", &opts)?;
     /// println!("{} classes on {}", clf.labels().len(), clf.provider());
     /// # Ok(())
     /// # }
@@ -194,7 +194,7 @@ impl Classifier {
     /// ```no_run
     /// use vit::infer::{Classifier, ClassifierOptions, ClassifyOptions};
     /// # fn main() -> Result<(), vit::infer::InferError> {
-    /// let mut clf = Classifier::open("models/fashion-mnist.onnx", &ClassifierOptions::default())?;
+    /// let mut clf = Classifier::open("runs/demo/model.onnx", &ClassifierOptions::default())?;
     /// let opts = ClassifyOptions { top_k: 3, ..Default::default() };
     /// for result in clf.classify_files(&["shoe.png", "shirt.jpg"], &opts) {
     ///     let pred = result?;

@@ -15,7 +15,7 @@
 //! ```no_run
 //! use vit::infer::{Classifier, ClassifierOptions, ClassifyOptions};
 //! # fn main() -> Result<(), vit::infer::InferError> {
-//! let mut clf = Classifier::open("models/fashion-mnist.onnx", &ClassifierOptions::default())?;
+//! let mut clf = Classifier::open("runs/demo/model.onnx", &ClassifierOptions::default())?;
 //! for result in clf.classify_files(&["shoe.png"], &ClassifyOptions { top_k: 3, ..Default::default() }) {
 //!     let pred = result?;
 //!     println!("{} {:.3}", pred.top[0].label, pred.top[0].probability);

@@ -29,9 +29,13 @@ else libonnxruntime.so* next to this executable (run scripts/setup.sh to install
     after_help = EXIT_STATUS
 )]
 pub struct Cli {
-    /// ONNX model written by `vit-train export`; the Fashion-MNIST demo copies its model to the default path.
-    #[arg(long, short = 'm', value_name = "PATH", default_value = "models/fashion-mnist.onnx")]
+    /// ONNX model written by `vit-train export`; the default is the model of the Fashion-MNIST demo (scripts/demo.sh).
+    #[arg(long, short = 'm', value_name = "PATH", default_value = "runs/demo/model.onnx")]
     pub model: PathBuf,
+
+    /// Also say why the CUDA execution provider was not used when --ep auto fell back to the CPU.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
 
     /// Number of most probable classes printed per image (capped at the model's class count).
     #[arg(long, short = 'k', value_name = "K", default_value_t = 5, value_parser = at_least_one)]

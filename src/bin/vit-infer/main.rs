@@ -66,7 +66,9 @@ fn cli_hint(error: &InferError) -> Option<&'static str> {
     }
 }
 
-/// Opens the model and reports it (and why CUDA is not used, if so) on stderr.
+/// Opens the model and reports it on stderr. Why CUDA was not used is said only
+/// when asked (`-v`): on a machine without a GPU the CPU is the expected
+/// provider, and `--ep cuda` or `--check-gpu` say everything anyway.
 fn open(cli: &Cli) -> Result<Classifier, InferError> {
     let clf = Classifier::open(&cli.model, &cli.classifier_options())?;
     let c = &clf.metadata().config;
@@ -83,7 +85,11 @@ fn open(cli: &Cli) -> Result<Classifier, InferError> {
         clf.provider()
     );
     if let Some(reason) = clf.cuda_fallback_reason() {
-        log::info!("vit-infer: CUDA not used: {reason}");
+        if cli.verbose {
+            log::info!("vit-infer: CUDA not used: {reason}");
+        } else {
+            log::debug!("vit-infer: CUDA not used: {reason}");
+        }
     }
     Ok(clf)
 }
