@@ -3,7 +3,8 @@
 //! safetensors checkpoints, and exports ONNX through the light `vit` crate,
 //! verifying each export with tract.
 //!
-//! The folders follow the data flow, and imports go down it:
+//! The folders follow the data flow, and imports go down it (`cli` on top;
+//! `data`, `model`, `host` and `shim` at the bottom):
 //!
 //! | folder | stage |
 //! |---|---|
@@ -15,6 +16,7 @@
 //! | [`import`] | weights in: timm / Hugging Face checkpoints, `fit --init` |
 //! | [`dist`] | data-parallel training over c10d (Gloo, NCCL) |
 //! | [`host`] | facts of the machine: memory estimate, allocator, OpenMP wait policy |
+//! | [`shim`] | safe Rust over the C++ shim of `csrc/`: fused AdamW, autocast, channels-last |
 //! | [`cli`] | the `vit-train` command line |
 
 #![warn(missing_docs)]
@@ -27,4 +29,5 @@ pub mod host;
 pub mod import;
 pub mod model;
 pub mod run;
+pub mod shim;
 pub mod train;

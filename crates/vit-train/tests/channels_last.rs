@@ -48,7 +48,7 @@ fn channels_last_changes_the_layout_not_the_numbers() {
 #[test]
 fn the_copy_is_nhwc_and_keeps_values() {
     let x = Tensor::arange(2 * 3 * 4 * 5, (Kind::Float, tch::Device::Cpu)).view([2, 3, 4, 5]);
-    let y = vit_train::train::fused::channels_last(&x).unwrap();
+    let y = vit_train::shim::channels_last(&x).unwrap();
     assert_eq!(y.size(), vec![2, 3, 4, 5]);
     assert_eq!(y.stride(), vec![60, 1, 15, 3], "strides of an NHWC tensor");
     assert_eq!((&x - &y).abs().max().double_value(&[]), 0.0);

@@ -1,7 +1,7 @@
 //! `train.precision`: a bf16-autocast run on the CPU learns like the fp32 run of
 //! the same recipe and seed, and its fp32 export passes the tract check; fp16 on
 //! the CPU is refused with a clear error. The loss scaler's logic is unit-tested
-//! in `src/amp.rs`.
+//! in `src/train/amp.rs`.
 
 mod common;
 

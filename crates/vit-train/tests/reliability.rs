@@ -361,3 +361,28 @@ fn unreadable_data_entries_stop_training_unless_skipping_is_allowed() {
     run_ok(&mut fit(&["--allow-skipped"]));
     assert_eq!(summary(&run)["skipped_files"], 1, "the unreadable entry is counted");
 }
+
+/// A default-sized config with 10 classes and no weight average.
+fn small_config() -> vit::ViTConfig {
+    let mut cfg = vit::ViTConfig { num_classes: 10, ..Default::default() };
+    cfg.train.ema_decay = 0.0;
+    cfg
+}
+
+#[test]
+fn a_model_too_large_to_allocate_is_an_error_not_a_panic() {
+    // The first qkv weight alone is 192 TB, beyond any address space, so the
+    // allocation fails whatever the kernel's overcommit policy; what comes
+    // before it is about 300 MB.
+    let cfg = vit::ViTConfig {
+        image_size: 4,
+        patch_size: 4,
+        in_channels: 1,
+        embed_dim: 4_000_000,
+        num_heads: 1,
+        depth: 1,
+        ..small_config()
+    };
+    let err = vit_train::train::trainer::Trainer::new(&cfg, tch::Device::Cpu, 10, 10).unwrap_err().to_string();
+    assert!(err.starts_with("cannot allocate the model and optimiser state"), "{err}");
+}

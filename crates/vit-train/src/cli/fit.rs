@@ -17,8 +17,8 @@ use crate::train::fit::{fit_rank, FitOptions};
 
 impl FitArgs {
     /// `--freeze-backbone` and `--layer-decay`.
-    pub fn finetune(&self) -> crate::train::optim::Finetune {
-        crate::train::optim::Finetune { freeze_backbone: self.freeze_backbone, layer_decay: self.layer_decay }
+    pub fn finetune(&self) -> crate::model::finetune::Finetune {
+        crate::model::finetune::Finetune { freeze_backbone: self.freeze_backbone, layer_decay: self.layer_decay }
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tch::{nn, Kind, Tensor};
 
-use crate::train::fused::{check, ShimError};
+use crate::shim::{check, ShimError};
 
 /// Gradient bucket size, as DDP's default `bucket_cap_mb`.
 pub const BUCKET_BYTES: usize = 25 << 20;

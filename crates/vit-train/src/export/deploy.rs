@@ -1,6 +1,6 @@
 //! `vit-train export --input uint8 --precision fp16 --quantize int8`: the
 //! deployment formats of an export ([`ModelFormat`]) as command-line flags,
-//! and their verification (int8: [`int8`]). A raw-pixel graph is fed the same decoded u8 images that tch
+//! and their verification (int8: [`super::int8`]). A raw-pixel graph is fed the same decoded u8 images that tch
 //! sees normalised; an fp16 graph is held to a float16 tolerance instead of
 //! the float32 one.
 

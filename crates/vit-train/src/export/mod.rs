@@ -4,9 +4,8 @@
 //! trained logits within `atol` fails, and never replaces the file it was
 //! meant to: it is verified under a side name first and moved into place
 //! only when it passes; a failing one is kept as `NAME.failed.onnx`.
-
 //!
-//! Folder map: [`target`] (what every export path shares), [`write`] (stage,
+//! Folder map: [`target`] (what every export path shares), [`mod@write`] (stage,
 //! verify, move into place), [`deploy`] (raw-pixel and fp16 formats), [`int8`]
 //! (calibrated int8), [`verify`] (tract against tch), [`hf_files`] (Hugging
 //! Face's JSON files), [`weights`] (timm / Hugging Face checkpoints straight to

@@ -1,6 +1,6 @@
-//! What every export path shares: where an export goes ([`Target`]), what it is
-//! checked on ([`Inputs`]), what it reports ([`ExportReport`]), the staging folder
-//! it is verified in ([`Staged`]) and the inputs it is verified with. The
+//! What every export path shares: where an export goes (`Target`), what it is
+//! checked on (`Inputs`), what it reports ([`ExportReport`]), the staging folder
+//! it is verified in (`Staged`) and the inputs it is verified with. The
 //! export paths (float, deployment formats, int8, foreign weights) import this
 //! file and never each other's internals.
 

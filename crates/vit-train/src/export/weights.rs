@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use tch::{nn, Device};
-use vit::{ModelMetadata, ViTConfig};
+use vit::ModelMetadata;
 
 use crate::export::target::{random_inputs, ExportReport, Inputs, Samples, Target};
 use crate::export::write::write_verified;
-use crate::import::{self, ImportOptions, Imported};
+use crate::import::{self, describe, ImportOptions, Imported};
 use crate::model::ViT;
 
 /// What to import and where to write it.
@@ -38,31 +38,6 @@ pub fn load_model(weights: &std::path::Path, opts: &ImportOptions) -> Result<(Im
     let model = ViT::new(&vs.root(), &imported.cfg);
     crate::run::checkpoint::load_into(&mut vs, &imported.weights, &imported.tensors)?;
     Ok((imported, vs, model))
-}
-
-/// One line with the inferred architecture.
-pub fn describe(cfg: &ViTConfig) -> String {
-    format!(
-        "image_size {}, patch_size {}, in_channels {}, embed_dim {}, depth {}, num_heads {}, mlp_ratio {}, \
-         pooling {:?}, qkv_bias {}, layer_norm_eps {:e}, num_classes {}, mean {:?}, std {:?}, \
-         class_token {}, norm_pre {}, layer_scale {:?}",
-        cfg.image_size,
-        cfg.patch_size,
-        cfg.in_channels,
-        cfg.embed_dim,
-        cfg.depth,
-        cfg.num_heads,
-        cfg.mlp_ratio,
-        cfg.pooling,
-        cfg.qkv_bias,
-        cfg.layer_norm_eps,
-        cfg.num_classes,
-        cfg.preprocess.mean,
-        cfg.preprocess.std,
-        cfg.class_token,
-        cfg.norm_pre,
-        cfg.layer_scale
-    )
 }
 
 /// Imports, exports and verifies; errors name the tensor or file at fault.

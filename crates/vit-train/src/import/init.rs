@@ -34,7 +34,7 @@ pub fn run_config(
     let opts = ImportOptions { num_heads, base: preset.cloned(), test_time_flip: flip, ..Default::default() };
     let imported = import::load(weights, &opts).with_context(|| format!("cannot import {}", weights.display()))?;
     let mut cfg = imported.cfg.clone();
-    log::info!("--init {:?} checkpoint: {}", imported.format, crate::export::weights::describe(&cfg));
+    log::info!("--init {:?} checkpoint: {}", imported.format, crate::import::describe(&cfg));
     if let Some(p) = preset.filter(|p| p.patch_size != cfg.patch_size) {
         // Patch embeddings are not resampled: the checkpoint's kernel size is the model's.
         log::info!(

@@ -375,3 +375,28 @@ fn labels(cfg: &ViTConfig, json: Option<&Value>, opts: &ImportOptions) -> Result
     }
     Ok(labels)
 }
+
+/// One line with the inferred architecture.
+pub fn describe(cfg: &ViTConfig) -> String {
+    format!(
+        "image_size {}, patch_size {}, in_channels {}, embed_dim {}, depth {}, num_heads {}, mlp_ratio {}, \
+         pooling {:?}, qkv_bias {}, layer_norm_eps {:e}, num_classes {}, mean {:?}, std {:?}, \
+         class_token {}, norm_pre {}, layer_scale {:?}",
+        cfg.image_size,
+        cfg.patch_size,
+        cfg.in_channels,
+        cfg.embed_dim,
+        cfg.depth,
+        cfg.num_heads,
+        cfg.mlp_ratio,
+        cfg.pooling,
+        cfg.qkv_bias,
+        cfg.layer_norm_eps,
+        cfg.num_classes,
+        cfg.preprocess.mean,
+        cfg.preprocess.std,
+        cfg.class_token,
+        cfg.norm_pre,
+        cfg.layer_scale
+    )
+}

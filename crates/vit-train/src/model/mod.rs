@@ -3,6 +3,7 @@
 //! can name its initializers after them).
 
 mod dlstudio;
+pub mod finetune;
 mod standard;
 
 use tch::{nn, nn::ModuleT, Tensor};
@@ -126,7 +127,7 @@ impl PatchEmbed {
         let b = xs.size()[0];
         let mut x = if self.channels_last {
             // The layout propagates: every convolution and BatchNorm after this one stays NHWC.
-            crate::train::fused::channels_last(xs).unwrap_or_else(|e| {
+            crate::shim::channels_last(xs).unwrap_or_else(|e| {
                 log::warn!("{e}; running the convolutions in the default layout");
                 xs.shallow_clone()
             })

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use tch::{nn, Tensor};
 
+/// Prefix of the averaged tensors in a resume file.
+pub const EMA_PREFIX: &str = "ema.";
+
 /// Errors reading or writing checkpoints.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -97,10 +100,7 @@ pub fn load_into(
         }
     }
     if let Some(extra) = tensors.keys().find(|k| {
-        !vars.contains_key(*k)
-            && !k.starts_with("optim.")
-            && !k.starts_with("train.")
-            && !k.starts_with(crate::train::ema::PREFIX)
+        !vars.contains_key(*k) && !k.starts_with("optim.") && !k.starts_with("train.") && !k.starts_with(EMA_PREFIX)
     }) {
         return Err(mismatch(format!("tensor `{extra}` is not part of this model (wrong config or variant?)")));
     }

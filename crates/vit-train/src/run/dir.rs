@@ -46,8 +46,8 @@ pub struct RunOptions {
     #[serde(default = "default_shuffle_buffer")]
     pub shuffle_buffer: usize,
     /// `--freeze-backbone` and `--layer-decay` (neither, in runs from before them).
-    #[serde(default, skip_serializing_if = "crate::train::optim::Finetune::is_none")]
-    pub finetune: crate::train::optim::Finetune,
+    #[serde(default, skip_serializing_if = "crate::model::finetune::Finetune::is_none")]
+    pub finetune: crate::model::finetune::Finetune,
 }
 
 /// The shuffle buffer of runs from before tar shards.
@@ -379,7 +379,7 @@ mod tests {
             init: None,
             data_mode: crate::data::source::DataMode::Stream,
             shuffle_buffer: crate::data::shard_order::DEFAULT_SHUFFLE_BUFFER,
-            finetune: crate::train::optim::Finetune { freeze_backbone: true, layer_decay: Some(0.75) },
+            finetune: crate::model::finetune::Finetune { freeze_backbone: true, layer_decay: Some(0.75) },
         };
         run.write_run_options(&opts).unwrap();
         let back = RunDir::inspect(run.path()).unwrap().read_run_options().unwrap();

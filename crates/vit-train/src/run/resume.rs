@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use vit::ViTConfig;
 
+use crate::model::finetune::Finetune;
 use crate::run::dir::RunOptions;
-use crate::train::optim::Finetune;
 
 /// Config keys and the `fit` flags that set them, for the messages.
 const FLAGS: &[(&str, &str)] = &[

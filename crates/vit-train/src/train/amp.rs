@@ -8,7 +8,7 @@ use std::ffi::c_int;
 use tch::{Device, Tensor};
 use vit::config::Precision;
 
-use crate::train::fused::{check, ffi, ShimError};
+use crate::shim::{check, ffi, ShimError};
 
 /// A precision the device cannot train in, or autocast failing to switch.
 #[derive(Debug, thiserror::Error)]

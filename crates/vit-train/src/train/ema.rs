@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 
 use tch::{nn, Tensor};
 
-/// Prefix of the averaged tensors in a resume file.
-pub const PREFIX: &str = "ema.";
+use crate::run::checkpoint::EMA_PREFIX as PREFIX;
 
 /// The averaged copy of a VarStore's variables.
 #[derive(Debug)]

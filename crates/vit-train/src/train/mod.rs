@@ -1,5 +1,5 @@
 //! Training: the loop of `vit-train fit` ([`fit`]) drives a [`trainer::Trainer`]
-//! (network, optimiser from [`optim`] with the C++ shim's [`fused`] kernels,
+//! (network, optimiser from [`optim`] with the C++ shim's fused kernels,
 //! precision from [`amp`], weight average from [`ema`]) and scores it with
 //! [`evaluate`].
 
@@ -7,6 +7,5 @@ pub mod amp;
 pub mod ema;
 pub mod evaluate;
 pub mod fit;
-pub mod fused;
 pub mod optim;
 pub mod trainer;

@@ -2,7 +2,7 @@
 //! moment estimates are plain named tensors that checkpoints save and `--resume`
 //! restores exactly. Norm weights, biases and the class/position tokens get no
 //! weight decay (timm's `param_groups_weight_decay`). Fine-tuning options
-//! ([`Finetune`]) freeze the backbone (frozen tensors get no state at all) or
+//! ([`Finetune`](crate::model::finetune::Finetune)) freeze the backbone (frozen tensors get no state at all) or
 //! scale each tensor's learning rate by its depth (timm's
 //! `param_groups_layer_decay`).
 
@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use tch::{nn, Tensor};
 use vit::config::{Optimizer, TrainConfig};
 
-use crate::train::fused::{self, ShimError};
+use crate::model::finetune::is_head;
+use crate::shim::{self, ShimError};
 
 /// One parameter and its Adam state.
 #[derive(Debug)]
@@ -189,14 +190,14 @@ impl Adam {
                 grads.iter().filter(|(s, _)| (s.decay, s.lr_scale.to_bits()) == (decay, scale)).collect();
             let list = |f: fn(&Slot) -> &Tensor| group.iter().map(|(s, _)| f(s)).collect::<Vec<_>>();
             let g: Vec<&Tensor> = group.iter().map(|(_, g)| g).collect();
-            let hp = fused::AdamStep {
+            let hp = shim::AdamStep {
                 lr: lr * f64::from_bits(scale),
                 betas: self.betas,
                 weight_decay: if decay { self.weight_decay } else { 0.0 },
                 eps: self.eps,
                 decoupled: self.kind == Optimizer::Adamw,
             };
-            fused::adam_step(&list(|s| &s.param), &g, &list(|s| &s.m), &list(|s| &s.v), step, hp)?;
+            shim::adam_step(&list(|s| &s.param), &g, &list(|s| &s.m), &list(|s| &s.v), step, hp)?;
         }
         self.step += 1;
         Ok(())
@@ -235,64 +236,6 @@ impl Adam {
     }
 }
 
-/// Fine-tuning options of `fit` (`--freeze-backbone`, `--layer-decay`),
-/// saved in `run.json` so `--resume` continues with the same parameter groups.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Finetune {
-    /// Only the head trains: `head.*`, and `fc_norm.*` with avg pooling (timm's
-    /// linear probe, where `fc_norm` belongs to `forward_head`); `norm` and
-    /// everything before it stays as initialised.
-    #[serde(default)]
-    pub freeze_backbone: bool,
-    /// timm's layer-wise lr decay: tensor lr scaled by `decay^(depth + 1 - layer_id)`
-    /// (see [`layer_id`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub layer_decay: Option<f64>,
-}
-
-impl Finetune {
-    /// True when neither option is set.
-    pub fn is_none(&self) -> bool {
-        *self == Self::default()
-    }
-
-    /// Why these options cannot train a model of `cfg`, if they cannot.
-    pub fn check(&self, cfg: &vit::ViTConfig) -> Result<(), String> {
-        if !self.is_none() && cfg.variant != vit::Variant::Standard {
-            return Err(format!(
-                "--freeze-backbone and --layer-decay need the standard variant (timm names), not {:?}",
-                cfg.variant
-            ));
-        }
-        match self.layer_decay {
-            Some(d) if !(d > 0.0 && d <= 1.0) => Err(format!("--layer-decay {d}: must be in (0, 1]")),
-            _ => Ok(()),
-        }
-    }
-
-    /// The learning-rate scale of tensor `name` in a model of `depth` blocks.
-    pub fn lr_scale(&self, name: &str, depth: usize) -> f64 {
-        self.layer_decay.map_or(1.0, |d| d.powi((depth + 1 - layer_id(name, depth)) as i32))
-    }
-}
-
-/// timm's layer id for layer-wise lr decay: 0 for the embedding (`cls_token`,
-/// `pos_embed`, `patch_embed.*` with its conv stem), `i + 1` for `blocks.i.*`,
-/// `depth + 1` for everything after the blocks (`norm`, `fc_norm`, `head`, and
-/// `norm_pre`, which timm's matcher puts with `norm`).
-pub fn layer_id(name: &str, depth: usize) -> usize {
-    if name == "cls_token" || name == "pos_embed" || name.starts_with("patch_embed.") {
-        return 0;
-    }
-    let block = name.strip_prefix("blocks.").and_then(|rest| rest.split('.').next()?.parse::<usize>().ok());
-    block.map_or(depth + 1, |i| i + 1)
-}
-
-/// True for the tensors `--freeze-backbone` keeps training: the head and `fc_norm`.
-pub fn is_head(name: &str) -> bool {
-    name.starts_with("head.") || name.starts_with("fc_norm.")
-}
-
 /// Stops gradients for every variable of `vs` but the head ([`is_head`]);
 /// returns how many tensors were frozen.
 pub fn freeze_backbone(vs: &nn::VarStore) -> usize {
@@ -322,6 +265,7 @@ pub fn learning_rate(cfg: &TrainConfig, step: usize, warmup: usize, total: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::finetune::Finetune;
 
     #[test]
     fn schedule_warms_up_then_decays() {

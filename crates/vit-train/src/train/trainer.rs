@@ -1,7 +1,7 @@
 //! The training state of one model and what can be done with it: the VarStore
 //! and network, the optimiser, the weight average, the device and the
 //! preprocessing, with one epoch of training, evaluation and checkpoints as
-//! methods. The epoch loop, logging and the run folder live in `train.rs`, so
+//! methods. The epoch loop, logging and the run folder live in `fit.rs`, so
 //! this file is only about tensors.
 
 use std::collections::BTreeMap;
@@ -15,14 +15,15 @@ use vit::{Preprocessor, ViTConfig};
 use crate::data::batches::{epoch_batches_of, for_each_train_batch, Augment, HostBatch, Pipeline};
 use crate::dist::{DistError, ProcessGroup};
 use crate::host::memory::{catch_allocation, MemoryError};
+use crate::model::finetune::Finetune;
 use crate::model::{parameter_count, ViT};
 use crate::run::checkpoint::{self, CheckpointError};
 use crate::run::metrics::Confusion;
+use crate::shim::ShimError;
 use crate::train::amp::{Autocast, LossScaler};
 use crate::train::ema::Ema;
 use crate::train::evaluate::{evaluate, evaluate_part, to_device, Evaluation};
-use crate::train::fused::ShimError;
-use crate::train::optim::{freeze_backbone, learning_rate, Adam, Finetune};
+use crate::train::optim::{freeze_backbone, learning_rate, Adam};
 
 /// Name of the scalar in `resume.safetensors` that counts completed epochs.
 const EPOCH_TENSOR: &str = "train.epoch";
