@@ -30,6 +30,12 @@ command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustu
 command -v python3 >/dev/null || die "python3 not found: install Python 3.10+ first"
 
 mkdir -p "$VIT_CACHE"
+# Download the crates while pip downloads the wheels: the build waits for it.
+FETCH_PID=""
+if [ "$BUILD" = 1 ]; then
+  cargo fetch --quiet >"$VIT_CACHE/cargo-fetch.log" 2>&1 &
+  FETCH_PID=$!
+fi
 if [ ! -x "$VIT_VENV/bin/python" ]; then
   say "creating venv $VIT_VENV"
   python3 -m venv "$VIT_VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
@@ -146,11 +152,14 @@ else
   say "warning: no npm (node 20); the browser example (examples/web) is not set up"
 fi
 
+if [ -n "$FETCH_PID" ] && ! wait "$FETCH_PID"; then
+  die "cargo fetch failed (check access to crates.io): $(tail -3 "$VIT_CACHE/cargo-fetch.log")"
+fi
 if [ "$BUILD" = 1 ] && [ "$DEMO" = 1 ]; then
   # Only the demo's two programs; the test command builds everything else.
+  # One cargo call, so the `vit` crate is compiled once with both programs' features.
   say "cargo build: vit-train and vit-infer (target dir $CARGO_TARGET_DIR)"
-  cargo build -p vit-train --bin vit-train || die "cargo build failed"
-  cargo build -p vit --features cli --bin vit-infer || die "cargo build failed"
+  cargo build -p vit-train --bin vit-train -p vit --bin vit-infer --features vit/cli || die "cargo build failed"
 elif [ "$BUILD" = 1 ]; then
   if [ "$PROFILE" = release ]; then
     say "cargo build --release --workspace --all-features --bins (target dir $CARGO_TARGET_DIR)"

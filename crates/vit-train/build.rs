@@ -79,6 +79,13 @@ fn shim_build(includes: &[PathBuf], abi: &str) -> cc::Build {
         // c10d's Gloo process group (the Gloo headers come from Debian's libgloo-dev).
         .flag("-DUSE_DISTRIBUTED")
         .flag("-DUSE_C10D_GLOO");
+    // The shim only forwards to ATen and c10d, and its files are heavy on
+    // libtorch headers: in dev builds compile it unoptimised and without debug
+    // info (a faster first build, no measurable cost per step); release keeps
+    // the profile's flags.
+    if std::env::var("PROFILE").as_deref() == Ok("debug") {
+        build.opt_level(0).debug(false);
+    }
     build
 }
 

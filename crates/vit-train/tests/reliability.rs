@@ -32,9 +32,10 @@ fn a_second_process_on_a_locked_run_folder_is_refused_with_the_holders_pid() {
     run_ok(&mut quick(&cfg, &run, "1"));
     let before = snapshot(&run);
 
-    // A resumed run extended by many epochs holds the folder long enough.
+    // A resumed run extended by more epochs than it can finish before it is
+    // killed holds the folder for the whole test, however loaded the machine.
     let mut first =
-        spawn_holding(bin().arg("--out").arg(&run).args(["--resume", "--epochs", "50", "--no-export"]), &run);
+        spawn_holding(bin().arg("--out").arg(&run).args(["--resume", "--epochs", "100000", "--no-export"]), &run);
     let holder = format!("PID {}", first.id());
     let attempts = [
         quick(&cfg, &run, "1"),

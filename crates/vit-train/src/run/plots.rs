@@ -111,7 +111,8 @@ pub fn plot_curves(path: &Path, c: &Curves) -> Result<()> {
         let (upper, lower) = root.split_vertically(CURVES_SIZE.1 * 11 / 20);
         let x_max = (c.epochs.max(1)) as f64;
         let step = epoch_step(c.epochs.max(1));
-        let x_axis = || (0.0..x_max).step(step);
+        // A little room past the last epoch, so its tick and point are not cut off.
+        let x_axis = || (0.0..x_max * 1.02).step(step);
         let epoch_label = |v: &f64| format!("{}", v.round() as i64);
         let finite = c.train_loss.iter().chain(&c.val_loss).map(|p| p.1).filter(|v| v.is_finite());
         let y_max = finite.fold(0.1, f64::max) * 1.05;
