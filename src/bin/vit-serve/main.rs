@@ -37,6 +37,8 @@ Exit status:\n  \
 #[derive(Debug, Parser)]
 #[command(name = "vit-serve", version, after_help = AFTER_HELP)]
 struct Cli {
+    // The doc comment is clap's help text, printed verbatim: `<name>` is a placeholder, not HTML.
+    #[allow(rustdoc::invalid_html_tags)]
     /// A model.onnx file (served under its file stem), or a repository folder: every <name>/model.onnx or <name>/<version>/model.onnx under its folder name.
     #[arg(value_name = "MODEL_OR_REPO")]
     model: PathBuf,
