@@ -436,3 +436,69 @@ fn the_library_router_mounts_inside_another_app() {
     repo.close();
     assert!(repo.metrics().render().contains("vit_batch_size_count 1"));
 }
+
+#[test]
+fn a_raw_pixel_model_takes_uint8_nhwc_and_refuses_fp32() {
+    use vit::format::{InputKind, ModelFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(3);
+    let path = dir.path().join("raw.onnx");
+    let opts = vit::onnx::ExportOptions {
+        format: ModelFormat { input: InputKind::Uint8Nhwc, ..Default::default() },
+        ..Default::default()
+    };
+    vit::onnx::write_model(&path, &common::metadata(&cfg), &common::random_weights(&cfg, 3, 0.3), &opts).unwrap();
+    let server = Server::start(&path, &[]);
+    let (code, meta) = server.get_json("/v2/models/raw");
+    assert_eq!(code, 200);
+    assert_eq!(meta["inputs"][0]["datatype"], "UINT8");
+    assert_eq!(meta["inputs"][0]["shape"], json!([-1, 16, 16, 3]));
+    let name = meta["inputs"][0]["name"].as_str().unwrap().to_string();
+    let mut rng = Lcg(4);
+    let (n, hw) = (2, 16 * 16);
+    let nhwc: Vec<u8> = (0..n * hw * 3).map(|_| (rng.uniform() * 255.0) as u8).collect();
+    // The library takes CHW: transpose each image.
+    let mut chw = vec![0u8; nhwc.len()];
+    for i in 0..n {
+        for p in 0..hw {
+            for c in 0..3 {
+                chw[i * 3 * hw + c * hw + p] = nhwc[i * 3 * hw + p * 3 + c];
+            }
+        }
+    }
+    let expected = open(&path).logits_u8(&chw, n).unwrap();
+    let body = json!({ "inputs": [{ "name": name, "shape": [n, 16, 16, 3], "datatype": "UINT8", "data": nhwc }] });
+    let (code, out) = server.post_json("/v2/models/raw/infer", &body);
+    assert_eq!(code, 200, "{out}");
+    assert_close(&logits_of(&out), &expected, 1e-5);
+    let mut float = body.clone();
+    float["inputs"][0]["datatype"] = json!("FP32");
+    let (code, out) = server.post_json("/v2/models/raw/infer", &float);
+    assert_eq!(code, 400);
+    assert!(out["error"].as_str().unwrap().contains("takes UINT8"), "{out}");
+    let mut wide = body.clone();
+    wide["inputs"][0]["data"][0] = json!(300);
+    let (code, out) = server.post_json("/v2/models/raw/infer", &wide);
+    assert_eq!(code, 400);
+    assert!(out["error"].as_str().unwrap().contains("not a UINT8"), "{out}");
+}
+
+#[test]
+fn a_request_past_its_deadline_gets_504_and_the_next_one_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(3);
+    let path = model(dir.path(), 2);
+    // A lone request waits 300 ms for its batch to fill: longer than its 100 ms deadline.
+    let server = Server::start(&path, &["--max-batch", "8", "--max-delay-us", "300000", "--timeout-ms", "100"]);
+    let body = infer_body(&cfg, &pixels(&cfg, 1, 1), 1);
+    let start = std::time::Instant::now();
+    let (code, out) = server.post_json("/v2/models/m/infer", &body);
+    assert_eq!(code, 504, "{out}");
+    assert!(out["error"].as_str().unwrap().contains("deadline of 100 ms"), "{out}");
+    assert!(start.elapsed() < Duration::from_millis(290), "answered after {:?}", start.elapsed());
+    // A full batch does not wait: 8 images in one request are answered in time.
+    let (code, out) = server.post_json("/v2/models/m/infer", &infer_body(&cfg, &pixels(&cfg, 8, 2), 8));
+    assert_eq!(code, 200, "{out}");
+    let metrics = String::from_utf8(server.request("GET", "/metrics", "", b"").body).unwrap();
+    assert!(metrics.contains("status=\"504\"} 1"), "{metrics}");
+}

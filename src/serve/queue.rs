@@ -164,7 +164,14 @@ pub struct BatchPolicy {
 
 /// Runs batches from `queue` on `clf` until the queue is closed and drained.
 pub fn run_batcher(mut clf: Classifier, queue: Arc<Queue>, policy: BatchPolicy) {
-    while let Some(batch) = queue.next_batch(policy.max_batch.max(1), policy.max_delay) {
+    while let Some(mut batch) = queue.next_batch(policy.max_batch.max(1), policy.max_delay) {
+        // Clients may have left (deadline, disconnect) while the batch filled.
+        let before = batch.len();
+        batch.retain(|j| !j.reply.is_closed());
+        queue.metrics.dropped(before - batch.len());
+        if batch.is_empty() {
+            continue;
+        }
         let now = Instant::now();
         let images: usize = batch.iter().map(|j| j.images).sum();
         for job in &batch {
