@@ -354,7 +354,8 @@ fn reload_swaps_a_good_file_and_keeps_the_old_model_for_a_broken_one() {
     std::fs::create_dir_all(repo.join("b/3")).unwrap();
     let a = write_model(&repo.join("a"), "model.onnx", &cfg, 1);
     write_model(&repo.join("b/3"), "model.onnx", &cfg, 2);
-    let server = Server::start(&repo, &[]);
+    // Two sessions per model: a reload replaces both.
+    let server = Server::start(&repo, &["--instances", "2"]);
     assert_eq!(server.get_json("/v2/models/b").1["versions"], json!(["3"]));
     let data = pixels(&cfg, 1, 5);
     let body = infer_body(&cfg, &data, 1);
