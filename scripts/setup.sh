@@ -51,6 +51,8 @@ want=("torch==2.11.0" "torchvision==0.26.0" "$ORT_PKG==1.31.1" "onnx" "numpy" "t
 [ "$GPU" = 1 ] && want=("torch==2.11.0" "torchvision==0.26.0" "onnxruntime-gpu[cuda,cudnn]==1.31.1" "nvidia-cublas>=13,<14" "onnx" "numpy" "timm==1.0.15" "transformers==4.51.3")
 # tensorboard: test-only (its event reader checks our event files).
 want+=("tensorboard==2.21.0")
+# tritonclient[http]: test-only (tests/serve.rs talks to vit-serve as a KServe v2 client does).
+want+=("tritonclient[http]==2.73.0")
 have() { "$VIT_VENV/bin/python" -m pip show "$1" 2>/dev/null | awk '/^Version:/{print $2}'; }
 if [ "$DEMO" = 1 ]; then
   want=("torch==2.11.0" "$ORT_PKG==1.31.1")
@@ -60,7 +62,8 @@ missing() {
   [ "$(have torch)" != "2.11.0" ] || [ "$(have "$ORT_PKG")" != "1.31.1" ] && return 0
   [ "$DEMO" = 1 ] && return 1
   [ -z "$(have onnx)" ] || [ "$(have torchvision)" != "0.26.0" ] || [ "$(have timm)" != "1.0.15" ] \
-    || [ "$(have transformers)" != "4.51.3" ] || [ "$(have tensorboard)" != "2.21.0" ]
+    || [ "$(have transformers)" != "4.51.3" ] || [ "$(have tensorboard)" != "2.21.0" ] \
+    || [ "$(have tritonclient)" != "2.73.0" ]
 }
 if missing; then
   if [ "$GPU" = 1 ] && [ -n "$(have onnxruntime)" ]; then

@@ -7,7 +7,8 @@
 //! - [`metadata`]: what an exported ONNX file says about itself;
 //! - [`metrics`]: the confusion matrix training and inference both report;
 //! - `onnx` (feature `export`): the ONNX writer;
-//! - `infer` (feature `infer`): ONNX Runtime inference.
+//! - `infer` (feature `infer`): ONNX Runtime inference;
+//! - `serve` (feature `serve`): an HTTP server (Open Inference Protocol) over `infer`.
 
 #![warn(missing_docs)]
 
@@ -23,6 +24,8 @@ pub mod metrics;
 #[cfg(feature = "export")]
 pub mod onnx;
 pub mod preprocess;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod tensor;
 
 pub use config::{Variant, ViTConfig};

@@ -100,6 +100,11 @@ impl Classifier {
         &self.path
     }
 
+    /// The name of the graph's one input (`pixel_values` for vit-train exports).
+    pub fn input_name(&self) -> &str {
+        &self.input_name
+    }
+
     /// Class names in logit order.
     pub fn labels(&self) -> &[String] {
         &self.meta.labels
