@@ -139,6 +139,27 @@ fn without_augmentation_the_batches_are_the_preprocessors_normalisation() {
 }
 
 #[test]
+fn with_flips_and_padded_crops_alone_the_batches_are_memory_modes() {
+    // The host draws follow the CPU path's order (shift, then flip, per image, from the same batch RNG), and
+    // integer shifts and flips are exact: the recipe of models/coco5-vit.toml gives memory mode's very batches.
+    let p = prep(16, 3);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let data = dataset(40, 3, 16, |_, _, _, _| rng.random());
+    let set = ResidentSet::upload(&data, &p, tch::Device::Cpu, "training").unwrap();
+    let aug = Augment { hflip: true, crop_padding: 6, ..Augment::NONE };
+    for (b, indices) in vit_train::data::batches::epoch_batches(40, 16, 7, 2).iter().enumerate() {
+        let rng = &mut vit_train::data::batches::batch_rng(7, 2, b);
+        let host = vit_train::data::batches::make_batch(&data, indices, &p, aug, Some(rng));
+        let resident = set.train_batch(indices, &aug, 7, 2, b);
+        let shape = [indices.len() as i64, 3, 16, 16];
+        let diff = (&resident.pixels - Tensor::from_slice(&host.pixels).view(shape)).abs().max().double_value(&[]);
+        assert!(diff <= 1e-6, "batch {b}: device and memory batches differ by {diff}");
+        assert_eq!(Vec::<i64>::try_from(&resident.labels).unwrap(), host.labels);
+    }
+    assert_eq!(set.epoch_batches(16, 7, 2, 1), vit_train::data::batches::epoch_batches(40, 16, 7, 2));
+}
+
+#[test]
 fn flips_mirror_about_half_of_the_images() {
     let p = prep(16, 3);
     let set = ResidentSet::upload(&position_coded(BATCH, 16), &p, tch::Device::Cpu, "training").unwrap();
@@ -319,13 +340,17 @@ fn mixup_lambda_has_the_beta_mean_and_cutmix_keeps_its_area() {
     }
 }
 
-/// A 32x32 network on 24 images per class, 3 epochs, flips and padded crops; in `mode`.
+/// A 32x32 network on 40 images per class, 5 epochs, flips, padded crops, colour jitter
+/// and erasing (whose draws differ between the modes); in `mode`.
 fn short_fit(tmp: &std::path::Path, mode: &str) -> (serde_json::Value, Vec<f64>) {
-    let cfg = write_config(tmp, &(SMALL.to_string() + "hflip = true\ncrop_padding = 2\n"));
+    let cfg = write_config(
+        tmp,
+        &(SMALL.to_string() + "hflip = true\ncrop_padding = 2\ncolor_jitter = 0.2\nrandom_erasing = 0.25\n"),
+    );
     let run = tmp.join(mode);
     let mut cmd = bin();
     cmd.arg("--config").arg(&cfg).arg("--data").arg(coco5()).arg("--out").arg(&run);
-    run_ok(cmd.args(["--max-per-class", "24", "--epochs", "3", "--no-export", "--data-mode", mode]));
+    run_ok(cmd.args(["--max-per-class", "40", "--epochs", "5", "--no-export", "--data-mode", mode]));
     let records = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let losses = records
         .lines()
@@ -342,12 +367,17 @@ fn a_short_fit_in_device_mode_learns_as_in_memory_mode() {
     let tmp = tempfile::tempdir().unwrap();
     let (device, device_losses) = short_fit(tmp.path(), "device");
     let (memory, memory_losses) = short_fit(tmp.path(), "memory");
-    assert_eq!(device_losses.len(), 3, "{device_losses:?}");
-    assert!(device_losses[2] < device_losses[0] - 0.02, "device mode's loss must fall: {device_losses:?}");
-    assert!(memory_losses[2] < memory_losses[0] - 0.02, "memory mode's loss must fall: {memory_losses:?}");
+    assert_eq!(device_losses.len(), 5, "{device_losses:?}");
+    // Measured: 1.605 -> 1.549 (device), 1.607 -> 1.550 (memory); the curves differ by 0.003 at most.
+    assert!(device_losses[4] < device_losses[0] - 0.03, "device mode's loss must fall: {device_losses:?}");
+    assert!(memory_losses[4] < memory_losses[0] - 0.03, "memory mode's loss must fall: {memory_losses:?}");
+    for (e, (d, m)) in device_losses.iter().zip(&memory_losses).enumerate() {
+        assert!((d - m).abs() < 0.02, "epoch {e}: training loss {d} in device mode, {m} in memory mode");
+    }
+    assert_ne!(device_losses, memory_losses, "erasing noise differs, so the runs must too");
     let acc = |s: &serde_json::Value| s["val_accuracy"].as_f64().unwrap();
-    // 120 validation images: one run's accuracy varies by about 0.05; the two runs draw different augmentations.
-    assert!((acc(&device) - acc(&memory)).abs() <= 0.12, "device {} vs memory {}", acc(&device), acc(&memory));
+    // 200 validation images: one run's accuracy varies by about 0.035; the two runs draw different augmentations.
+    assert!((acc(&device) - acc(&memory)).abs() <= 0.1, "device {} vs memory {}", acc(&device), acc(&memory));
     assert!(acc(&device) > 0.25, "5 classes: device mode must beat chance, got {}", acc(&device));
     assert_eq!(device["train_images"], memory["train_images"]);
 }

@@ -148,7 +148,10 @@ pub fn fit_rank(
     log::debug!("memory estimate: {:.0} MiB", estimate.total() / (1u64 << 20) as f64);
     let requested_mode = run.data_mode;
     let splits = load_data(&mut cfg, &mut run, opts.data.budget())?;
-    let device_budget = crate::host::gpu::cuda_free_memory(opts.device).map(|free| free / 2);
+    let device_budget = match requested_mode {
+        DataMode::Auto => crate::host::gpu::cuda_free_memory(opts.device).map(|free| free / 2),
+        _ => None,
+    };
     run.data_mode = crate::data::resident::choose(requested_mode, run.data_mode, &splits, opts.device, device_budget);
     if let Some(shards) = splits.train.shard_ranges() {
         crate::data::shard_order::check_shards_for_ranks(shards.len(), crate::dist::sampler::rank().1)

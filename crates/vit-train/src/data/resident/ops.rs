@@ -146,3 +146,38 @@ pub fn mixup(x: &Tensor, lam: f32) -> Tensor {
 pub fn normalize(x: &Tensor, mean: &Tensor, std: &Tensor) -> Tensor {
     (x / 255.0 - mean) / std
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashed_noise_is_uniform_repeatable_and_keyed() {
+        let shape = [4i64, 3, 32, 32];
+        let a = hash_noise(7, &shape, Device::Cpu);
+        assert!(a.equal(&hash_noise(7, &shape, Device::Cpu)), "the same key must give the same noise");
+        let other = hash_noise(8, &shape, Device::Cpu);
+        let same = a.eq_tensor(&other).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!(same < 0.02, "another key must give other noise ({same} equal)");
+        let bins = (a.flatten(0, -1) / 16.0).floor().to_kind(Kind::Int64);
+        let counts = Vec::<i64>::try_from(bins.bincount::<Tensor>(None, 16)).unwrap();
+        assert_eq!(counts.len(), 16, "values must lie in 0..=255: {counts:?}");
+        let expected = 12288.0 / 16.0;
+        assert!(counts.iter().all(|&c| (c as f64 - expected).abs() < 0.15 * expected), "16 bins: {counts:?}");
+        let mean = a.mean(Kind::Float).double_value(&[]);
+        assert!((mean - 127.5).abs() < 3.0, "mean {mean}");
+    }
+
+    #[test]
+    fn box_masks_cover_exactly_their_boxes() {
+        let boxes = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0]).view([2, 4]);
+        let mask = box_mask(&boxes, 0, 8).to_kind(Kind::Float);
+        assert_eq!(mask.size(), [2, 1, 8, 8]);
+        assert_eq!(mask.get(0).sum(Kind::Float).double_value(&[]), 12.0);
+        assert_eq!(mask.double_value(&[0, 0, 1, 2]), 1.0);
+        assert_eq!(mask.double_value(&[0, 0, 3, 5]), 1.0);
+        assert_eq!(mask.double_value(&[0, 0, 4, 5]), 0.0);
+        assert_eq!(mask.double_value(&[0, 0, 1, 6]), 0.0);
+        assert_eq!(mask.get(1).sum(Kind::Float).double_value(&[]), 0.0, "an empty box erases nothing");
+    }
+}
