@@ -396,3 +396,27 @@ fn auto_keeps_memory_mode_on_the_cpu_and_device_mode_refuses_crops_from_original
     let run_json = std::fs::read_to_string(run.join("run.json")).unwrap();
     assert!(run_json.contains("\"data_mode\": \"memory\""), "auto on the CPU must stay in memory: {run_json}");
 }
+
+#[test]
+fn a_device_mode_run_killed_and_resumed_ends_as_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe =
+        SMALL.to_string() + "hflip = true\ncrop_scale = [0.35, 1.0]\nrandom_erasing = 0.25\nmixup_alpha = 0.8\n";
+    let cfg = write_config(tmp.path(), &recipe);
+    let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    run_ok(quick(&cfg, &straight, "3").args(["--data-mode", "device"]));
+    kill_after_first_epoch(quick(&cfg, &killed, "3").args(["--data-mode", "device"]), &killed);
+    // run.json keeps the mode, so the resumed run reads the data on the device again.
+    run_ok(bin().arg("--out").arg(&killed).args(["--resume", "--no-export"]));
+    let run_json = std::fs::read_to_string(killed.join("run.json")).unwrap();
+    assert!(run_json.contains("\"data_mode\": \"device\""), "{run_json}");
+    let (a, b) = (summary(&straight), summary(&killed));
+    assert_eq!(a["val_accuracy"], b["val_accuracy"]);
+    let read = |run: &std::path::Path| Tensor::read_safetensors(run.join("last.safetensors")).unwrap();
+    let mut resumed: std::collections::BTreeMap<_, _> = read(&killed).into_iter().collect();
+    for (name, w) in read(&straight) {
+        let other = resumed.remove(&name).unwrap_or_else(|| panic!("{name} missing after resume"));
+        let diff = (&w - other).abs().max().double_value(&[]);
+        assert!(diff <= 1e-6, "{name}: the resumed weights differ by {diff}");
+    }
+}
