@@ -19,11 +19,10 @@ use crate::host::memory::{catch_allocation, MemoryError};
 use crate::model::finetune::Finetune;
 use crate::model::{parameter_count, ViT};
 use crate::run::checkpoint::{self, CheckpointError};
-use crate::run::metrics::Confusion;
 use crate::shim::ShimError;
 use crate::train::amp::{Autocast, LossScaler};
 use crate::train::ema::Ema;
-use crate::train::evaluate::{evaluate, evaluate_part, to_device, Evaluation};
+use crate::train::evaluate::{evaluate, evaluate_part, reduce_evaluation, to_device, Evaluation};
 use crate::train::optim::{freeze_backbone, learning_rate, Adam};
 
 mod resident;
@@ -489,27 +488,4 @@ impl Trainer {
         }
         Ok(tensors.get(EPOCH_TENSOR).map(|t| t.int64_value(&[0]) as usize).unwrap_or(0))
     }
-}
-
-/// One rank's share of an evaluation of `len` images (its loss sum and
-/// confusion counts) summed over `group`: every rank gets the same, exact counts.
-fn reduce_evaluation(
-    group: &ProcessGroup,
-    len: usize,
-    loss_sum: f64,
-    part: &Confusion,
-    unreadable: Vec<Skipped>,
-) -> Result<Evaluation, DistError> {
-    let k = part.matrix.len();
-    let mut sums = vec![loss_sum];
-    sums.extend(part.matrix.iter().flatten().map(|&c| c as f64));
-    let sums = Tensor::from_slice(&sums);
-    group.all_reduce_sum(&[&sums])?;
-    let sums = Vec::<f64>::try_from(&sums).unwrap_or_default();
-    let mut confusion = Confusion::new(k);
-    for (row, counts) in confusion.matrix.iter_mut().zip(sums[1..].chunks(k)) {
-        *row = counts.iter().map(|&c| c as u64).collect();
-    }
-    let loss = sums[0] / len as f64;
-    Ok(Evaluation { loss, accuracy: confusion.accuracy(), confusion, unreadable })
 }

@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 
-use super::{reduce_evaluation, DataFlow, Divergence, EpochStats, StepReport, Trainer};
+use super::{DataFlow, Divergence, EpochStats, StepReport, Trainer};
 use crate::data::batches::Augment;
 use crate::data::resident::ResidentSet;
 use crate::dist::DistError;
 use crate::run::metrics::Confusion;
-use crate::train::evaluate::Evaluation;
+use crate::train::evaluate::{reduce_evaluation, Evaluation};
 use crate::train::optim::learning_rate;
 
 impl Trainer {
