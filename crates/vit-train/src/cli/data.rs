@@ -14,7 +14,9 @@ use crate::data::workers::{default_workers, Pipeline, DEFAULT_PREFETCH};
 pub struct DataArgs {
     /// memory: decode every image once; stream: decode each image when a batch needs it
     /// (memory bounded by the prefetch queue); auto: stream when the decoded images would
-    /// exceed --data-memory-budget. The batches are the same either way.
+    /// exceed --data-memory-budget (memory and stream give the same batches); device: keep
+    /// the decoded set on the training device and augment batches there (auto picks it on
+    /// CUDA when the set fits half the free GPU memory).
     #[arg(long, value_enum, default_value_t = DataMode::Auto)]
     pub data_mode: DataMode,
     /// Threads that build batches (default: half the cores, 1 to 8).

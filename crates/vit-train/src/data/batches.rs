@@ -149,9 +149,22 @@ pub fn epoch_batches_of(
     epoch: usize,
     shuffle_buffer: usize,
 ) -> Vec<Vec<usize>> {
-    let Some(shards) = data.shard_ranges() else { return epoch_batches(data.len(), batch_size, seed, epoch) };
+    epoch_batches_in(data.len(), data.shard_ranges().as_deref(), batch_size, seed, epoch, shuffle_buffer)
+}
+
+/// [`epoch_batches_of`] for a set of `len` samples whose tar shards, if every
+/// sample comes from one, are `shards` (a set kept on the device keeps only these facts).
+pub fn epoch_batches_in(
+    len: usize,
+    shards: Option<&[std::ops::Range<usize>]>,
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+    shuffle_buffer: usize,
+) -> Vec<Vec<usize>> {
+    let Some(shards) = shards else { return epoch_batches(len, batch_size, seed, epoch) };
     let rank = crate::dist::sampler::rank();
-    let order = crate::data::shard_order::shard_epoch_order(&shards, shuffle_buffer, &mut epoch_rng(seed, epoch), rank);
+    let order = crate::data::shard_order::shard_epoch_order(shards, shuffle_buffer, &mut epoch_rng(seed, epoch), rank);
     order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
 }
 

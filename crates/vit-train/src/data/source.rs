@@ -21,8 +21,12 @@ pub enum DataMode {
     Memory,
     /// Decode each image when a batch needs it; memory is bounded by the prefetch queue.
     Stream,
-    /// Stream when the decoded images would exceed the memory budget, else memory.
+    /// Stream when the decoded images would exceed the memory budget, else memory
+    /// (on CUDA: the device when the decoded set fits half its free memory).
     Auto,
+    /// Decode every image once and keep the set on the training device as one u8
+    /// tensor; batches are gathered and augmented there ([`crate::data::resident`]).
+    Device,
 }
 
 /// Data options of `fit` that do not change the batches: workers, queue, memory budget.
@@ -68,7 +72,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 /// Loads the splits of `dir` in `mode` (`auto` resolved against `budget`
-/// bytes); returns them with the mode used, `memory` or `stream`.
+/// bytes); returns them with the mode used: `memory` or `stream` for `auto`
+/// (the device is chosen later, by [`crate::data::resident::choose`]), else `mode`.
 pub fn load_splits_in(
     dir: &Path,
     prep: &Preprocessor,
@@ -78,6 +83,7 @@ pub fn load_splits_in(
 ) -> Result<(Splits, DataMode), DataError> {
     match mode {
         DataMode::Memory => Ok((load_splits(dir, prep, opts)?, DataMode::Memory)),
+        DataMode::Device => Ok((load_splits(dir, prep, opts)?, DataMode::Device)),
         DataMode::Stream => Ok((scan_splits(dir, prep, opts)?, DataMode::Stream)),
         DataMode::Auto => {
             let index = scan_splits(dir, prep, opts)?;

@@ -6,6 +6,7 @@ use vit::data::{Dataset, Skipped};
 use vit::Preprocessor;
 
 use crate::data::batches::{for_each_eval_batch, Pipeline};
+use crate::dist::{DistError, ProcessGroup};
 use crate::run::metrics::Confusion;
 
 /// What an evaluation measured.
@@ -117,4 +118,27 @@ pub fn evaluate_part(
         confusion.add(t as usize, p as usize);
     }
     (loss_sum, confusion, unreadable)
+}
+
+/// One rank's share of an evaluation of `len` images (its loss sum and
+/// confusion counts) summed over `group`: every rank gets the same, exact counts.
+pub fn reduce_evaluation(
+    group: &ProcessGroup,
+    len: usize,
+    loss_sum: f64,
+    part: &Confusion,
+    unreadable: Vec<Skipped>,
+) -> Result<Evaluation, DistError> {
+    let k = part.matrix.len();
+    let mut sums = vec![loss_sum];
+    sums.extend(part.matrix.iter().flatten().map(|&c| c as f64));
+    let sums = Tensor::from_slice(&sums);
+    group.all_reduce_sum(&[&sums])?;
+    let sums = Vec::<f64>::try_from(&sums).unwrap_or_default();
+    let mut confusion = Confusion::new(k);
+    for (row, counts) in confusion.matrix.iter_mut().zip(sums[1..].chunks(k)) {
+        *row = counts.iter().map(|&c| c as u64).collect();
+    }
+    let loss = sums[0] / len as f64;
+    Ok(Evaluation { loss, accuracy: confusion.accuracy(), confusion, unreadable })
 }

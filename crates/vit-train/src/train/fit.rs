@@ -15,6 +15,7 @@ use tch::Device;
 use vit::data::{LoadOptions, Skipped, Splits};
 use vit::{Preprocessor, ViTConfig};
 
+use crate::data::resident::{ResidentSplits, Split};
 use crate::data::source::{load_splits_in, DataMode, DataOptions};
 use crate::dist::ProcessGroup;
 use crate::import::Imported;
@@ -65,10 +66,11 @@ pub fn load_data(cfg: &mut ViTConfig, run: &mut RunOptions, budget: u64) -> Resu
     };
     if cfg.train.crop_from_original {
         match run.data_mode {
-            DataMode::Memory => bail!(
+            DataMode::Memory | DataMode::Device => bail!(
                 "train.crop_from_original = true crops each training image from its original file, and \
-                 --data-mode memory keeps only the images resized to image_size: pass --data-mode stream \
-                 (or auto), or set train.crop_from_original = false"
+                 --data-mode {} keeps only the images resized to image_size: pass --data-mode stream \
+                 (or auto), or set train.crop_from_original = false",
+                if run.data_mode == DataMode::Device { "device" } else { "memory" }
             ),
             DataMode::Auto => {
                 log::info!("data: train.crop_from_original = true reads the original files, so the data is streamed");
@@ -144,7 +146,13 @@ pub fn fit_rank(
 
     let estimate = crate::host::memory::check(&cfg, opts.device)?;
     log::debug!("memory estimate: {:.0} MiB", estimate.total() / (1u64 << 20) as f64);
+    let requested_mode = run.data_mode;
     let splits = load_data(&mut cfg, &mut run, opts.data.budget())?;
+    let device_budget = match requested_mode {
+        DataMode::Auto => crate::host::gpu::cuda_free_memory(opts.device).map(|free| free / 2),
+        _ => None,
+    };
+    run.data_mode = crate::data::resident::choose(requested_mode, run.data_mode, &splits, opts.device, device_budget);
     if let Some(shards) = splits.train.shard_ranges() {
         crate::data::shard_order::check_shards_for_ranks(shards.len(), crate::dist::sampler::rank().1)
             .map_err(anyhow::Error::msg)?;
@@ -169,6 +177,11 @@ pub fn fit_rank(
         dir.write_labels(&splits.classes)?;
     }
 
+    // Uploaded before the model, so a set that does not fit fails before anything else is allocated there.
+    let resident = match run.data_mode {
+        DataMode::Device => Some(ResidentSplits::upload(&splits, &Preprocessor::from_config(&cfg), opts.device)?),
+        _ => None,
+    };
     crate::train::amp::check_supported(cfg.train.precision, opts.device)?;
     crate::model::set_fused_attention(cfg.train.fused_attention);
     let shard = crate::dist::sampler::shard_len(splits.train.len());
@@ -218,11 +231,13 @@ pub fn fit_rank(
     // Streamed files found unreadable in this process's epochs, counted once each in `skipped_files`. Every epoch
     // reads the whole training split and the last one evaluates, so a resumed run that trains on finds the same files.
     let mut unreadable = BTreeSet::new();
+    let val_split: Split = resident.as_ref().map_or((&splits.val).into(), |r| (&r.val).into());
     for epoch in start_epoch..t.epochs {
         let epoch_start = Instant::now();
         let bar = progress_bar(opts.progress, trainer.steps_per_epoch(), epoch, t.epochs);
         let mut window = LossWindow::default();
-        let stats = trainer.train_epoch(&splits.train, epoch, |s| {
+        let train_split: Split = resident.as_ref().map_or((&splits.train).into(), |r| (&r.train).into());
+        let stats = trainer.train_epoch(train_split, epoch, |s| {
             if let Some(rec) = window.push(s, epoch, t.log_every) {
                 bar.suspend(|| log_step(&rec));
                 if let Record::Step { iter, loss, lr, .. } = rec {
@@ -263,7 +278,7 @@ pub fn fit_rank(
         let due = measured && ((epoch + 1) % t.eval_every == 0 || epoch + 1 == t.epochs);
         let best_so_far = records.iter().filter_map(Record::val_accuracy).fold(f64::NEG_INFINITY, f64::max);
         let eval = trainer.with_eval_weights(|tr| -> Result<Option<Evaluation>> {
-            let eval = if due { Some(tr.evaluate(&splits.val)?) } else { None };
+            let eval = if due { Some(tr.evaluate(val_split)?) } else { None };
             let failed = eval.as_ref().map_or(&[][..], |e| &e.unreadable[..]);
             check_reads(run.allow_skipped, dir, epoch, "evaluation", failed, &mut unreadable)?;
             let rec = epoch_record(epoch, &stats, eval.as_ref(), epoch_start.elapsed().as_secs_f64());
@@ -287,7 +302,7 @@ pub fn fit_rank(
     // Only a resumed run that had already finished has no evaluation of its final weights yet.
     let eval = match last_eval {
         Some(eval) => Some(eval),
-        None if measured => Some(trainer.with_eval_weights(|tr| tr.evaluate(&splits.val))?),
+        None if measured => Some(trainer.with_eval_weights(|tr| tr.evaluate(val_split))?),
         None => None,
     };
     unreadable.extend(eval.iter().flat_map(|e| e.unreadable.iter().map(|s| s.path.clone())));

@@ -9,21 +9,23 @@ use std::path::Path;
 use std::time::Instant;
 
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
-use vit::data::{Dataset, Skipped};
+use vit::data::Skipped;
 use vit::{Preprocessor, ViTConfig};
 
 use crate::data::batches::{epoch_batches_of, for_each_train_batch, Augment, HostBatch, Pipeline};
+use crate::data::resident::Split;
 use crate::dist::{DistError, ProcessGroup};
 use crate::host::memory::{catch_allocation, MemoryError};
 use crate::model::finetune::Finetune;
 use crate::model::{parameter_count, ViT};
 use crate::run::checkpoint::{self, CheckpointError};
-use crate::run::metrics::Confusion;
 use crate::shim::ShimError;
 use crate::train::amp::{Autocast, LossScaler};
 use crate::train::ema::Ema;
-use crate::train::evaluate::{evaluate, evaluate_part, to_device, Evaluation};
+use crate::train::evaluate::{evaluate, evaluate_part, reduce_evaluation, to_device, Evaluation};
 use crate::train::optim::{freeze_backbone, learning_rate, Adam};
+
+mod resident;
 
 /// Name of the scalar in `resume.safetensors` that counts completed epochs.
 const EPOCH_TENSOR: &str = "train.epoch";
@@ -259,12 +261,17 @@ impl Trainer {
     /// finite ends the epoch at once ([`EpochStats::diverged`]; `on_step` does not see it).
     /// In a process group each rank trains on its shard, and the returned loss
     /// and image count are the sums over all ranks.
-    pub fn train_epoch(
+    /// A set kept on the device (`--data-mode device`) is batched there instead.
+    pub fn train_epoch<'a>(
         &mut self,
-        data: &Dataset,
+        data: impl Into<Split<'a>>,
         epoch: usize,
         mut on_step: impl FnMut(&StepReport),
     ) -> Result<EpochStats, DistError> {
+        let data = match data.into() {
+            Split::Host(data) => data,
+            Split::Resident(set) => return self.train_epoch_resident(set, epoch, on_step),
+        };
         let t = &self.cfg.train;
         // Dropout, drop-path and augmentation draws of an epoch depend only on the seed and the epoch,
         // so a resumed run continues exactly.
@@ -329,23 +336,29 @@ impl Trainer {
     /// loop calls it; benchmarks time it alone. Fails only when averaging the
     /// gradients across ranks fails (a dead peer, a timeout).
     pub fn step(&mut self, batch: &HostBatch, lr: f64) -> Result<f64, DistError> {
-        let (label_smoothing, grad_clip) = (self.cfg.train.label_smoothing, self.cfg.train.grad_clip);
         let (x, y) = to_device(&batch.pixels, &batch.labels, &self.prep, self.device);
+        self.step_on(&x, &y, batch.mix_lam, lr)
+    }
+
+    /// [`step`](Self::step) on a batch already on the device: normalised images
+    /// `x`, labels `y`, and the own label's weight of a mixed batch.
+    pub fn step_on(&mut self, x: &Tensor, y: &Tensor, mix_lam: Option<f32>, lr: f64) -> Result<f64, DistError> {
+        let (label_smoothing, grad_clip) = (self.cfg.train.label_smoothing, self.cfg.train.grad_clip);
         let logits = {
             // Autocast covers the forward pass only; the loss and backward see f32 logits.
             let _autocast = Autocast::enter(self.cfg.train.precision, self.device).unwrap_or_else(|e| {
                 log::warn!("{e}; training this step in fp32");
                 None
             });
-            self.model.forward_t(&x, true).to_kind(Kind::Float)
+            self.model.forward_t(x, true).to_kind(Kind::Float)
         };
         let log_probs = logits.log_softmax(-1, Kind::Float);
         let ce =
             |y: &Tensor| log_probs.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, label_smoothing);
-        let loss = match batch.mix_lam {
+        let loss = match mix_lam {
             // Mixed images: lam of the own label, 1 - lam of the partner's (the batch reversed).
-            Some(lam) => ce(&y) * f64::from(lam) + ce(&y.flip([0])) * (1.0 - f64::from(lam)),
-            None => ce(&y),
+            Some(lam) => ce(y) * f64::from(lam) + ce(&y.flip([0])) * (1.0 - f64::from(lam)),
+            None => ce(y),
         };
         crate::dist::take_forward_error()?;
         self.opt.zero_grad();
@@ -413,7 +426,12 @@ impl Trainer {
     /// Loss, accuracy and confusion matrix of the current weights on `data`. In a
     /// process group each rank evaluates every world-size-th image and the sums are
     /// all-reduced: every rank gets the same, exact counts.
-    pub fn evaluate(&self, data: &Dataset) -> Result<Evaluation, DistError> {
+    /// A set kept on the device is evaluated there.
+    pub fn evaluate<'a>(&self, data: impl Into<Split<'a>>) -> Result<Evaluation, DistError> {
+        let data = match data.into() {
+            Split::Host(data) => data,
+            Split::Resident(set) => return self.evaluate_resident(set),
+        };
         let Some(group) = &self.group else {
             return Ok(evaluate(
                 &self.model,
@@ -432,17 +450,7 @@ impl Trainer {
         let mine: Vec<usize> = (group.rank()..data.len()).step_by(group.world_size()).collect();
         let (loss_sum, part, unreadable) =
             evaluate_part(&self.model, data, &mine, &self.prep, k, self.device, self.eval_batch, self.pipe);
-        let mut sums = vec![loss_sum];
-        sums.extend(part.matrix.iter().flatten().map(|&c| c as f64));
-        let sums = Tensor::from_slice(&sums);
-        group.all_reduce_sum(&[&sums])?;
-        let sums = Vec::<f64>::try_from(&sums).unwrap_or_default();
-        let mut confusion = Confusion::new(k);
-        for (row, counts) in confusion.matrix.iter_mut().zip(sums[1..].chunks(k)) {
-            *row = counts.iter().map(|&c| c as u64).collect();
-        }
-        let loss = sums[0] / data.len() as f64;
-        Ok(Evaluation { loss, accuracy: confusion.accuracy(), confusion, unreadable })
+        reduce_evaluation(group, data.len(), loss_sum, &part, unreadable)
     }
 
     /// Writes the model's current weights (a `last`/`best` checkpoint).

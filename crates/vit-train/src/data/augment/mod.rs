@@ -105,7 +105,12 @@ pub fn augment_image(img: &mut [u8], scratch: &mut Vec<u8>, g: Geometry, aug: &A
 /// A random `(top, left, height, width)` box of area fraction in `scale` and
 /// aspect ratio in `ratio` (log-uniform), as torchvision's `get_params`; the
 /// whole image after 10 failed draws.
-fn random_box(side: usize, scale: (f64, f64), ratio: (f64, f64), rng: &mut ChaCha8Rng) -> (usize, usize, usize, usize) {
+pub(crate) fn random_box(
+    side: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut ChaCha8Rng,
+) -> (usize, usize, usize, usize) {
     let area = (side * side) as f64;
     for _ in 0..10 {
         let target = area * rng.random_range(scale.0..=scale.1);
@@ -122,7 +127,7 @@ fn random_box(side: usize, scale: (f64, f64), ratio: (f64, f64), rng: &mut ChaCh
 /// Crops a random box (area in `scale`, aspect in [3/4, 4/3]) and resizes it
 /// back to `side` x `side` bilinearly (half-pixel centres, as `antialias=False`).
 fn random_resized_crop(img: &mut [u8], scratch: &mut Vec<u8>, g: Geometry, scale: (f64, f64), rng: &mut ChaCha8Rng) {
-    let (top, left, h, w) = random_box(g.side, scale, (3.0 / 4.0, 4.0 / 3.0), rng);
+    let (top, left, h, w) = random_box(g.side, scale, original::CROP_RATIO, rng);
     scratch.clear();
     scratch.extend_from_slice(img);
     let s = g.side;
@@ -210,10 +215,15 @@ fn color_jitter(img: &mut [u8], g: Geometry, strength: f64, rng: &mut ChaCha8Rng
     }
 }
 
+/// Area fraction range of an erased box (torchvision's `RandomErasing` default).
+pub const ERASE_SCALE: (f64, f64) = (0.02, 0.33);
+/// Aspect ratio range of an erased box.
+pub const ERASE_RATIO: (f64, f64) = (0.3, 1.0 / 0.3);
+
 /// Fills one random rectangle (2-33% of the area, aspect 0.3-3.3) with
 /// uniform noise (torchvision's `RandomErasing` with random values).
 fn random_erase(img: &mut [u8], g: Geometry, rng: &mut ChaCha8Rng) {
-    let (top, left, h, w) = random_box(g.side, (0.02, 0.33), (0.3, 1.0 / 0.3), rng);
+    let (top, left, h, w) = random_box(g.side, ERASE_SCALE, ERASE_RATIO, rng);
     for c in 0..g.channels {
         for y in top..top + h {
             let row = c * g.side * g.side + y * g.side;
@@ -261,10 +271,7 @@ pub fn draw_mix(aug: &Augment, rng: &mut ChaCha8Rng) -> Option<MixKind> {
 /// `n - 1 - i` into image `i`. Returns the weight of the own label, `1 - box area / image area`.
 pub fn cutmix(pixels: &mut [u8], g: Geometry, lam: f32, rng: &mut ChaCha8Rng) -> f32 {
     let s = g.side;
-    let cut = ((1.0 - lam).max(0.0).sqrt() * s as f32) as usize;
-    let (cy, cx) = (rng.random_range(0..s), rng.random_range(0..s));
-    let (y0, y1) = (cy.saturating_sub(cut / 2), (cy + cut / 2).min(s));
-    let (x0, x1) = (cx.saturating_sub(cut / 2), (cx + cut / 2).min(s));
+    let (y0, y1, x0, x1) = cutmix_box(s, lam, rng);
     let image_len = g.channels * s * s;
     let source = pixels.to_vec();
     let n = pixels.len() / image_len;
@@ -278,6 +285,16 @@ pub fn cutmix(pixels: &mut [u8], g: Geometry, lam: f32, rng: &mut ChaCha8Rng) ->
         }
     }
     1.0 - ((y1 - y0) * (x1 - x0)) as f32 / (s * s) as f32
+}
+
+/// CutMix's box `(y0, y1, x0, x1)` (end exclusive) on a `side` x `side` image:
+/// sides of `sqrt(1 - lam) * side`, centred uniformly, clipped to the image.
+pub fn cutmix_box(side: usize, lam: f32, rng: &mut ChaCha8Rng) -> (usize, usize, usize, usize) {
+    let cut = ((1.0 - lam).max(0.0).sqrt() * side as f32) as usize;
+    let (cy, cx) = (rng.random_range(0..side), rng.random_range(0..side));
+    let (y0, y1) = (cy.saturating_sub(cut / 2), (cy + cut / 2).min(side));
+    let (x0, x1) = (cx.saturating_sub(cut / 2), (cx + cut / 2).min(side));
+    (y0, y1, x0, x1)
 }
 
 /// Mixup on normalised pixels: `x_i = lam * x_i + (1 - lam) * x_{n-1-i}`.
