@@ -10,6 +10,7 @@
 #   scripts/bench-train.sh [CONFIG...]      (default: models/seed-hw9.toml models/coco5-vit.toml)
 #   ROUNDS=5 STEPS=30 THREADS=2 DEVICE=cpu scripts/bench-train.sh models/coco5-vit.toml
 #   REF_IMPL=foreach scripts/bench-train.sh ...   # torch.optim implementation of the reference
+#   REF_COMPILE=reduce-overhead scripts/bench-train.sh ...   # torch.compile mode of the reference (default, reduce-overhead)
 #   OURS="--fused-attention" scripts/bench-train.sh ...   # extra flags of examples/train_steps.rs
 #   DEVICE=cuda PRECISION=bf16 scripts/bench-train.sh models/coco5-vit-gpu.toml   # on a GPU
 #   BIN=dir PYTHON=python3 ...   # prebuilt vit-train and train_steps in dir (no cargo), another python
@@ -59,7 +60,7 @@ for config in "${CONFIGS[@]}"; do
     o=$("$STEPS_BIN" --run "$run" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --device "$DEVICE" \
       --precision "$PRECISION" ${OURS:-})
     r=$("$PYTHON" bench/pytorch_reference.py "$run" --skip-check --steps "$STEPS" --warmup "$WARMUP" \
-      --threads "$THREADS" --optimizer-impl "$REF_IMPL" --device "$DEVICE" --precision "$PRECISION")
+      --threads "$THREADS" --optimizer-impl "$REF_IMPL" --device "$DEVICE" --precision "$PRECISION" ${REF_COMPILE:+--compile "$REF_COMPILE"})
     ours+=("$(field images_per_sec <<<"$o")"); ref+=("$(field images_per_sec <<<"$r")")
     printf '[bench-train] %s round %d: ours %.1f img/s, pytorch %.1f img/s\n' "$name" "$round" "${ours[-1]}" "${ref[-1]}"
   done
@@ -68,6 +69,6 @@ for config in "${CONFIGS[@]}"; do
 done
 
 echo
-echo "device $DEVICE, precision $PRECISION, threads $THREADS, $ROUNDS alternating rounds of $STEPS steps, ours: ${OURS:-defaults}, reference optimizer: $REF_IMPL, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
+echo "device $DEVICE, precision $PRECISION, threads $THREADS, $ROUNDS alternating rounds of $STEPS steps, ours: ${OURS:-defaults}, reference optimizer: $REF_IMPL${REF_COMPILE:+, torch.compile $REF_COMPILE}, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
 printf '%-20s %12s %12s %8s\n' config "ours img/s" "torch img/s" ratio
 printf '%s\n' "${summary[@]}"

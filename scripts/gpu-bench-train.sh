@@ -4,13 +4,16 @@
 # bf16, each with the per-tensor and the fused optimiser on both sides
 # (scripts/bench-train.sh pairings), the same ratio for the two CPU presets, the
 # batch producer alone at 1-8 workers, and three real epochs of `fit` per
-# precision. Prebuilt binaries, no cargo: a GPU box needs only libtorch (its
+# precision; then the step's launch-overhead switches (the capturable optimiser
+# alone, CUDA-graph replay, which includes it) against PyTorch eager and
+# torch.compile (default and reduce-overhead) in bf16. Prebuilt binaries, no cargo: a GPU box needs only libtorch (its
 # PyTorch) and python3 with torch + onnxruntime.
 #
 #   BIN=dir DATA=coco5 OUT=results scripts/gpu-bench-train.sh [--dry]
 #
 # --dry runs every step on the CPU with a few steps (a rehearsal where there is
-# no GPU). Each step's output is appended to $OUT/gpu-bench.log.
+# no GPU; torch.compile rows only check that the reference has --compile, since
+# compiling takes minutes on a CPU; --cuda-graph trains eagerly there, with its warning). Each step's output is appended to $OUT/gpu-bench.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:?BIN=folder holding vit-train, train_steps, data_throughput}"
@@ -43,6 +46,20 @@ for precision in fp32 bf16; do
   step env PRECISION=$precision scripts/bench-train.sh models/coco5-vit-gpu.toml
   step env PRECISION=$precision REF_IMPL=fused OURS="--fused-optimizer true" scripts/bench-train.sh models/coco5-vit-gpu.toml
 done
+# The sync-free step is always on; these switch the rest of the launch overhead off.
+"$BIN/train_steps" --help | grep -q -- --cuda-graph ||
+  { echo "gpu-bench-train: $BIN/train_steps has no --cuda-graph (rebuild it)" >&2; exit 1; }
+"$PYTHON" bench/pytorch_reference.py --help | grep -q -- --compile ||
+  { echo "gpu-bench-train: bench/pytorch_reference.py has no --compile" >&2; exit 1; }
+for ours in "--fused-optimizer true --capturable-optimizer" "--fused-optimizer true --cuda-graph"; do
+  step env PRECISION=bf16 REF_IMPL=fused OURS="$ours" scripts/bench-train.sh models/coco5-vit-gpu.toml
+done
+if [ $DRY = 0 ]; then
+  for mode in default reduce-overhead; do
+    step env PRECISION=bf16 REF_IMPL=fused REF_COMPILE=$mode OURS="--fused-optimizer true --cuda-graph" \
+      scripts/bench-train.sh models/coco5-vit-gpu.toml
+  done
+fi
 for mode in memory stream; do
   step "$BIN/data_throughput" --config models/coco5-vit-gpu.toml --data "$DATA" --workers "$WORKERS" --mode $mode
 done

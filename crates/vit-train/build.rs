@@ -14,8 +14,8 @@ use std::process::Command;
 /// The shim's translation units (csrc/README.md lists what each owns).
 const SHIM_SOURCES: &[&str] = &["csrc/optim.cpp", "csrc/dist.cpp", "csrc/dist_bn.cpp", "csrc/amp.cpp"];
 
-/// The NCCL process group, built apart with the CUDA headers when they are there.
-const NCCL_SOURCE: &str = "csrc/dist_nccl.cpp";
+/// The NCCL process group and CUDA-graph capture, built apart with the CUDA headers when they are there.
+const CUDA_SOURCES: &[&str] = &["csrc/dist_nccl.cpp", "csrc/graph.cpp"];
 
 /// Include dirs and `_GLIBCXX_USE_CXX11_ABI` value of the libtorch torch-sys uses.
 fn libtorch_headers() -> (Vec<PathBuf>, String) {
@@ -93,15 +93,19 @@ fn build_shim() {
     println!("cargo:rerun-if-changed=csrc");
     let (includes, abi) = libtorch_headers();
     shim_build(&includes, &abi).files(SHIM_SOURCES).compile("vit_shim");
-    // NCCL in its own archive: only it needs the CUDA headers (and compiles to a stub without them).
+    // NCCL and CUDA graphs in their own archive: only they need the CUDA headers (and compile to stubs without them).
     let mut nccl = shim_build(&includes, &abi);
     match nccl_headers(&includes) {
         Some(dirs) => {
-            nccl.includes(dirs).flag("-DVIT_HAVE_NCCL").flag("-DUSE_C10D_NCCL").flag("-DUSE_CUDA");
+            nccl.includes(dirs)
+                .flag("-DVIT_HAVE_NCCL")
+                .flag("-DVIT_HAVE_CUDA_GRAPH")
+                .flag("-DUSE_C10D_NCCL")
+                .flag("-DUSE_CUDA");
         }
-        None => println!("cargo:warning=CUDA/NCCL headers not found beside torch: building without NCCL (scripts/setup.sh installs them)"),
+        None => println!("cargo:warning=CUDA/NCCL headers not found beside torch: building without NCCL and CUDA graphs (scripts/setup.sh installs them)"),
     }
-    nccl.file(NCCL_SOURCE).compile("vit_shim_nccl");
+    nccl.files(CUDA_SOURCES).compile("vit_shim_nccl");
 }
 
 fn main() {
@@ -117,5 +121,9 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+    // The CUDA-graph shim (csrc/graph.cpp) calls c10_cuda's streams directly.
+    if lib.join("libc10_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-lc10_cuda");
     }
 }

@@ -124,6 +124,13 @@ pub struct TrainConfig {
     /// `config.toml` only when set.
     #[serde(skip_serializing_if = "is_false")]
     pub channels_last: bool,
+    /// Capture the training step as a CUDA graph and replay it for every full
+    /// batch (`fit --cuda-graph`; see vit-train's `train::graph`): far fewer
+    /// kernel launches on a GPU. Where it cannot be used (the CPU, fp16, mixup,
+    /// CutMix, several ranks) training is eager, with one warning. Written to
+    /// `config.toml` only when set.
+    #[serde(skip_serializing_if = "is_false")]
+    pub cuda_graph: bool,
     /// Mixed precision of training (see [`Precision`]). Written to `config.toml`
     /// only when not fp32.
     #[serde(skip_serializing_if = "is_fp32")]
@@ -167,6 +174,7 @@ impl Default for TrainConfig {
             fused_optimizer: false,
             fused_attention: false,
             channels_last: false,
+            cuda_graph: false,
             precision: Precision::Fp32,
         }
     }

@@ -13,7 +13,8 @@ extern "C" void vit_shim_free_error(char *message) { std::free(message); }
 
 extern "C" char *vit_fused_adam_step(vit_tensor *const *params, vit_tensor *const *grads, vit_tensor *const *exp_avgs,
                                      vit_tensor *const *exp_avg_sqs, size_t n, vit_tensor *step, double lr,
-                                     double beta1, double beta2, double weight_decay, double eps, int decoupled) {
+                                     double beta1, double beta2, double weight_decay, double eps, int decoupled,
+                                     vit_tensor *lr_tensor) {
   return vit_shim::guard([&] {
     if (n == 0) {
       return;
@@ -31,7 +32,14 @@ extern "C" char *vit_fused_adam_step(vit_tensor *const *params, vit_tensor *cons
     std::vector<at::Tensor> steps(n, *step);
     // amsgrad is off: the kernel requires this list to be empty.
     const std::vector<at::Tensor> no_max;
-    if (decoupled) {
+    if (lr_tensor != nullptr) {
+      // The tensor-lr overloads: nothing is read on the host (capturable).
+      if (decoupled) {
+        at::_fused_adamw_(p, g, m, v, no_max, steps, *lr_tensor, beta1, beta2, weight_decay, eps, false, false);
+      } else {
+        at::_fused_adam_(p, g, m, v, no_max, steps, *lr_tensor, beta1, beta2, weight_decay, eps, false, false);
+      }
+    } else if (decoupled) {
       at::_fused_adamw_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps, false, false);
     } else {
       at::_fused_adam_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps, false, false);

@@ -23,10 +23,11 @@ void vit_shim_free_error(char *message);
 // One Adam (decoupled = 0: L2 decay added to the gradient) or AdamW (decoupled = 1)
 // step over n parameters with their gradients and moments, in place, as one fused
 // ATen kernel. `step` is a float tensor holding the 1-based step count (read for
-// bias correction, not changed).
+// bias correction, not changed). When lr_tensor is not NULL the learning rate is
+// read from it (a 0-dim tensor on the parameters' device) and `lr` is ignored.
 char *vit_fused_adam_step(vit_tensor *const *params, vit_tensor *const *grads, vit_tensor *const *exp_avgs,
                           vit_tensor *const *exp_avg_sqs, size_t n, vit_tensor *step, double lr, double beta1,
-                          double beta2, double weight_decay, double eps, int decoupled);
+                          double beta2, double weight_decay, double eps, int decoupled, vit_tensor *lr_tensor);
 
 // ---- collective communication (dist.cpp) ----
 
@@ -73,6 +74,29 @@ char *vit_autocast_set(int cuda, int enabled, int fp16);
 // format: the convolutions that follow run oneDNN's / cuDNN's NHWC kernels.
 // *out is a new tensor owned by the caller.
 char *vit_channels_last(vit_tensor *x, vit_tensor **out);
+
+// ---- CUDA graphs (graph.cpp) ----
+
+// One captured training step on CUDA device `device`, with its own side stream
+// and private memory pool. Builds without the CUDA headers return an error from every call.
+typedef struct vit_graph vit_graph;
+
+// *out is a new, empty graph (free with vit_graph_free).
+char *vit_graph_new(int device, vit_graph **out);
+
+// enter = 1: later work goes to the side stream, after the work queued so far on
+// the current one; enter = 0: back to the previous stream, which waits for the side stream's work.
+char *vit_graph_side_stream(vit_graph *g, int enter);
+
+// begin = 1: waits for the device, then starts capturing the side stream's work
+// (none of it runs); begin = 0: ends the capture and instantiates the graph.
+char *vit_graph_capture(vit_graph *g, int begin);
+
+// Launches the captured work again on the current stream.
+char *vit_graph_replay(vit_graph *g);
+
+// Frees the graph and its memory pool.
+void vit_graph_free(vit_graph *g);
 
 #ifdef __cplusplus
 }

@@ -204,6 +204,20 @@ fn same_seed_same_result() {
     assert_eq!(weights(&a.join("last.safetensors")), weights(&b.join("last.safetensors")));
 }
 
+#[test]
+fn cuda_graph_on_the_cpu_warns_once_and_trains_exactly_as_without() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), SMALL);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    run_ok(&mut quick(&cfg, &a, "2"));
+    let out = run_ok(quick(&cfg, &b, "2").arg("--cuda-graph"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("--cuda-graph").count(), 1, "one warning: {stderr}");
+    assert!(stderr.contains("needs a CUDA device") && stderr.contains("training eagerly"), "{stderr}");
+    assert_eq!(strip_timing(summary(&a)), strip_timing(summary(&b)));
+    assert_eq!(weights(&a.join("last.safetensors")), weights(&b.join("last.safetensors")));
+}
+
 /// SMALL with the COCO-5 recipe's extras: conv stem, stochastic depth, random
 /// resized crops, flips, colour jitter, mixup + CutMix, random erasing, label
 /// smoothing and a weight average (whose state `--resume` must restore).

@@ -99,3 +99,74 @@ fn a_fused_run_resumed_mid_way_continues_exactly() {
     let (d, name) = max_diff(&straight, &snapshot(&vs2, &opt2));
     assert!(d == 0.0, "`{name}` differs by {d} after resuming");
 }
+
+/// `steps` steps from batch `first` at the warm-up + cosine schedule of 100
+/// steps (10 of warm-up), the rate set outside the update as a capturable step needs.
+fn train_scheduled(model: &ViT, opt: &mut Adam, first: usize, steps: usize) {
+    let cfg = standard(16, 4, 3, 2, 2, Pooling::Mean);
+    let schedule = TrainConfig { lr: 1e-3, cosine: true, ..Default::default() };
+    for i in first..first + steps {
+        let x = random_input(&cfg, 8, 100 + i as i64);
+        let y = {
+            let _rng = seeded_rng(500 + i as i64);
+            Tensor::randint(5, [8], (Kind::Int64, tch::Device::Cpu))
+        };
+        let _rng = seeded_rng(900 + i as i64);
+        opt.set_lr(vit_train::train::optim::learning_rate(&schedule, i, 10, 100));
+        opt.zero_grad();
+        model.forward_t(&x, true).cross_entropy_for_logits(&y).backward();
+        opt.clip_grad_norm(1.0);
+        opt.update().expect("optimiser step");
+    }
+}
+
+fn capturable(vs: &nn::VarStore, optimizer: Optimizer, on: bool) -> Adam {
+    let mut opt = Adam::new(vs, &recipe(optimizer, true));
+    if on {
+        opt.make_capturable();
+    }
+    assert_eq!(opt.is_capturable(), on);
+    opt
+}
+
+#[test]
+fn the_capturable_update_matches_the_fused_one_over_100_scheduled_steps() {
+    let cfg = ViTConfig { qkv_bias: false, ..standard(16, 4, 3, 2, 2, Pooling::Mean) };
+    for optimizer in [Optimizer::Adamw, Optimizer::Adam] {
+        let run = |on: bool| {
+            let (vs, model) = random_model(&cfg, 9);
+            let mut opt = capturable(&vs, optimizer, on);
+            train_scheduled(&model, &mut opt, 0, 100);
+            snapshot(&vs, &opt)
+        };
+        let (fused, on_device) = (run(false), run(true));
+        let (d, name) = max_diff(&fused, &on_device);
+        assert!(d < 1e-6, "{optimizer:?}: `{name}` differs by {d} after 100 steps");
+        assert_eq!(on_device["optim.step"].int64_value(&[0]), 100);
+    }
+}
+
+#[test]
+fn a_capturable_run_resumed_mid_way_continues_exactly() {
+    let cfg = standard(16, 4, 3, 2, 2, Pooling::Mean);
+    let (vs, model) = random_model(&cfg, 9);
+    let mut opt = capturable(&vs, Optimizer::Adamw, true);
+    train_scheduled(&model, &mut opt, 0, 100);
+    let straight = snapshot(&vs, &opt);
+
+    let (vs, model) = random_model(&cfg, 9);
+    let mut opt = capturable(&vs, Optimizer::Adamw, true);
+    train_scheduled(&model, &mut opt, 0, 50);
+    let saved = snapshot(&vs, &opt);
+    let (vs2, model2) = random_model(&cfg, 1);
+    tch::no_grad(|| {
+        for (name, mut v) in vs2.variables() {
+            v.copy_(&saved[&name]);
+        }
+    });
+    let mut opt2 = capturable(&vs2, Optimizer::Adamw, true);
+    opt2.load_state(&saved).unwrap();
+    train_scheduled(&model2, &mut opt2, 50, 50);
+    let (d, name) = max_diff(&straight, &snapshot(&vs2, &opt2));
+    assert!(d == 0.0, "`{name}` differs by {d} after resuming");
+}

@@ -107,6 +107,10 @@ pub struct FitArgs {
     /// Override train.channels_last (alone: true): convolutions on NHWC tensors.
     #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
     pub channels_last: Option<bool>,
+    /// Override train.cuda_graph (alone: true): capture the training step as a CUDA graph and replay it
+    /// (CUDA only; elsewhere training is eager, with one warning).
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+    pub cuda_graph: Option<bool>,
     /// Override train.betas.0.
     #[arg(long, value_parser = finite_f64)]
     pub beta1: Option<f64>,

@@ -93,7 +93,8 @@ impl Default for LossScaler {
 
 impl LossScaler {
     /// Divides every gradient by the scale in place; true when any of them then
-    /// holds an inf or NaN (the step must be skipped).
+    /// holds an inf or NaN (the step must be skipped). This reads one value back
+    /// from the device every step (through [`host_read`](crate::train::host_read)).
     pub fn unscale(&self, grads: &[Tensor]) -> bool {
         let inv = 1.0 / self.scale;
         let mut bad: Option<Tensor> = None;
@@ -105,7 +106,8 @@ impl LossScaler {
                 None => g_bad,
             });
         }
-        bad.is_some_and(|b| b.int64_value(&[]) != 0)
+        // The one host read per step left in the training path: whether to skip this update is decided on the host.
+        bad.is_some_and(|b| crate::train::host_read::read_f64(&b, "fp16 loss scaler: gradients finite?") != 0.0)
     }
 
     /// Updates the scale after a step: backoff (and a reset of the clean-step

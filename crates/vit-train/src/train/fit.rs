@@ -235,19 +235,20 @@ pub fn fit_rank(
     for epoch in start_epoch..t.epochs {
         let epoch_start = Instant::now();
         let bar = progress_bar(opts.progress, trainer.steps_per_epoch(), epoch, t.epochs);
-        let mut window = LossWindow::default();
+        let mut shown_loss = f64::NAN;
         let train_split: Split = resident.as_ref().map_or((&splits.train).into(), |r| (&r.train).into());
         let stats = trainer.train_epoch(train_split, epoch, |s| {
-            if let Some(rec) = window.push(s, epoch, t.log_every) {
+            if let Some(rec) = step_record(s, epoch) {
                 bar.suspend(|| log_step(&rec));
                 if let Record::Step { iter, loss, lr, .. } = rec {
                     events.scalars(iter as u64, &[("loss/train", loss), ("lr", lr)]);
                 }
                 records.push(rec);
             }
+            shown_loss = s.loss.unwrap_or(shown_loss);
             bar.set_message(format!(
                 "loss {:.4}  {:.0} img/s  data {:.0} img/s, queue {}/{}",
-                s.loss,
+                shown_loss,
                 s.images as f64 / s.train_seconds.max(1e-9),
                 s.data.images_per_sec,
                 s.data.queued,
@@ -259,12 +260,8 @@ pub fn fit_rank(
         check_reads(run.allow_skipped, dir, epoch, "training", &stats.unreadable, &mut unreadable)?;
         if let Some(d) = stats.diverged {
             bail!(
-                "training diverged: the loss is {} at epoch {}, step {} of {} (iteration {}); {}; lower --lr or set --grad-clip",
-                d.loss,
-                epoch + 1,
-                d.step_in_epoch + 1,
-                trainer.steps_per_epoch(),
-                d.step + 1,
+                "training diverged: the loss became NaN or infinite {}; {}; lower --lr or set --grad-clip",
+                d.describe(epoch, trainer.steps_per_epoch()),
                 kept_checkpoint(dir, epoch)
             );
         }
@@ -383,24 +380,10 @@ fn kept_checkpoint(dir: Option<&RunDir>, epoch: usize) -> String {
     }
 }
 
-/// Mean loss over the steps since the last logged one.
-#[derive(Debug, Default)]
-struct LossWindow {
-    sum: f64,
-    steps: usize,
-}
-
-impl LossWindow {
-    /// Adds a step; every `log_every` global steps returns the record to log and starts over.
-    fn push(&mut self, s: &StepReport, epoch: usize, log_every: usize) -> Option<Record> {
-        (self.sum, self.steps) = (self.sum + s.loss, self.steps + 1);
-        if (s.step + 1) % log_every != 0 {
-            return None;
-        }
-        let rec = Record::Step { epoch, iter: s.step + 1, loss: self.sum / self.steps as f64, lr: s.lr };
-        *self = Self::default();
-        Some(rec)
-    }
+/// The record of a `log_every` point: the mean loss of the steps since the last
+/// one in this epoch (summed on the device; see [`StepReport::loss`]).
+fn step_record(s: &StepReport, epoch: usize) -> Option<Record> {
+    s.loss.map(|loss| Record::Step { epoch, iter: s.step + 1, loss, lr: s.lr })
 }
 
 fn log_step(rec: &Record) {

@@ -41,6 +41,22 @@ pub struct Adam {
     /// `train.fused_optimizer`: one fused kernel per parameter group; the step
     /// count as a float tensor on the parameters' device, as the kernel reads it.
     fused: Option<Tensor>,
+    /// The learning rate of the next update (see [`Adam::set_lr`]).
+    lr: f64,
+    /// Capturable mode: learning rates and step count live on the device.
+    on_device: Option<OnDevice>,
+}
+
+/// What makes the fused update capturable (CUDA graphs) and free of host
+/// values: the kernel reads the step count and the learning rate from device
+/// tensors, the step count is incremented on the device, and a new learning
+/// rate is a `fill_` outside the step.
+#[derive(Debug)]
+struct OnDevice {
+    /// 1-based step count of the last update (float, as the kernel reads it).
+    steps: Tensor,
+    /// One learning-rate tensor per lr scale (`--layer-decay` groups), keyed by the scale's bits.
+    lrs: BTreeMap<u64, Tensor>,
 }
 
 /// True for tensors that must not be decayed: 1-D (norms, biases) and tokens.
@@ -79,7 +95,51 @@ impl Adam {
             weight_decay: cfg.weight_decay,
             step: 0,
             fused,
+            lr: cfg.lr,
+            on_device: None,
         }
+    }
+
+    /// Makes the update capturable: the fused kernel (turned on if it was not)
+    /// with the step count and learning rate held in device tensors, so an
+    /// update reads and writes no host value and can be replayed from a CUDA
+    /// graph. The same maths as the fused step; the learning rate is float32 on
+    /// CUDA (as PyTorch's kernel reads it) and float64 on the CPU.
+    pub fn make_capturable(&mut self) {
+        let device = self.slots.values().next().map_or(tch::Device::Cpu, |s| s.param.device());
+        let lr_kind = if device == tch::Device::Cpu { tch::Kind::Double } else { tch::Kind::Float };
+        let mut scales: Vec<u64> = self.slots.values().map(|s| s.lr_scale.to_bits()).collect();
+        scales.sort_unstable();
+        scales.dedup();
+        let lrs = scales
+            .into_iter()
+            .map(|bits| (bits, Tensor::full([], self.lr * f64::from_bits(bits), (lr_kind, device))))
+            .collect();
+        let steps = Tensor::full([], self.step as f64, (tch::Kind::Float, device));
+        self.fused = Some(steps.shallow_clone());
+        self.on_device = Some(OnDevice { steps, lrs });
+    }
+
+    /// True when updates are capturable ([`Adam::make_capturable`]).
+    pub fn is_capturable(&self) -> bool {
+        self.on_device.is_some()
+    }
+
+    /// Sets the learning rate of the next updates; when capturable, a `fill_`
+    /// of the device tensors (queued, no wait), to be called outside a captured step.
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+        if let Some(d) = &mut self.on_device {
+            for (bits, t) in d.lrs.iter_mut() {
+                let _ = t.fill_(lr * f64::from_bits(*bits));
+            }
+        }
+    }
+
+    /// Counts an update that ran on the device without this object (a replayed
+    /// CUDA graph): keeps the host's step count, which checkpoints save, in step.
+    pub fn count_replayed_update(&mut self) {
+        self.step += 1;
     }
 
     /// True when updates run as fused kernels (`train.fused_optimizer`).
@@ -90,6 +150,7 @@ impl Adam {
     /// Switches to the per-tensor update (after a fused step failed).
     pub fn unfuse(&mut self) {
         self.fused = None;
+        self.on_device = None;
     }
 
     /// Clears gradients.
@@ -131,6 +192,17 @@ impl Adam {
     /// kernel per parameter group (decayed, not decayed); an error of that kernel is
     /// returned with nothing updated and the step not counted.
     pub fn step(&mut self, lr: f64) -> Result<(), ShimError> {
+        self.set_lr(lr);
+        self.update()
+    }
+
+    /// [`Adam::step`] at the learning rate of the last [`Adam::set_lr`]; when
+    /// capturable, only device work.
+    pub fn update(&mut self) -> Result<(), ShimError> {
+        let lr = self.lr;
+        if self.on_device.is_some() {
+            return self.capturable_step();
+        }
         if self.fused.is_some() {
             return self.fused_step(lr);
         }
@@ -203,6 +275,39 @@ impl Adam {
         Ok(())
     }
 
+    /// [`Adam::step`] with the step count and learning rates on the device.
+    fn capturable_step(&mut self) -> Result<(), ShimError> {
+        let Some(d) = &mut self.on_device else { return Ok(()) };
+        let grads: Vec<(&Slot, Tensor)> =
+            self.slots.values().map(|s| (s, s.param.grad())).filter(|(_, g)| g.defined()).collect();
+        let _ = d.steps.g_add_scalar_(1.0);
+        let mut keys: Vec<(bool, u64)> = grads.iter().map(|(s, _)| (s.decay, s.lr_scale.to_bits())).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for (decay, scale) in keys {
+            let group: Vec<&(&Slot, Tensor)> =
+                grads.iter().filter(|(s, _)| (s.decay, s.lr_scale.to_bits()) == (decay, scale)).collect();
+            let list = |f: fn(&Slot) -> &Tensor| group.iter().map(|(s, _)| f(s)).collect::<Vec<_>>();
+            let g: Vec<&Tensor> = group.iter().map(|(_, g)| g).collect();
+            let hp = shim::AdamStep {
+                lr: f64::NAN, // read from the tensor
+                betas: self.betas,
+                weight_decay: if decay { self.weight_decay } else { 0.0 },
+                eps: self.eps,
+                decoupled: self.kind == Optimizer::Adamw,
+            };
+            let lr = &d.lrs[&scale];
+            let (p, m, v) = (list(|s| &s.param), list(|s| &s.m), list(|s| &s.v));
+            if let Err(e) = shim::adam_step_tensor_lr(&p, &g, &m, &v, &d.steps, lr, hp) {
+                // Nothing was updated by the failing group: undo the count (earlier groups did update, as before).
+                let _ = d.steps.g_sub_scalar_(1.0);
+                return Err(e);
+            }
+        }
+        self.step += 1;
+        Ok(())
+    }
+
     /// Moments as named tensors (`optim.m.<name>`, `optim.v.<name>`) plus `optim.step`.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.slots.len() + 1);
@@ -232,6 +337,9 @@ impl Adam {
         }
         let step = tensors.get("optim.step").ok_or("optimizer state `optim.step` is missing")?;
         self.step = step.int64_value(&[0]);
+        if let Some(d) = &mut self.on_device {
+            let _ = d.steps.fill_(self.step as f64);
+        }
         Ok(())
     }
 }

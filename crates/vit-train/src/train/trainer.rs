@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
-use vit::data::Skipped;
 use vit::{Preprocessor, ViTConfig};
 
 use crate::data::batches::{epoch_batches_of, for_each_train_batch, Augment, HostBatch, Pipeline};
@@ -23,78 +22,18 @@ use crate::shim::ShimError;
 use crate::train::amp::{Autocast, LossScaler};
 use crate::train::ema::Ema;
 use crate::train::evaluate::{evaluate, evaluate_part, reduce_evaluation, to_device, Evaluation};
-use crate::train::optim::{freeze_backbone, learning_rate, Adam};
+use crate::train::graph::{StepGraph, WARMUP_STEPS};
+use crate::train::host_read;
+use crate::train::optim::{freeze_backbone, Adam};
+use crate::train::tally::LossTally;
 
+mod epoch;
 mod resident;
 
 /// Name of the scalar in `resume.safetensors` that counts completed epochs.
 const EPOCH_TENSOR: &str = "train.epoch";
 
-/// One optimiser step as the epoch loop sees it (for logs and progress).
-#[derive(Debug, Clone, Copy)]
-pub struct StepReport {
-    /// Global step, 0-based, over all epochs.
-    pub step: usize,
-    /// Loss of this batch.
-    pub loss: f64,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Images trained on in this epoch so far, this batch included.
-    pub images: usize,
-    /// Seconds spent in training steps in this epoch so far.
-    pub train_seconds: f64,
-    /// The data pipeline when this step's batch arrived (queue fullness, data images/s).
-    pub data: DataFlow,
-}
-
-/// The data pipeline as a step saw it, to tell whether data or the model is the bottleneck.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DataFlow {
-    /// Batches waiting in the prefetch queue.
-    pub queued: usize,
-    /// Capacity of the prefetch queue.
-    pub capacity: usize,
-    /// Images the data workers prepare per second.
-    pub images_per_sec: f64,
-}
-
-/// What one epoch of training measured.
-#[derive(Debug, Clone)]
-pub struct EpochStats {
-    /// Sum over batches of batch loss times batch size.
-    pub loss_sum: f64,
-    /// Images trained on.
-    pub images: usize,
-    /// Seconds spent in training steps (forward, backward, update).
-    pub train_seconds: f64,
-    /// The step whose loss was not finite; the epoch stopped there.
-    pub diverged: Option<Divergence>,
-    /// Streamed files that could not be read (trained on as black images).
-    pub unreadable: Vec<Skipped>,
-}
-
-/// Where training stopped because the loss was NaN or infinite.
-#[derive(Debug, Clone, Copy)]
-pub struct Divergence {
-    /// Step within the epoch, 0-based.
-    pub step_in_epoch: usize,
-    /// Global step, 0-based, over all epochs.
-    pub step: usize,
-    /// The loss of that step.
-    pub loss: f64,
-}
-
-impl EpochStats {
-    /// Mean training loss per image.
-    pub fn mean_loss(&self) -> f64 {
-        self.loss_sum / self.images.max(1) as f64
-    }
-
-    /// Training throughput in images per second.
-    pub fn images_per_sec(&self) -> f64 {
-        self.images as f64 / self.train_seconds.max(1e-9)
-    }
-}
+pub use crate::train::report::{DataFlow, Divergence, EpochStats, StepReport};
 
 /// A model with its optimiser, weight average and learning-rate schedule.
 #[derive(Debug)]
@@ -106,6 +45,10 @@ pub struct Trainer {
     ema: Option<Ema>,
     /// fp16's dynamic loss scaler (none in fp32 and bf16).
     scaler: Option<LossScaler>,
+    /// The epoch's training loss, summed on the device.
+    tally: LossTally,
+    /// `train.cuda_graph` where it can be used: the captured step.
+    graph: Option<StepGraph>,
     device: Device,
     prep: Preprocessor,
     eval_batch: usize,
@@ -133,13 +76,15 @@ impl Trainer {
             (vs, model, opt, ema)
         })?;
         let steps_per_epoch = train_images.div_ceil(t.batch_size);
-        Ok(Self {
+        let mut trainer = Self {
             cfg: cfg.clone(),
             vs,
             model,
             opt,
             ema,
             scaler: (t.precision == vit::config::Precision::Fp16).then(LossScaler::default),
+            tally: LossTally::new(device),
+            graph: None,
             device,
             prep: Preprocessor::from_config(cfg),
             eval_batch,
@@ -149,7 +94,35 @@ impl Trainer {
             warmup_steps: (t.warmup_epochs * steps_per_epoch as f64).round() as usize,
             total_steps: steps_per_epoch * t.epochs,
             group: None,
-        })
+        };
+        if t.cuda_graph {
+            trainer.use_cuda_graph();
+        }
+        Ok(trainer)
+    }
+
+    /// `train.cuda_graph`: captures the step once it has warmed up, with the
+    /// optimiser made capturable; where that cannot work, warns once why and trains eagerly.
+    fn use_cuda_graph(&mut self) {
+        let graph =
+            match (crate::train::graph::refusal(&self.cfg.train, self.device, self.group.is_some()), self.device) {
+                (None, Device::Cuda(index)) => StepGraph::new(index).map_err(|e| e.to_string()),
+                (why, _) => Err(why.unwrap_or_default()),
+            };
+        match graph {
+            Ok(graph) => {
+                self.opt.make_capturable();
+                self.graph = Some(graph);
+                log::info!("--cuda-graph: the step is captured after {WARMUP_STEPS} warm-up steps and replayed");
+            }
+            Err(why) => log::warn!("--cuda-graph: {why}; training eagerly"),
+        }
+    }
+
+    /// Makes the optimiser capturable (fused, with its step count and learning
+    /// rate on the device): what `--cuda-graph` uses, switchable alone for benchmarks.
+    pub fn make_optimizer_capturable(&mut self) {
+        self.opt.make_capturable();
     }
 
     /// Starts from `tensors` (see [`crate::import::init`]) instead of the random
@@ -189,10 +162,18 @@ impl Trainer {
         Ok(())
     }
 
-    /// True when every trained weight is finite (one reduction per tensor: cheap
-    /// once per epoch), so a checkpoint of them is worth keeping.
+    /// True when every trained weight is finite (one reduction per tensor, one
+    /// host read: cheap once per epoch), so a checkpoint of them is worth keeping.
     pub fn weights_finite(&self) -> bool {
-        tch::no_grad(|| self.vs.trainable_variables().iter().all(|v| v.isfinite().all().int64_value(&[]) != 0))
+        let vars = self.vs.trainable_variables();
+        if vars.is_empty() {
+            return true;
+        }
+        let all = tch::no_grad(|| {
+            let each: Vec<Tensor> = vars.iter().map(|v| v.isfinite().all().reshape([1])).collect();
+            Tensor::cat(&each, 0).all()
+        });
+        host_read::read_f64(&all, "weights finite at the epoch end") != 0.0
     }
 
     /// Trainable parameters.
@@ -215,6 +196,11 @@ impl Trainer {
     /// [`sync_from_rank0`](Self::sync_from_rank0) next so every rank starts alike.
     pub fn join(&mut self, group: ProcessGroup) {
         self.group = Some(group);
+        if self.graph.take().is_some() {
+            log::warn!(
+                "--cuda-graph: gradients are all-reduced by the process group outside the graph; training eagerly"
+            );
+        }
     }
 
     /// The process group this trainer is a rank of, if any.
@@ -257,10 +243,12 @@ impl Trainer {
     }
 
     /// Trains one epoch (0-based) on `data` in the seeded order of that epoch;
-    /// `on_step` sees every step after its update. A step whose loss is not
-    /// finite ends the epoch at once ([`EpochStats::diverged`]; `on_step` does not see it).
-    /// In a process group each rank trains on its shard, and the returned loss
-    /// and image count are the sums over all ranks.
+    /// `on_step` sees every step after its update. The loss stays on the device:
+    /// it is read back (with a non-finite check) only every `train.log_every`
+    /// global steps and once at the epoch's end. A non-finite loss found there
+    /// ends the epoch ([`EpochStats::diverged`] names the steps; `on_step` does
+    /// not see the step that found it). In a process group each rank trains on
+    /// its shard, and the returned loss and image count are the sums over all ranks.
     /// A set kept on the device (`--data-mode device`) is batched there instead.
     pub fn train_epoch<'a>(
         &mut self,
@@ -272,77 +260,65 @@ impl Trainer {
             Split::Host(data) => data,
             Split::Resident(set) => return self.train_epoch_resident(set, epoch, on_step),
         };
+        let mut ep = self.begin_epoch(epoch);
         let t = &self.cfg.train;
-        // Dropout, drop-path and augmentation draws of an epoch depend only on the seed and the epoch,
-        // so a resumed run continues exactly.
-        tch::manual_seed(t.seed as i64 + 1 + epoch as i64);
-        let aug = Augment::from_train(t);
-        let (batch_size, seed) = (t.batch_size, t.seed);
-        let mut stats =
-            EpochStats { loss_sum: 0.0, images: 0, train_seconds: 0.0, diverged: None, unreadable: Vec::new() };
+        let (aug, batch_size, seed) = (Augment::from_train(t), t.batch_size, t.seed);
         let (prep, pipe) = (self.prep.clone(), self.pipe);
         let mut failed = None;
         let batches = epoch_batches_of(data, batch_size, seed, epoch, self.shuffle_buffer);
         let unreadable = for_each_train_batch(data, &prep, aug, &batches, seed, epoch, pipe, |i, batch, flow| {
             let started = Instant::now();
-            let step = epoch * self.steps_per_epoch + i;
-            let lr = learning_rate(&self.cfg.train, step, self.warmup_steps, self.total_steps);
-            let loss = match self.step(&batch, lr) {
-                Ok(loss) => loss,
-                Err(e) => {
-                    failed = Some(e);
-                    return false;
-                }
-            };
-            stats.train_seconds += started.elapsed().as_secs_f64();
-            if !loss.is_finite() {
-                stats.diverged = Some(Divergence { step_in_epoch: i, step, loss });
-                return false;
-            }
-            let n = batch.labels.len();
-            (stats.loss_sum, stats.images) = (stats.loss_sum + loss * n as f64, stats.images + n);
+            let (x, y) = to_device(&batch.pixels, &batch.labels, &self.prep, self.device);
             let data = DataFlow {
                 queued: flow.queued,
                 capacity: flow.capacity,
                 images_per_sec: flow.items_per_sec * batch_size as f64,
             };
-            on_step(&StepReport { step, loss, lr, images: stats.images, train_seconds: stats.train_seconds, data });
-            true
+            match self.epoch_step(&mut ep, i, (&x, &y, batch.mix_lam), started, data) {
+                Ok(Some(report)) => {
+                    on_step(&report);
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
         });
-        stats.unreadable = unreadable;
+        ep.stats.unreadable = unreadable;
         if let Some(e) = failed {
             return Err(e);
         }
-        if let Some(group) = &self.group {
-            let comm = group.take_stats();
-            log::debug!(
-                "epoch {}: {} collectives, {:.1} MiB per step, {:.3} s per step in collectives",
-                epoch + 1,
-                comm.calls,
-                comm.bytes as f64 / self.steps_per_epoch.max(1) as f64 / (1 << 20) as f64,
-                comm.seconds / self.steps_per_epoch.max(1) as f64
-            );
-            // A rank that diverged stops early: the sums then cover fewer steps, which the others see.
-            let sums = Tensor::from_slice(&[stats.loss_sum, stats.images as f64]);
-            group.all_reduce_sum(&[&sums])?;
-            let v = Vec::<f64>::try_from(&sums).unwrap_or_default();
-            (stats.loss_sum, stats.images) = (v[0], v[1] as usize);
-        }
-        Ok(stats)
+        self.end_epoch(ep)
     }
 
     /// One optimiser step on `batch` at learning rate `lr` (forward, loss,
-    /// backward, clipping, update, weight average); returns the loss. The epoch
-    /// loop calls it; benchmarks time it alone. Fails only when averaging the
+    /// backward, clipping, update, weight average); returns the loss, one
+    /// element still on the device: nothing here reads a device value on the
+    /// host (but fp16's loss scaler, which must know whether to skip the
+    /// update). Benchmarks time it alone. Fails only when averaging the
     /// gradients across ranks fails (a dead peer, a timeout).
-    pub fn step(&mut self, batch: &HostBatch, lr: f64) -> Result<f64, DistError> {
+    pub fn step(&mut self, batch: &HostBatch, lr: f64) -> Result<Tensor, DistError> {
         let (x, y) = to_device(&batch.pixels, &batch.labels, &self.prep, self.device);
         self.step_on(&x, &y, batch.mix_lam, lr)
     }
 
     /// [`step`](Self::step) on a batch already on the device: normalised images
     /// `x`, labels `y`, and the own label's weight of a mixed batch.
-    pub fn step_on(&mut self, x: &Tensor, y: &Tensor, mix_lam: Option<f32>, lr: f64) -> Result<f64, DistError> {
+    pub fn step_on(&mut self, x: &Tensor, y: &Tensor, mix_lam: Option<f32>, lr: f64) -> Result<Tensor, DistError> {
+        self.opt.set_lr(lr);
+        let (loss, updated) = self.update_on_device(x, y, mix_lam)?;
+        if let (true, Some(ema)) = (updated, &mut self.ema) {
+            ema.update();
+        }
+        Ok(loss)
+    }
+
+    /// Forward, loss, backward, clipping and the optimiser update on device
+    /// inputs, at the learning rate set last; returns the loss and whether the
+    /// weights were updated (fp16 skips overflowing steps). Everything a CUDA graph captures.
+    fn update_on_device(&mut self, x: &Tensor, y: &Tensor, mix_lam: Option<f32>) -> Result<(Tensor, bool), DistError> {
         let (label_smoothing, grad_clip) = (self.cfg.train.label_smoothing, self.cfg.train.grad_clip);
         let logits = {
             // Autocast covers the forward pass only; the loss and backward see f32 logits.
@@ -379,22 +355,19 @@ impl Trainer {
             scaler.update(found_inf);
             if found_inf {
                 // Overflow in fp16: no update, no weight average; the next step runs at a lower scale.
-                return Ok(loss.double_value(&[]));
+                return Ok((loss, false));
             }
         }
         if grad_clip > 0.0 {
             self.opt.clip_grad_norm(grad_clip);
         }
-        if let Err(e) = self.opt.step(lr) {
+        if let Err(e) = self.opt.update() {
             // The fused kernel failed before changing anything: the written-out step does the same maths.
             log::warn!("{e}; using the per-tensor optimiser step from now on");
             self.opt.unfuse();
-            let _ = self.opt.step(lr);
+            let _ = self.opt.update();
         }
-        if let Some(ema) = &mut self.ema {
-            ema.update();
-        }
-        Ok(loss.double_value(&[]))
+        Ok((loss, true))
     }
 
     /// Between `backward` and gradient clipping: averages the gradients of all

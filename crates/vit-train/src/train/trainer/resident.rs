@@ -7,13 +7,12 @@ use std::time::Instant;
 
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 
-use super::{DataFlow, Divergence, EpochStats, StepReport, Trainer};
+use super::{DataFlow, EpochStats, StepReport, Trainer};
 use crate::data::batches::Augment;
 use crate::data::resident::ResidentSet;
 use crate::dist::DistError;
 use crate::run::metrics::Confusion;
 use crate::train::evaluate::{reduce_evaluation, Evaluation};
-use crate::train::optim::learning_rate;
 
 impl Trainer {
     /// [`Trainer::train_epoch`] on a device-resident set.
@@ -23,40 +22,24 @@ impl Trainer {
         epoch: usize,
         mut on_step: impl FnMut(&StepReport),
     ) -> Result<EpochStats, DistError> {
+        let mut ep = self.begin_epoch(epoch);
         let t = &self.cfg.train;
-        // As on the host path: dropout and drop-path draws depend only on the seed and the epoch.
-        tch::manual_seed(t.seed as i64 + 1 + epoch as i64);
-        let aug = Augment::from_train(t);
-        let (batch_size, seed) = (t.batch_size, t.seed);
-        let mut stats =
-            EpochStats { loss_sum: 0.0, images: 0, train_seconds: 0.0, diverged: None, unreadable: Vec::new() };
+        let (aug, batch_size, seed) = (Augment::from_train(t), t.batch_size, t.seed);
         let batches = set.epoch_batches(batch_size, seed, epoch, self.shuffle_buffer);
         let (mut data_seconds, mut data_images) = (0.0, 0usize);
         for (i, indices) in batches.iter().enumerate() {
             let made = Instant::now();
             let batch = set.train_batch(indices, &aug, seed, epoch, i);
             (data_seconds, data_images) = (data_seconds + made.elapsed().as_secs_f64(), data_images + batch.len);
-            let started = Instant::now();
-            let step = epoch * self.steps_per_epoch + i;
-            let lr = learning_rate(&self.cfg.train, step, self.warmup_steps, self.total_steps);
-            let loss = self.step_on(&batch.pixels, &batch.labels, batch.mix_lam, lr)?;
-            stats.train_seconds += started.elapsed().as_secs_f64();
-            if !loss.is_finite() {
-                stats.diverged = Some(Divergence { step_in_epoch: i, step, loss });
-                break;
-            }
-            (stats.loss_sum, stats.images) = (stats.loss_sum + loss * batch.len as f64, stats.images + batch.len);
             // No queue: the batch is made in line. On a GPU its ops are only queued, so this is launch time.
             let data = DataFlow { queued: 0, capacity: 0, images_per_sec: data_images as f64 / data_seconds.max(1e-9) };
-            on_step(&StepReport { step, loss, lr, images: stats.images, train_seconds: stats.train_seconds, data });
+            let step = (&batch.pixels, &batch.labels, batch.mix_lam);
+            match self.epoch_step(&mut ep, i, step, Instant::now(), data)? {
+                Some(report) => on_step(&report),
+                None => break,
+            }
         }
-        if let Some(group) = &self.group {
-            let sums = Tensor::from_slice(&[stats.loss_sum, stats.images as f64]);
-            group.all_reduce_sum(&[&sums])?;
-            let v = Vec::<f64>::try_from(&sums).unwrap_or_default();
-            (stats.loss_sum, stats.images) = (v[0], v[1] as usize);
-        }
-        Ok(stats)
+        self.end_epoch(ep)
     }
 
     /// [`Trainer::evaluate`] on a device-resident set: batches of `eval_batch`
