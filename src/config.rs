@@ -118,6 +118,7 @@ impl Default for Preprocess {
 }
 
 mod preset;
+mod saved;
 mod timm_options;
 mod train;
 use timm_options::{is_false, is_true};

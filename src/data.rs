@@ -32,7 +32,10 @@ pub use folder::{has_image_extension, scan_image_folder, walk_images, FolderScan
 pub use idx::{load_idx_split, read_idx_images, read_idx_labels, FASHION_MNIST_LABELS};
 pub use layout::{is_idx_dir, Layout, EVAL_SPLIT_NAMES, SPLIT_NAMES};
 use layout::{split_list, LAYOUT_HELP};
-pub use shards::{index_shard, is_shard_dir, split_shards, ShardSplits, SHARD_CLASSES_FILE};
+pub use shards::{
+    index_shard, is_shard_dir, split_shards, ManifestEntry, ShardManifest, ShardSplits, SHARD_CLASSES_FILE,
+    SHARD_MANIFEST_FILE,
+};
 pub use source::{Member, Source};
 pub use stream::{decoded_bytes, scan_folder, scan_splits};
 

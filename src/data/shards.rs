@@ -14,6 +14,13 @@
 //! evaluate on); shards named otherwise form one set split by a seeded
 //! fraction, as a flat class folder is. Class names come from
 //! `classes.json` (`{"classes": [...]}`) when it is there, else classes are numbered.
+//!
+//! Completeness: `vit-train shards` marks its folder incomplete (`shards.json`
+//! with `"complete": false`) before it writes a shard, and writes the list of
+//! its shards with their sizes and sample counts last (`"complete": true`),
+//! atomically. A folder whose `shards.json` says incomplete, lists a shard that
+//! is missing or of another size, or misses one that is there, is refused by
+//! name; a folder without `shards.json` (shards from other tools) is read as it is.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -26,6 +33,31 @@ use super::{Member, Source, EVAL_SPLIT_NAMES, IMAGE_EXTENSIONS};
 
 /// The file beside the shards naming the classes in label order.
 pub const SHARD_CLASSES_FILE: &str = "classes.json";
+
+/// The file `vit-train shards` writes first (incomplete) and last (the list of
+/// shards), so a set it did not finish is never read as complete.
+pub const SHARD_MANIFEST_FILE: &str = "shards.json";
+
+/// `shards.json`: whether the set is complete, and its shards.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardManifest {
+    /// False while `vit-train shards` writes the set.
+    pub complete: bool,
+    /// Every shard of the set (empty while incomplete).
+    #[serde(default)]
+    pub shards: Vec<ManifestEntry>,
+}
+
+/// One shard of a [`ShardManifest`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ManifestEntry {
+    /// The file name, in the set's folder.
+    pub file: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Samples in it.
+    pub samples: usize,
+}
 
 /// Member extensions read as the class index.
 const LABEL_EXTENSIONS: &[&str] = &["cls", "cls.txt", "label"];
@@ -59,6 +91,44 @@ pub fn is_shard_dir(dir: &Path) -> bool {
     let has_subfolder =
         entries.flatten().any(|e| !e.file_name().to_string_lossy().starts_with('.') && e.path().is_dir());
     !has_subfolder && tar_files(dir).is_ok_and(|files| !files.is_empty())
+}
+
+/// The `*.tar` files of the set in `dir`, checked against its `shards.json` when it has one.
+fn complete_tar_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let files = tar_files(dir)?;
+    let path = dir.join(SHARD_MANIFEST_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(source) => return Err(DataError::Io { path, source }),
+    };
+    let refuse = |message: String| {
+        Err(DataError::Shard {
+            path: path.clone(),
+            message: format!("{message}; write the set again with `vit-train shards --force`"),
+        })
+    };
+    let manifest: ShardManifest = match serde_json::from_str(&text) {
+        Ok(m) => m,
+        Err(e) => return refuse(format!("not a shard list ({e})")),
+    };
+    if !manifest.complete {
+        return refuse("the set is incomplete: the `vit-train shards` that wrote it did not finish".into());
+    }
+    for entry in &manifest.shards {
+        match std::fs::metadata(dir.join(&entry.file)) {
+            Ok(meta) if meta.len() == entry.bytes => {}
+            Ok(meta) => {
+                return refuse(format!("{} has {} bytes, the list says {}", entry.file, meta.len(), entry.bytes))
+            }
+            Err(_) => return refuse(format!("{} is listed but missing", entry.file)),
+        }
+    }
+    if let Some(extra) = files.iter().find(|f| !manifest.shards.iter().any(|e| f.file_name() == Some(e.file.as_ref())))
+    {
+        return refuse(format!("{} is not one of the set's shards", extra.display()));
+    }
+    Ok(files)
 }
 
 /// The `*.tar` files directly in `dir`, sorted by name.
@@ -182,7 +252,7 @@ fn split_of(path: &Path) -> Option<&'static str> {
 /// Indexes the shards of `dir` and splits them (see the module docs);
 /// `opts.max_per_class` keeps the first samples of each class in shard order.
 pub fn split_shards(dir: &Path, opts: &LoadOptions) -> Result<ShardSplits, DataError> {
-    let files = tar_files(dir)?;
+    let files = complete_tar_files(dir)?;
     let invalid = |message: String| DataError::Shard { path: dir.to_path_buf(), message };
     let has = |split: &str| files.iter().any(|f| split_of(f) == Some(split));
     let eval = eval_split(&files);
@@ -216,7 +286,7 @@ pub fn split_shards(dir: &Path, opts: &LoadOptions) -> Result<ShardSplits, DataE
 /// folder's: its evaluation shards (`val-*.tar`, ...) when it has them, else
 /// every shard; with the class names and the members skipped while indexing.
 pub fn eval_shards(dir: &Path) -> Result<EvalShards, DataError> {
-    let files = tar_files(dir)?;
+    let files = complete_tar_files(dir)?;
     let eval = eval_split(&files);
     let chosen: Vec<&PathBuf> = files.iter().filter(|f| eval.map_or(true, |s| split_of(f) == Some(s))).collect();
     let index = index_shards(&chosen)?;

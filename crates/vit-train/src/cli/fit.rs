@@ -146,6 +146,8 @@ pub(super) fn run_fit(a: &FitArgs) -> Result<()> {
 /// The data options of a new run, from the flags.
 pub(super) fn new_run_options(a: &FitArgs) -> Result<RunOptions> {
     let Some(data) = a.data.clone() else { bail!("--data is required (an image folder or a folder of IDX files)") };
+    // The canonical path in run.json: a resume or an int8 export from another folder reads the same data.
+    let data = std::fs::canonicalize(&data).with_context(|| format!("--data {}: no such folder", data.display()))?;
     let val_fraction = a.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION);
     // An absolute path in run.json, so --resume finds the weights from any folder.
     let absolute = |w: &PathBuf| std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
@@ -159,5 +161,6 @@ pub(super) fn new_run_options(a: &FitArgs) -> Result<RunOptions> {
         data_mode: a.data_pipeline.data_mode,
         shuffle_buffer: a.data_pipeline.shuffle_buffer,
         finetune: a.finetune(),
+        data_index: None,
     })
 }

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tch::Device;
 use vit::config::Optimizer;
+use vit::flags::finite_f64;
 use vit::ViTConfig;
 
 use crate::export::weights::{export_weights, WeightsExportRequest};
@@ -307,21 +308,11 @@ impl DeviceArg {
 /// spinning OpenMP threads make an oversubscribed run crawl, or hang at 100000.
 pub const MAX_THREADS_PER_CORE: usize = 4;
 
-/// Parses a float flag, refusing NaN and infinities (clap names the flag).
-fn finite_f64(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        Ok(_) => Err("must be a finite number".into()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// Parses `--atol`: a finite number, at least 0.
 fn tolerance(s: &str) -> Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        Ok(_) => Err("must be a finite number, at least 0".into()),
-        Err(e) => Err(e.to_string()),
+    match vit::flags::finite_f32(s)? {
+        v if v >= 0.0 => Ok(v),
+        v => Err(format!("{v} is negative; give a number of at least 0")),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use super::DEFAULT_VAL_FRACTION;
@@ -26,7 +26,7 @@ pub struct ShardsArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Validation fraction of a folder without train/val.
-    #[arg(long, default_value_t = DEFAULT_VAL_FRACTION)]
+    #[arg(long, default_value_t = DEFAULT_VAL_FRACTION, value_parser = vit::flags::fraction_f64)]
     pub val_fraction: f64,
     /// Keep at most this many images per class and split.
     #[arg(long)]
@@ -47,6 +47,9 @@ pub fn run_shards(a: &ShardsArgs) -> Result<()> {
         max_per_class: a.max_per_class,
         force: a.force,
     };
+    // One writer per folder: two `shards --force` into one folder would each report success with one's output lost.
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let _lock = crate::run::lock::RunLock::acquire(&a.out)?;
     for split in write_shards(&req)? {
         println!(
             "{}: {} samples in {} shard(s) in {}",

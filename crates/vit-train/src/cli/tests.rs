@@ -70,3 +70,39 @@ fn fit_init_excludes_resume() {
     assert!(parse(&["--init", "w.safetensors", "--resume"]).is_err());
     assert!(parse(&["--num-heads", "4"]).is_err(), "--num-heads goes with --init");
 }
+
+/// Every flag of every command that takes a number with a fraction refuses NaN
+/// and infinities: found by probing each flag's own parser, so a float flag
+/// added later without `vit::flags` fails here.
+#[test]
+fn no_flag_of_any_command_takes_a_non_finite_number() {
+    use clap::CommandFactory;
+    let mut root = Cli::command();
+    root.build();
+    let mut floats = Vec::new();
+    for cmd in root.get_subcommands() {
+        for arg in cmd.get_arguments().filter(|a| a.get_action().takes_values()) {
+            let Some(long) = arg.get_long() else { continue };
+            // Refused by the flag's parser, not for a missing required flag (values are checked first).
+            let parses = |v: &str| match Cli::try_parse_from(["vit-train", cmd.get_name(), &format!("--{long}={v}")]) {
+                Ok(_) => true,
+                Err(e) => {
+                    !matches!(e.kind(), clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue)
+                }
+            };
+            if !["0.5", "75.5"].into_iter().any(parses) || parses("abc") {
+                continue; // not a number with a fraction
+            }
+            let flag = format!("{} --{long}", cmd.get_name());
+            for bad in ["NaN", "nan", "inf", "-inf", "1e999"] {
+                assert!(!parses(bad), "`{flag} {bad}` is accepted");
+            }
+            floats.push(flag);
+        }
+    }
+    for guarded in
+        ["fit --lr", "fit --val-fraction", "export --max-accuracy-drop", "export --atol", "shards --val-fraction"]
+    {
+        assert!(floats.iter().any(|f| f == guarded), "{guarded} not found among {floats:?}");
+    }
+}

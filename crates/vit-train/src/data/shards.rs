@@ -6,7 +6,10 @@
 //! mixes the classes. A sample is `<key>.<ext>` (the original encoded bytes,
 //! extension kept) and `<key>.cls` (the class index in ASCII); `classes.json`
 //! names the classes. Each file is written under a hidden temporary name and
-//! renamed when complete, so an interrupted run never leaves a short shard.
+//! renamed when complete ([`vit::atomic`]), so an interrupted run never leaves a
+//! short shard; and `shards.json` says "incomplete" from before the first shard
+//! until it lists every shard, written last, so an interrupted run never leaves
+//! a set `fit` takes for complete. The caller holds the folder's lock (one writer).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -15,7 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rand::{seq::SliceRandom, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vit::data::{scan_splits, Dataset, LoadOptions, Source, SourceKind, SHARD_CLASSES_FILE};
+use vit::data::{scan_splits, Dataset, LoadOptions, ManifestEntry, ShardManifest, Source, SourceKind};
+use vit::data::{SHARD_CLASSES_FILE, SHARD_MANIFEST_FILE};
 use vit::{Preprocessor, ViTConfig};
 
 /// What `vit-train shards` writes.
@@ -46,6 +50,8 @@ pub struct SplitReport {
     pub samples: usize,
     /// The tar files, in order.
     pub shards: Vec<PathBuf>,
+    /// Samples in each of them.
+    pub shard_samples: Vec<usize>,
 }
 
 /// Packs `req.data` into shards in `req.out`; returns what each split got.
@@ -73,7 +79,22 @@ pub fn write_shards(req: &ShardsRequest) -> Result<Vec<SplitReport>> {
     }
     let classes = serde_json::to_string_pretty(&serde_json::json!({ "classes": splits.classes }))?;
     write_atomic(&req.out.join(SHARD_CLASSES_FILE), |f| f.write_all(classes.as_bytes()))?;
+    let mut manifest = ShardManifest { complete: true, shards: Vec::new() };
+    for report in &reports {
+        for (path, &samples) in report.shards.iter().zip(&report.shard_samples) {
+            let bytes = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+            let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            manifest.shards.push(ManifestEntry { file, bytes, samples });
+        }
+    }
+    write_manifest(&req.out, &manifest)?;
     Ok(reports)
+}
+
+/// Writes `shards.json` atomically.
+fn write_manifest(out: &Path, manifest: &ShardManifest) -> Result<()> {
+    let text = serde_json::to_string_pretty(manifest)? + "\n";
+    write_atomic(&out.join(SHARD_MANIFEST_FILE), |f| f.write_all(text.as_bytes()))
 }
 
 /// Creates `out`, or empties it of earlier shards with `force`; a folder holding anything is refused without it.
@@ -83,15 +104,17 @@ fn prepare_out(out: &Path, force: bool) -> Result<()> {
         .with_context(|| format!("cannot read {}", out.display()))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
-    if entries.is_empty() {
-        return Ok(());
-    }
-    if !force {
+    let name = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // The lock of the writer that holds the folder (this process) is not content.
+    let entries: Vec<PathBuf> = entries.into_iter().filter(|p| name(p) != ".lock").collect();
+    if !entries.is_empty() && !force {
         bail!("{} is not empty; choose an empty folder, or pass --force to replace the shards in it", out.display());
     }
+    // Marked incomplete before anything is removed or written: a kill from here on leaves a refused set.
+    write_manifest(out, &ShardManifest::default())?;
     for path in entries {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.ends_with(".tar") || name == SHARD_CLASSES_FILE || (name.starts_with('.') && name.ends_with(".tmp")) {
+        let name = name(&path);
+        if name.ends_with(".tar") || name == SHARD_CLASSES_FILE || (name.starts_with('.') && name.contains(".tmp")) {
             std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
@@ -102,7 +125,7 @@ fn prepare_out(out: &Path, force: bool) -> Result<()> {
 fn write_split(out: &Path, split: &str, data: &Dataset, shard_size: u64, rng: &mut ChaCha8Rng) -> Result<SplitReport> {
     let mut order: Vec<usize> = (0..data.len()).collect();
     order.shuffle(rng);
-    let mut report = SplitReport { split: split.to_owned(), samples: 0, shards: Vec::new() };
+    let mut report = SplitReport { split: split.to_owned(), samples: 0, shards: Vec::new(), shard_samples: Vec::new() };
     let mut current: Option<(tar::Builder<BufWriter<File>>, PathBuf, u64)> = None;
     for (key, &i) in order.iter().enumerate() {
         let source = &data.sources[i];
@@ -113,6 +136,7 @@ fn write_split(out: &Path, split: &str, data: &Dataset, shard_size: u64, rng: &m
         if current.as_ref().is_some_and(|(_, _, written)| written + size > shard_size) {
             let (builder, path, _) = current.take().expect("checked above");
             report.shards.push(close_shard(builder, &path)?);
+            report.shard_samples.push(report.samples - report.shard_samples.iter().sum::<usize>());
         }
         let (builder, _, written) = match &mut current {
             Some(open) => open,
@@ -126,6 +150,7 @@ fn write_split(out: &Path, split: &str, data: &Dataset, shard_size: u64, rng: &m
     }
     if let Some((builder, path, _)) = current {
         report.shards.push(close_shard(builder, &path)?);
+        report.shard_samples.push(report.samples - report.shard_samples.iter().sum::<usize>());
     }
     Ok(report)
 }
@@ -150,8 +175,9 @@ fn open_shard(out: &Path, split: &str, n: usize) -> Result<(tar::Builder<BufWrit
 fn close_shard(builder: tar::Builder<BufWriter<File>>, path: &Path) -> Result<PathBuf> {
     let tmp = temp_name(path);
     let file = builder.into_inner().and_then(|w| w.into_inner().map_err(|e| e.into_error()));
-    file.and_then(|f| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    drop(file.with_context(|| format!("cannot write {}", tmp.display()))?);
+    vit::atomic::commit(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(path.to_path_buf())
 }
 
@@ -167,15 +193,10 @@ fn append(builder: &mut tar::Builder<BufWriter<File>>, name: &str, data: &[u8]) 
 
 /// The hidden name `path` is written under until complete (readers skip hidden files).
 fn temp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
+    vit::atomic::temp_path(path)
 }
 
-/// Writes `path` through its temporary name.
-fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<()> {
-    let tmp = temp_name(path);
-    let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    write(&mut file).and_then(|_| file.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+/// Writes `path` atomically.
+fn write_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
+    vit::atomic::write_with(path, write).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -82,7 +82,7 @@ pub struct DeployArgs {
     #[arg(long, default_value_t = DEFAULT_PERCENTILE, value_parser = percentile, requires = "quantize")]
     pub calibration_percentile: f32,
     /// With --quantize: largest accepted drop of validation accuracy, in points (percent).
-    #[arg(long, default_value_t = DEFAULT_MAX_ACCURACY_DROP, requires = "quantize")]
+    #[arg(long, default_value_t = DEFAULT_MAX_ACCURACY_DROP, value_parser = vit::flags::non_negative_f64, requires = "quantize")]
     pub max_accuracy_drop: f64,
 }
 
@@ -124,7 +124,7 @@ impl DeployArgs {
 
 /// Parses `--calibration-percentile`.
 fn percentile(s: &str) -> Result<f32, String> {
-    let p: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    let p = vit::flags::finite_f32(s)?;
     if p > 50.0 && p <= 100.0 {
         Ok(p)
     } else {

@@ -1,5 +1,5 @@
-//! Safetensors checkpoints, always written atomically (temp file in the same
-//! folder, fsync, rename) so a run killed at any moment leaves either the old
+//! Safetensors checkpoints, always written atomically ([`vit::atomic`]: temp file in the same
+//! folder, fsync, rename, folder fsync) so a run killed at any moment leaves either the old
 //! or the new file, never a torn one.
 //!
 //! - `last.safetensors` / `best.safetensors`: model tensors only, PyTorch state-dict names;
@@ -46,16 +46,17 @@ pub enum CheckpointError {
 /// Writes named tensors to `path` atomically.
 pub fn write_atomic(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), CheckpointError> {
     let err = |message: String| CheckpointError::Write { path: path.to_path_buf(), message };
-    let file_name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| err("not a file path".into()))?;
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    if path.file_name().is_none() {
+        return Err(err("not a file path".into()));
+    }
+    let tmp = vit::atomic::temp_path(path);
     let cpu: Vec<(String, Tensor)> =
         tensors.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
-    Tensor::write_safetensors(&cpu, &tmp).map_err(|e| err(e.to_string()))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    if let Err(e) = Tensor::write_safetensors(&cpu, &tmp) {
         let _ = std::fs::remove_file(&tmp);
-        err(e.to_string())
-    })
+        return Err(err(e.to_string()));
+    }
+    vit::atomic::commit(&tmp, path).map_err(|e| err(e.to_string()))
 }
 
 /// Reads every tensor of a safetensors file.

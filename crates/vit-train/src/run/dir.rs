@@ -18,6 +18,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use vit::config::ConfigError;
 use vit::ViTConfig;
 
+use crate::run::data_index::DataIndex;
 use crate::run::lock::{remove_leftovers, temp_owner, LockError, RunLock, LOCK_FILE};
 use crate::run::metrics::{read_records, write_records, Confusion, Record, Summary};
 
@@ -48,6 +49,10 @@ pub struct RunOptions {
     /// `--freeze-backbone` and `--layer-decay` (neither, in runs from before them).
     #[serde(default, skip_serializing_if = "crate::model::finetune::Finetune::is_none")]
     pub finetune: crate::model::finetune::Finetune,
+    /// The classes and split file lists the run trains on, recorded at its start
+    /// (`None` in runs from before it, which resume with a warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_index: Option<DataIndex>,
 }
 
 /// The shuffle buffer of runs from before tar shards.
@@ -118,14 +123,29 @@ pub enum RunDirError {
         #[source]
         source: std::io::Error,
     },
-    /// A JSON file is malformed.
-    #[error("{path} is malformed")]
+    /// A JSON file is malformed (or empty, or cut short).
+    #[error(
+        "{path} is malformed or incomplete: restore it from a copy, or start a new run with another --out \
+         (the checkpoints here stay usable for `vit-train export`)"
+    )]
     Json {
         /// The file.
         path: PathBuf,
         /// Why.
         #[source]
         source: serde_json::Error,
+    },
+    /// A run file lacks what the run's checkpoints say it must hold.
+    #[error(
+        "{path} is incomplete: {what}; it cannot be rebuilt, so resuming would lose or rewrite the run's record: \
+         restore it from a copy, or start a new run with another --out (the checkpoints here stay usable for \
+         `vit-train export`)"
+    )]
+    Incomplete {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        what: String,
     },
     /// `config.toml` is unreadable or invalid.
     #[error(transparent)]
@@ -272,9 +292,10 @@ impl RunDir {
         self.resume_path().exists()
     }
 
-    /// Reads `config.toml` as it is (no validation).
+    /// Reads `config.toml` (validated as a preset; `num_classes` not checked):
+    /// an empty or cut-short file is an error, never the default config.
     pub fn read_config(&self) -> Result<ViTConfig, RunDirError> {
-        Ok(ViTConfig::from_toml_file(&self.config_path())?)
+        Ok(ViTConfig::from_saved_toml_file(&self.config_path())?)
     }
 
     /// Writes `config.toml`.
@@ -317,12 +338,44 @@ impl RunDir {
         write_json(&self.run_options_path(), run)
     }
 
-    /// Reads `metrics.jsonl` (missing file: empty; unparsable lines are skipped).
+    /// Reads `metrics.jsonl` for plots and reports (missing file: empty; unparsable lines are skipped).
     pub fn read_records(&self) -> Vec<Record> {
         read_records(&self.metrics_path())
     }
 
-    /// Rewrites `metrics.jsonl` with `records`.
+    /// The records of the first `epochs` epochs, for a run resumed after them:
+    /// every line must parse and each of those epochs must have its record, or
+    /// the best epoch so far (and with it `best.safetensors`) would be chosen
+    /// from a partial history.
+    pub fn read_records_before(&self, epochs: usize) -> Result<Vec<Record>, RunDirError> {
+        let path = self.metrics_path();
+        let incomplete = |what: String| RunDirError::Incomplete { path: path.clone(), what };
+        let text = match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && epochs == 0 => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(incomplete(format!("it is missing, and the run has completed {epochs} epochs")))
+            }
+            Err(source) => return Err(RunDirError::Io { action: "read", path, source }),
+            Ok(text) => text,
+        };
+        let mut records = Vec::new();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let record: Record =
+                serde_json::from_str(line).map_err(|e| incomplete(format!("line {} is not a record ({e})", n + 1)))?;
+            records.push(record);
+        }
+        let recorded = |e: usize| records.iter().any(|r| matches!(r, Record::Epoch { epoch, .. } if *epoch == e));
+        if let Some(lost) = (0..epochs).find(|&e| !recorded(e)) {
+            return Err(incomplete(format!(
+                "it has no record of epoch {} of the {epochs} epochs the run has completed",
+                lost + 1
+            )));
+        }
+        records.retain(|r| r.epoch() < epochs);
+        Ok(records)
+    }
+
+    /// Rewrites `metrics.jsonl` with `records`, atomically.
     pub fn write_records(&self, records: &[Record]) -> Result<(), RunDirError> {
         let path = self.metrics_path();
         write_records(&path, records).map_err(|source| RunDirError::Io { action: "write", path, source })
@@ -344,8 +397,13 @@ impl RunDir {
     }
 }
 
+/// Every run file is replaced atomically: a kill leaves the old file or the new one.
 fn write_text(path: &Path, text: &str) -> Result<(), RunDirError> {
-    std::fs::write(path, text).map_err(|source| RunDirError::Io { action: "write", path: path.to_path_buf(), source })
+    vit::atomic::write_bytes(path, text.as_bytes()).map_err(|source| RunDirError::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<(), RunDirError> {
@@ -380,6 +438,7 @@ mod tests {
             data_mode: crate::data::source::DataMode::Stream,
             shuffle_buffer: crate::data::shard_order::DEFAULT_SHUFFLE_BUFFER,
             finetune: crate::model::finetune::Finetune { freeze_backbone: true, layer_decay: Some(0.75) },
+            data_index: None,
         };
         run.write_run_options(&opts).unwrap();
         let back = RunDir::inspect(run.path()).unwrap().read_run_options().unwrap();
@@ -388,7 +447,7 @@ mod tests {
         // A run.json from before the fine-tuning options reads as neither.
         let old = r#"{"data": "d", "val_fraction": 0.2, "max_per_class": null}"#;
         let old: RunOptions = serde_json::from_str(old).unwrap();
-        assert!(old.finetune.is_none());
+        assert!(old.finetune.is_none() && old.data_index.is_none());
         assert_eq!(run.checkpoint_path(Checkpoint::Best), run.path().join("best.safetensors"));
         let err = RunDir::open(tmp.path().join("nowhere")).unwrap_err().to_string();
         assert!(err.contains("nowhere"), "{err}");

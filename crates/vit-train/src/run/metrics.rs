@@ -64,13 +64,15 @@ pub fn read_records(path: &Path) -> Vec<Record> {
         .unwrap_or_default()
 }
 
-/// Rewrites `metrics.jsonl` with `records`.
+/// Rewrites `metrics.jsonl` with `records`, atomically: a kill keeps the
+/// previous epochs' records whole.
 pub fn write_records(path: &Path, records: &[Record]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    for r in records {
-        writeln!(f, "{}", serde_json::to_string(r).map_err(std::io::Error::other)?)?;
-    }
-    Ok(())
+    vit::atomic::write_with(path, |f| {
+        for r in records {
+            writeln!(f, "{}", serde_json::to_string(r).map_err(std::io::Error::other)?)?;
+        }
+        Ok(())
+    })
 }
 
 /// `summary.json`: what a run achieved.

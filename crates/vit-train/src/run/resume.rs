@@ -193,6 +193,7 @@ mod tests {
             data_mode: crate::data::source::DataMode::Memory,
             shuffle_buffer: crate::data::shard_order::DEFAULT_SHUFFLE_BUFFER,
             finetune: Finetune { freeze_backbone: false, layer_decay: Some(0.75) },
+            data_index: None,
         };
         let dir = Path::new("runs/r");
         let finetune = Finetune { layer_decay: Some(0.75), ..Default::default() };

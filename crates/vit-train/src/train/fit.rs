@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Device;
 use vit::data::{LoadOptions, Skipped, Splits};
@@ -133,9 +133,10 @@ pub fn fit_rank(
     if cfg.train.epochs == 0 {
         bail!("train.epochs = 0: train for at least 1 epoch");
     }
+    // On --resume, `opts.run` is the run's run.json with what the command line may change
+    // (--allow-skipped) applied; reading run.json again here would drop that.
     let mut run = match dir {
-        Some(dir) if opts.resume => dir.read_run_options().context("--resume needs the run's run.json")?,
-        Some(dir) if dir.holds_run() => {
+        Some(dir) if !opts.resume && dir.holds_run() => {
             bail!("{} already holds a run; pass --resume to continue it or choose another --out", dir.path().display())
         }
         _ => opts.run.clone(),
@@ -157,6 +158,7 @@ pub fn fit_rank(
         crate::data::shard_order::check_shards_for_ranks(shards.len(), crate::dist::sampler::rank().1)
             .map_err(anyhow::Error::msg)?;
     }
+    crate::run::data_index::record_or_check(&mut run, &splits, opts.resume)?;
     let measured = !splits.val.is_empty();
     if !measured {
         log::warn!("no validation images: accuracy will not be measured (and no best.safetensors chosen by it)");
@@ -171,10 +173,15 @@ pub fn fit_rank(
         run.data_mode
     );
     // run.json first: with it, the folder is recognisably a run however early a kill comes.
-    if let Some(dir) = dir {
+    // A resumed run rewrites its files only once its checkpoint and records have been read.
+    let write_run_files = |dir: &RunDir| -> Result<()> {
         dir.write_run_options(&run)?;
         dir.write_config(&cfg)?;
         dir.write_labels(&splits.classes)?;
+        Ok(())
+    };
+    if let Some(dir) = dir.filter(|_| !opts.resume) {
+        write_run_files(dir)?;
     }
 
     // Uploaded before the model, so a set that does not fit fails before anything else is allocated there.
@@ -198,13 +205,16 @@ pub fn fit_rank(
         let resume_path = dir.resume_path();
         if opts.resume && resume_path.exists() {
             start_epoch = trainer.load_resume(&resume_path)?;
-            records = dir.read_records().into_iter().filter(|r| r.epoch() < start_epoch).collect();
+            records = dir.read_records_before(start_epoch)?;
             log::info!("resuming after epoch {start_epoch} from {}", resume_path.display());
         } else if opts.resume {
             log::warn!(
                 "no complete epoch checkpoint yet ({} is missing): starting from epoch 1",
                 resume_path.display()
             );
+        }
+        if opts.resume {
+            write_run_files(dir)?;
         }
     }
     if let (0, Some(init)) = (start_epoch, &run.init) {
