@@ -14,6 +14,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 
 MODEL = os.environ.get("VIT_BENCH_MODEL", "")
@@ -43,7 +44,14 @@ def startup():
 
 @app.post("/v1/models/{name}/classify")
 async def classify(name: str, request: Request, top_k: int = 5):
+    # The body is read on the event loop; decoding and inference run on Starlette's thread
+    # pool (as a careful FastAPI user writes it: blocking work inside `async def` would
+    # serialise every request; ONNX Runtime and Pillow release the GIL while they work).
     body = await request.body()
+    return await run_in_threadpool(infer, body, top_k)
+
+
+def infer(body, top_k):
     sess, size, channels, mean, std, resample, raw, labels = state["model"]
     try:
         img = Image.open(io.BytesIO(body))

@@ -17,6 +17,9 @@ pub enum ConfigError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Not a regular file, or too large for a config.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// The file is not valid TOML for a `ViTConfig`.
     #[error("config {path} is not a valid ViT config: {message}")]
     Parse {

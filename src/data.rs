@@ -42,6 +42,9 @@ pub use stream::{decoded_bytes, scan_folder, scan_splits};
 /// Errors loading a data set.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// A file of the set (class list, manifest, IDX file) is not a regular file or is too large.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// The path does not exist or is not a directory.
     #[error("data folder {0} does not exist or is not a directory (expected DIR/<class>/*.jpg, DIR/train + DIR/val, or Fashion-MNIST IDX files)")]
     NotADir(PathBuf),

@@ -19,6 +19,7 @@ pub mod atomic;
 pub mod cli_log;
 pub mod config;
 pub mod data;
+pub mod files;
 pub mod flags;
 pub mod format;
 #[cfg(feature = "infer")]

@@ -100,31 +100,6 @@ pub fn max_image_bytes() -> u64 {
     })
 }
 
-/// What a non-regular file is, in words.
-fn file_kind(ft: std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if ft.is_fifo() {
-            return "FIFO";
-        }
-        if ft.is_char_device() {
-            return "character device";
-        }
-        if ft.is_block_device() {
-            return "block device";
-        }
-        if ft.is_socket() {
-            return "socket";
-        }
-    }
-    if ft.is_dir() {
-        "directory"
-    } else {
-        "special file"
-    }
-}
-
 impl Preprocessor {
     /// The preprocessing a config describes, with the file size limit of
     /// [`max_image_bytes`].
@@ -172,7 +147,7 @@ impl Preprocessor {
         // Checked before opening: opening a FIFO blocks, and /dev/zero never ends.
         let meta = std::fs::metadata(path).map_err(read_error)?;
         if !meta.is_file() {
-            return Err(PreprocessError::NotAFile { path: name(), kind: file_kind(meta.file_type()) });
+            return Err(PreprocessError::NotAFile { path: name(), kind: crate::files::file_kind(meta.file_type()) });
         }
         let limit = self.max_file_bytes;
         if meta.len() > limit {

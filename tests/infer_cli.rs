@@ -132,6 +132,19 @@ fn model_and_usage_errors_exit_2() {
     assert_eq!(code, 2);
     assert!(stderr.contains("vit.config"), "{stderr}");
 
+    // A device or a FIFO as the model: refused by name at once (ONNX Runtime would read /dev/zero
+    // until memory runs out, and block on a FIFO).
+    let (zero, pipe) = (f.dir.path().join("zero.onnx"), f.dir.path().join("pipe.onnx"));
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    assert!(Command::new("mkfifo").arg(&pipe).status().unwrap().success());
+    for (model, kind) in [(&zero, "character device"), (&pipe, "FIFO")] {
+        let started = std::time::Instant::now();
+        let (code, _, stderr) = run(&[&"-m", model, &img]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(&format!("{}: it is a {kind}, not a regular file", model.display())), "{stderr}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
+
     let empty = f.dir.path().join("empty");
     std::fs::create_dir_all(empty.join("nested")).unwrap();
     std::fs::write(empty.join("nested/readme.md"), "x").unwrap();

@@ -35,8 +35,7 @@ fn load_chain(path: &Path, seen: &mut Vec<PathBuf>) -> Result<Table, ConfigError
         )));
     }
     seen.push(key);
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let text = crate::files::read_text(path, "config")?;
     let mut table: Table = toml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
     let base = table.remove(BASE_KEY);
     // Every field has a default, so a partial preset parses on its own: an unknown

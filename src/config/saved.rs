@@ -22,8 +22,7 @@ impl ViTConfig {
     /// (`num_classes`, `[train]`, `train.seed`, ...), is a [`ConfigError::Parse`]
     /// naming the missing key and the fix, never the defaults.
     pub fn from_saved_toml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = crate::files::read_text(path, "saved config")?;
         let incomplete = |what: String| {
             parse_error(
                 path,

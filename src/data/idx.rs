@@ -18,16 +18,46 @@ pub(super) fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
     [dir.join(stem), dir.join(format!("{stem}.gz"))].into_iter().find(|p| p.is_file())
 }
 
+/// The largest IDX file, plain or once decompressed (Fashion-MNIST's training
+/// images are 47 MB).
+pub const MAX_IDX_BYTES: u64 = 4 << 30;
+
 fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
     let io = |source| DataError::Io { path: path.to_path_buf(), source };
-    let raw = std::fs::read(path).map_err(io)?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(io)?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    let raw = crate::files::read(path, MAX_IDX_BYTES, "IDX file")?;
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
     }
+    // A small gzip file can expand without limit: decompress the header, then
+    // only the data it declares, and one byte more to tell whether there is more.
+    let mut gz = flate2::read::GzDecoder::new(&raw[..]);
+    let mut out = Vec::new();
+    (&mut gz).take(4).read_to_end(&mut out).map_err(io)?;
+    if out.len() < 4 {
+        return Ok(out); // parse() names the truncated header
+    }
+    let ndim = u64::from(out[3]);
+    (&mut gz).take(4 * ndim).read_to_end(&mut out).map_err(io)?;
+    let data = out[4..]
+        .chunks_exact(4)
+        .try_fold(1u64, |n, d| n.checked_mul(u64::from(u32::from_be_bytes([d[0], d[1], d[2], d[3]]))));
+    let declared =
+        data.and_then(|d| d.checked_add(out.len() as u64)).filter(|n| *n <= MAX_IDX_BYTES).ok_or_else(|| {
+            DataError::Idx {
+                path: path.to_path_buf(),
+                message: format!("its header declares more than {MAX_IDX_BYTES} bytes of data"),
+            }
+        })?;
+    let rest = declared - out.len() as u64;
+    out.reserve(rest.min(64 << 20) as usize);
+    gz.take(rest + 1).read_to_end(&mut out).map_err(io)?;
+    if out.len() as u64 > declared {
+        return Err(DataError::Idx {
+            path: path.to_path_buf(),
+            message: format!("decompresses to more than the {declared} bytes its header declares"),
+        });
+    }
+    Ok(out)
 }
 
 /// Parses an IDX u8 tensor: (dims, data).

@@ -97,10 +97,10 @@ pub fn is_shard_dir(dir: &Path) -> bool {
 fn complete_tar_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let files = tar_files(dir)?;
     let path = dir.join(SHARD_MANIFEST_FILE);
-    let text = match std::fs::read_to_string(&path) {
+    let text = match crate::files::read_text(&path, "shard manifest") {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
-        Err(source) => return Err(DataError::Io { path, source }),
+        Err(e) if e.is_not_found() => return Ok(files),
+        Err(e) => return Err(e.into()),
     };
     let refuse = |message: String| {
         Err(DataError::Shard {
@@ -347,6 +347,10 @@ fn split_by_fraction(
     (in_order(train), in_order(val))
 }
 
+/// The most classes a shard set without `classes.json` may have (its labels
+/// alone then size the class list): ImageNet-21k has 21,841.
+pub const MAX_UNNAMED_CLASSES: usize = 100_000;
+
 /// The class names: from `classes.json` beside the shards, else `0`, `1`, ...
 /// up to the largest label. A label outside `classes.json`'s classes is an error.
 fn read_classes<'a>(dir: &Path, samples: impl Iterator<Item = &'a (Member, i64)>) -> Result<Vec<String>, DataError> {
@@ -355,14 +359,14 @@ fn read_classes<'a>(dir: &Path, samples: impl Iterator<Item = &'a (Member, i64)>
         classes: Vec<String>,
     }
     let path = dir.join(SHARD_CLASSES_FILE);
-    let named = match std::fs::read_to_string(&path) {
+    let named = match crate::files::read_text(&path, "class list") {
         Ok(text) => Some(
             serde_json::from_str::<ClassesFile>(&text)
                 .map_err(|e| DataError::Shard { path: path.clone(), message: format!("not a class list: {e}") })?
                 .classes,
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => return Err(DataError::Io { path, source }),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
     };
     let mut max_label = -1;
     for (member, label) in samples {
@@ -373,6 +377,19 @@ fn read_classes<'a>(dir: &Path, samples: impl Iterator<Item = &'a (Member, i64)>
                     "member {}: class {label} is outside the {} classes of {}",
                     member.name,
                     named.as_ref().map_or(0, Vec::len),
+                    path.display()
+                ),
+            });
+        }
+        if named.is_none() && *label >= MAX_UNNAMED_CLASSES as i64 {
+            // Without a class list the labels alone size the class list and the model's head.
+            return Err(DataError::Shard {
+                path: member.shard.to_path_buf(),
+                message: format!(
+                    "member {}: class {label} would make {} classes, over the {MAX_UNNAMED_CLASSES} a set without \
+                     {SHARD_CLASSES_FILE} may have; fix the label, or write {} naming the classes",
+                    member.name,
+                    label + 1,
                     path.display()
                 ),
             });

@@ -61,8 +61,11 @@ impl Classifier {
     pub fn open(path: impl AsRef<Path>, opts: &ClassifierOptions) -> Result<Self, InferError> {
         let path = path.as_ref();
         opts.validate()?;
-        if !path.is_file() {
-            return Err(InferError::ModelNotFound(path.to_path_buf()));
+        // Before ONNX Runtime opens it: it would block on a FIFO and read /dev/zero until memory runs out.
+        match crate::files::check_regular(path, crate::files::MAX_WEIGHTS_BYTES, "ONNX model") {
+            Err(e) if e.is_not_found() => return Err(InferError::ModelNotFound(path.to_path_buf())),
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
         }
         let Opened { session, provider, cuda_fallback } = session::open(path, opts)?;
         let meta = read_metadata(&session, path, opts.fallback_metadata.as_ref())?;

@@ -15,6 +15,9 @@ use crate::preprocess::PreprocessError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InferError {
+    /// The model path is not a regular file, or too large.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// The ONNX Runtime shared library could not be found or loaded; the
     /// message lists every place looked at and how to fix it.
     #[error("{0}")]

@@ -205,3 +205,50 @@ fn a_dead_rank_stops_the_other_within_the_timeout_and_the_run_resumes_alone() {
     assert_eq!(summary(&run)["epochs"], 30);
     assert_eq!(max_diff(&run.join("resume.safetensors"), &copy.join("resume.safetensors")), 0.0);
 }
+
+#[test]
+fn ranks_started_differently_all_stop_at_once_naming_the_difference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), PLAIN);
+    // A different learning rate trains on silently without the check; a different batch size aborted in gloo.
+    for (flag, value, named) in [
+        ("--lr", "0.002", "config.train.lr = 0.002 here, 0.001 on rank 0"),
+        ("--batch-size", "8", "config.train.batch_size = 8 here, 16 on rank 0"),
+    ] {
+        let (run, other) = (tmp.path().join(format!("run{flag}")), tmp.path().join(format!("other{flag}")));
+        let port = free_port();
+        let mut differs = fit_args(&cfg, &other, "3", "16");
+        if flag == "--batch-size" {
+            differs = fit_args(&cfg, &other, "3", value);
+        } else {
+            differs.extend([flag.to_string(), value.to_string()]);
+        }
+        let started = Instant::now();
+        let r1 = spawn_rank(1, 2, port, &differs);
+        let r0 = spawn_rank(0, 2, port, &fit_args(&cfg, &run, "3", "16"));
+        let (o0, o1) = (r0.wait_with_output().unwrap(), r1.wait_with_output().unwrap());
+        let (e0, e1) = (String::from_utf8_lossy(&o0.stderr), String::from_utf8_lossy(&o1.stderr));
+        assert!(started.elapsed() < Duration::from_secs(40), "{flag}: took {:?}", started.elapsed());
+        assert_eq!((o0.status.code(), o1.status.code()), (Some(1), Some(1)), "{flag}:\n{e0}\n{e1}");
+        assert!(e1.contains("rank 1 was not started like rank 0") && e1.contains(named), "{flag}: {e1}");
+        assert!(e0.contains("1 rank(s) were not started like rank 0"), "{flag}: {e0}");
+        for e in [&e0, &e1] {
+            assert!(!e.contains("panicked") && !e.contains("SIGABRT"), "{flag}: {e}");
+        }
+        // Nothing of a run was written: the same --out starts cleanly once the ranks agree.
+        assert!(!run.join("run.json").exists() && !run.join("config.toml").exists(), "{flag}");
+    }
+}
+
+#[test]
+fn dist_timeout_is_positive_and_at_most_a_day() {
+    for bad in ["0", "-5", "NaN", "inf", "1e300", "86401"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vit-train"))
+            .args(["fit", "--data", "nowhere", &format!("--dist-timeout={bad}")])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("--dist-timeout") && err.contains("86400"), "{bad}: {err}");
+    }
+}

@@ -21,10 +21,18 @@ pub struct DistArgs {
     pub dist_timeout: f64,
 }
 
+/// The longest `--dist-timeout`: a day. Longer, a dead peer holds every other
+/// rank (and its GPU) as good as forever, and past ~1e10 s c10d's chrono
+/// arithmetic overflows.
+const MAX_DIST_TIMEOUT_S: f64 = 86_400.0;
+
 fn positive_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err("expected a positive number of seconds".into()),
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_DIST_TIMEOUT_S => Ok(v),
+        Ok(v) if v.is_finite() && v > MAX_DIST_TIMEOUT_S => {
+            Err(format!("{v} s is longer than a day ({MAX_DIST_TIMEOUT_S} s), the longest a rank may wait"))
+        }
+        _ => Err("expected a positive number of seconds, at most 86400 (a day)".into()),
     }
 }
 

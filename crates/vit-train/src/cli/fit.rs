@@ -147,7 +147,12 @@ pub(super) fn run_fit(a: &FitArgs) -> Result<()> {
 pub(super) fn new_run_options(a: &FitArgs) -> Result<RunOptions> {
     let Some(data) = a.data.clone() else { bail!("--data is required (an image folder or a folder of IDX files)") };
     // The canonical path in run.json: a resume or an int8 export from another folder reads the same data.
-    let data = std::fs::canonicalize(&data).with_context(|| format!("--data {}: no such folder", data.display()))?;
+    let data = std::fs::canonicalize(&data).with_context(|| {
+        format!(
+            "--data {}: does not exist; give a folder of class subfolders of images, of IDX files or of shards",
+            data.display()
+        )
+    })?;
     let val_fraction = a.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION);
     // An absolute path in run.json, so --resume finds the weights from any folder.
     let absolute = |w: &PathBuf| std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());

@@ -383,7 +383,7 @@ fn export_weights_and_print(a: &ExportArgs, weights: &std::path::Path) -> Result
     let base = a.config.as_deref().map(ViTConfig::from_toml_file).transpose()?;
     let labels = match &a.labels {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let text = vit::files::read_text(path, "label list (--labels)")?;
             Some(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
         }
         None => None,

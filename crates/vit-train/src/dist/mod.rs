@@ -4,6 +4,7 @@
 //! (bucketed gradient averaging, broadcast from rank 0, barrier). See the README's
 //! "Distributed training" section for the exact semantics.
 
+pub mod agree;
 pub mod sampler;
 
 use std::cell::RefCell;

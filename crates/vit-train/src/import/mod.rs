@@ -122,7 +122,11 @@ fn weights_file(path: &Path) -> Result<PathBuf, ImportError> {
 /// A JSON file beside the weights, if present.
 fn json_beside(weights: &Path, name: &str) -> Result<Option<Value>, ImportError> {
     let path = weights.with_file_name(name);
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let text = match vit::files::read_text(&path, "checkpoint's JSON") {
+        Ok(text) => text,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(ImportError::Read { path, message: e.to_string() }),
+    };
     serde_json::from_str(&text).map(Some).map_err(|e| ImportError::Read { path, message: e.to_string() })
 }
 
@@ -141,6 +145,8 @@ fn timm_heads(embed_dim: usize) -> Option<usize> {
 /// `save_pretrained` folder) and infers its config.
 pub fn load(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
     let weights = weights_file(path)?;
+    vit::files::check_regular(&weights, vit::files::MAX_WEIGHTS_BYTES, "checkpoint")
+        .map_err(|e| ImportError::Read { path: weights.clone(), message: e.to_string() })?;
     let raw = Tensor::read_safetensors(&weights)
         .map_err(|e| ImportError::Read { path: weights.clone(), message: e.to_string() })?;
     let raw: BTreeMap<String, Tensor> = raw.into_iter().map(|(n, t)| (n, t.to_kind(Kind::Float))).collect();

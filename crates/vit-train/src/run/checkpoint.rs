@@ -61,8 +61,9 @@ pub fn write_atomic(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), Che
 
 /// Reads every tensor of a safetensors file.
 pub fn read_all(path: &Path) -> Result<BTreeMap<String, Tensor>, CheckpointError> {
-    if !path.is_file() {
-        return Err(CheckpointError::Read { path: path.to_path_buf(), message: "file not found".into() });
+    if let Err(e) = vit::files::check_regular(path, vit::files::MAX_WEIGHTS_BYTES, "checkpoint") {
+        let message = if e.is_not_found() { "file not found".to_string() } else { e.to_string() };
+        return Err(CheckpointError::Read { path: path.to_path_buf(), message });
     }
     let tensors = Tensor::read_safetensors(path)
         .map_err(|e| CheckpointError::Read { path: path.to_path_buf(), message: e.to_string() })?;

@@ -83,6 +83,9 @@ pub enum Checkpoint {
 /// Errors reading or writing a run folder; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
+    /// A run file is not a regular file, too large, or unreadable.
+    #[error(transparent)]
+    File(#[from] vit::files::FileError),
     /// The folder could not be created.
     #[error("cannot create run folder {path}")]
     Create {
@@ -350,12 +353,12 @@ impl RunDir {
     pub fn read_records_before(&self, epochs: usize) -> Result<Vec<Record>, RunDirError> {
         let path = self.metrics_path();
         let incomplete = |what: String| RunDirError::Incomplete { path: path.clone(), what };
-        let text = match std::fs::read_to_string(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && epochs == 0 => return Ok(Vec::new()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let text = match vit::files::read_text(&path, "run records") {
+            Err(e) if e.is_not_found() && epochs == 0 => return Ok(Vec::new()),
+            Err(e) if e.is_not_found() => {
                 return Err(incomplete(format!("it is missing, and the run has completed {epochs} epochs")))
             }
-            Err(source) => return Err(RunDirError::Io { action: "read", path, source }),
+            Err(e) => return Err(e.into()),
             Ok(text) => text,
         };
         let mut records = Vec::new();
@@ -413,11 +416,7 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), RunDirError> {
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, RunDirError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RunDirError::Io {
-        action: "read",
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = vit::files::read_text(path, "run file")?;
     serde_json::from_str(&text).map_err(|source| RunDirError::Json { path: path.to_path_buf(), source })
 }
 

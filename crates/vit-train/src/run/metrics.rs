@@ -59,7 +59,7 @@ impl Record {
 
 /// Reads `metrics.jsonl` (missing file: empty; unparsable lines are skipped).
 pub fn read_records(path: &Path) -> Vec<Record> {
-    std::fs::read_to_string(path)
+    vit::files::read_text(path, "run records")
         .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
         .unwrap_or_default()
 }

@@ -115,7 +115,9 @@ pub fn plot_curves(path: &Path, c: &Curves) -> Result<()> {
         let x_axis = || (0.0..x_max * 1.02).step(step);
         let epoch_label = |v: &f64| format!("{}", v.round() as i64);
         let finite = c.train_loss.iter().chain(&c.val_loss).map(|p| p.1).filter(|v| v.is_finite());
-        let y_max = finite.fold(0.1, f64::max) * 1.05;
+        // Headroom above the highest loss for the legend, so it never hides a curve (an overfitting
+        // run's validation loss peaks at the right, where the legend sits).
+        let y_max = finite.fold(0.1, f64::max) * 1.3;
         let mut loss = ChartBuilder::on(&upper)
             .caption("Loss", (FAMILY, 24))
             .margin(14)

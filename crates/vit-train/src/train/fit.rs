@@ -17,6 +17,7 @@ use vit::{Preprocessor, ViTConfig};
 
 use crate::data::resident::{ResidentSplits, Split};
 use crate::data::source::{load_splits_in, DataMode, DataOptions};
+use crate::dist::agree::RankFacts;
 use crate::dist::ProcessGroup;
 use crate::import::Imported;
 use crate::run::dir::{Checkpoint, RunDir, RunOptions};
@@ -159,6 +160,10 @@ pub fn fit_rank(
             .map_err(anyhow::Error::msg)?;
     }
     crate::run::data_index::record_or_check(&mut run, &splits, opts.resume)?;
+    if let Some(group) = &group {
+        // Before the first collective whose shapes depend on any of it (rank 0's state broadcast).
+        group.agree(&rank_facts(&cfg, &run, requested_mode, opts.resume))?;
+    }
     let measured = !splits.val.is_empty();
     if !measured {
         log::warn!("no validation images: accuracy will not be measured (and no best.safetensors chosen by it)");
@@ -388,6 +393,22 @@ fn kept_checkpoint(dir: Option<&RunDir>, epoch: usize) -> String {
         ),
         None => format!("rank 0's run folder still holds epoch {epoch}, the last good one"),
     }
+}
+
+/// What every rank must have alike: the config, the run's data options and
+/// the index of its data, the requested data mode and whether it resumes.
+fn rank_facts(cfg: &ViTConfig, run: &RunOptions, requested: DataMode, resume: bool) -> RankFacts {
+    let mut facts = RankFacts::new();
+    facts.add_serialized("config", cfg);
+    facts.add_serialized("run", run);
+    // Paths may differ from node to node (what they hold is compared through run.data_index), and
+    // `auto` may resolve differently on GPUs with different free memory (the batches' order is the same).
+    for path_or_resolved in ["run.data", "run.init.weights", "run.data_mode"] {
+        facts.remove(path_or_resolved);
+    }
+    facts.insert("data_mode", format!("{requested:?}"));
+    facts.insert("resume", resume);
+    facts
 }
 
 /// The record of a `log_every` point: the mean loss of the steps since the last
