@@ -68,6 +68,15 @@ for precision in fp32 bf16; do
   step "$BIN/vit-train" fit --config models/coco5-vit-gpu.toml --data "$DATA" --out "$OUT/fit-$precision" \
     --epochs $EPOCHS --device $FIT_DEVICE --precision $precision --data-workers 8 --no-export $FIT_EXTRA
 done
+# The goal, in whole epochs of fit: every switch off (today's path: host batches, per-tensor
+# optimiser, eager) against every switch on (device-resident data, fused capturable optimiser, CUDA graph).
+for switches in "off:--data-mode memory --fused-optimizer false --cuda-graph false" \
+                "on:--data-mode device --fused-optimizer true --cuda-graph true"; do
+  rm -rf "$OUT/fit-switches-${switches%%:*}"
+  # shellcheck disable=SC2086
+  step "$BIN/vit-train" fit --config models/coco5-vit-gpu.toml --data "$DATA" --out "$OUT/fit-switches-${switches%%:*}" \
+    --epochs $EPOCHS --device $FIT_DEVICE --precision bf16 --data-workers 8 --no-export $FIT_EXTRA ${switches#*:}
+done
 step scripts/bench-train.sh models/coco5-vit.toml models/seed-hw9.toml
 if [ ${#FAILED[@]} -gt 0 ]; then
   printf 'gpu-bench-train: %d step(s) failed:\n' ${#FAILED[@]} | tee -a "$LOG" >&2

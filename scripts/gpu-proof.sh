@@ -148,6 +148,18 @@ train_phase() {
   # (The rehearsal skips the GPU preset's steps: batch 256 in bf16 takes minutes on a CPU.)
   [ "$DRY" = 1 ] || bench_config models/coco5-vit-gpu.toml "$rounds" "$steps" "$warmup"
   bench_config models/coco5-vit.toml "$rounds" "$steps" "$warmup"
+  # 1b. The GPU trainer's switches (device-resident data, capturable fused AdamW, CUDA-graph replay), in whole
+  #     epochs of the GPU preset: every switch off (the path of the first GPU session), each alone, all on.
+  local sw
+  for sw in "off:--data-mode memory --fused-optimizer false --cuda-graph false" \
+            "device:--data-mode device --fused-optimizer false --cuda-graph false" \
+            "graph:--data-mode memory --fused-optimizer true --cuda-graph true" \
+            "on:--data-mode device --fused-optimizer true --cuda-graph true"; do
+    # shellcheck disable=SC2086
+    run_step "fit-switches-${sw%%:*}" vit-train fit --config models/coco5-vit-gpu.toml --data "$DATA" \
+      --out "$R/fit-switches-${sw%%:*}" --epochs 3 --warmup-epochs 1 --precision bf16 --device "$DEVICE" \
+      --data-workers 12 --no-export "${small[@]}" ${sw#*:}
+  done
   # 2. Real training: the CPU preset's whole schedule in fp32 (exported: the
   #    artefact the provider phase evaluates and that comes back) and in bf16.
   run_step fit-fp32 vit-train fit --config models/coco5-vit.toml --data "$DATA" --out "$R/fit-fp32" --epochs "$epochs" \

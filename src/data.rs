@@ -42,6 +42,14 @@ pub use stream::{decoded_bytes, scan_folder, scan_splits};
 /// Errors loading a data set.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// A class folder whose name cannot be a label.
+    #[error("class folder {path}: {why}; class names become the model's labels, so rename the folder")]
+    ClassName {
+        /// The folder, escaped ([`crate::text::path`]).
+        path: String,
+        /// What is wrong with its name.
+        why: String,
+    },
     /// A file of the set (class list, manifest, IDX file) is not a regular file or is too large.
     #[error(transparent)]
     File(#[from] crate::files::FileError),
@@ -351,7 +359,11 @@ fn check_unreadable<const N: usize>(dir: &Path, lists: [&[Skipped]; N], opts: &L
         return Ok(());
     }
     const SHOWN: usize = 3;
-    let mut first = all.iter().take(SHOWN).map(|s| format!("{} ({})", s.path.display(), s.reason)).collect::<Vec<_>>();
+    let mut first = all
+        .iter()
+        .take(SHOWN)
+        .map(|s| format!("{} ({})", crate::text::path(&s.path), crate::text::escape(&s.reason)))
+        .collect::<Vec<_>>();
     if all.len() > SHOWN {
         first.push(format!("and {} more", all.len() - SHOWN));
     }
@@ -448,7 +460,7 @@ fn decode_sources(
     let decoded: Vec<_> = samples.par_iter().map(|(source, _)| source.load(prep)).collect();
     let mut out = Dataset { image_len: prep.image_len(), ..Default::default() };
     for s in &unreadable {
-        log::warn!("skipping {}: {}", s.path.display(), s.reason);
+        log::warn!("skipping {}: {}", crate::text::path(&s.path), crate::text::escape(&s.reason));
     }
     out.skipped = unreadable;
     for ((source, label), result) in samples.iter().zip(decoded) {

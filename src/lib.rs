@@ -32,6 +32,7 @@ pub mod preprocess;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod tensor;
+pub mod text;
 
 pub use config::{Variant, ViTConfig};
 pub use metadata::ModelMetadata;

@@ -53,11 +53,11 @@ impl Confusion {
         let mut out = String::from("true\\predicted");
         for l in labels {
             out.push(',');
-            out.push_str(l);
+            out.push_str(&crate::text::csv_cell(l));
         }
         out.push('\n');
         for (label, row) in labels.iter().zip(&self.matrix) {
-            out.push_str(label);
+            out.push_str(&crate::text::csv_cell(label));
             for v in row {
                 out.push_str(&format!(",{v}"));
             }

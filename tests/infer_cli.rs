@@ -282,3 +282,31 @@ fn help_documents_every_flag() {
         assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
     }
 }
+
+#[test]
+fn file_names_that_are_not_utf8_or_hold_control_characters_print_distinct_and_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let f = fixture();
+    let dir = f.dir.path().join("odd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let names: [&[u8]; 3] = [b"\xffa.png", b"\xfea.png", b"esc\x1b[2J.png"];
+    for (i, name) in names.iter().enumerate() {
+        write_png(&dir.join(std::ffi::OsStr::from_bytes(name)), 16, 16, i as u64);
+    }
+    let (code, stdout, _) = run(&[&"-m", &f.model, &"--json", &dir]);
+    assert_eq!(code, 0, "{stdout}");
+    let paths: Vec<String> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> =
+        ["esc\\u{1b}[2J.png", "\\xfea.png", "\\xffa.png"].iter().map(|n| format!("{}/{n}", dir.display())).collect();
+    let mut want = want;
+    want.sort();
+    let mut sorted = paths.clone();
+    sorted.sort();
+    assert_eq!(sorted, want, "{stdout}");
+    let (code, stdout, _) = run(&[&"-m", &f.model, &dir]);
+    assert_eq!(code, 0);
+    assert!(!stdout.contains('\u{1b}') && stdout.contains("esc\\u{1b}[2J.png"), "{stdout:?}");
+}

@@ -57,9 +57,21 @@ pub fn scan_image_folder(dir: &Path) -> Result<FolderScan, DataError> {
     let mut unreadable = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-        if name.starts_with('.') {
+        let raw = entry.file_name();
+        if raw.as_encoded_bytes().starts_with(b".") {
             continue;
+        }
+        // Class names become labels (labels.json, the model's metadata, every report): text that
+        // cannot be carried as it is is refused by name, never dropped (one class fewer, silently).
+        let refuse = |why: &str| DataError::ClassName { path: crate::text::path(&entry.path()), why: why.to_string() };
+        let Some(name) = raw.to_str().map(str::to_owned) else {
+            if entry.path().is_dir() {
+                return Err(refuse("its name is not valid UTF-8"));
+            }
+            continue;
+        };
+        if crate::text::needs_escape(&name) && entry.path().is_dir() {
+            return Err(refuse("its name holds control characters"));
         }
         // Through links, as the walk below: a link that cannot be followed may be a lost class.
         match std::fs::metadata(entry.path()) {

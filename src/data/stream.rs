@@ -43,7 +43,7 @@ fn index_files(
     prep: &Preprocessor,
 ) -> Result<Dataset, DataError> {
     for s in &unreadable {
-        log::warn!("skipping {}: {}", s.path.display(), s.reason);
+        log::warn!("skipping {}: {}", crate::text::path(&s.path), crate::text::escape(&s.reason));
     }
     Ok(Dataset {
         pixels: Vec::new(),

@@ -39,7 +39,7 @@ pub fn collect_images(inputs: &[PathBuf]) -> anyhow::Result<Inputs> {
     }
     if out.files.is_empty() {
         let reasons: Vec<String> =
-            out.failures.iter().map(|(path, reason)| format!("{}: {reason}", path.display())).collect();
+            out.failures.iter().map(|(path, reason)| format!("{}: {reason}", vit::text::path(path))).collect();
         if reasons.is_empty() {
             bail!("no images given");
         }

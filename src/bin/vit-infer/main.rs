@@ -98,8 +98,8 @@ fn classify(cli: &Cli) -> anyhow::Result<u8> {
     let inputs = inputs::collect_images(&cli.inputs)?;
     let mut clf = open(cli)?;
     let provider = clf.provider();
-    let format =
-        Format { json: cli.json, label_width: clf.labels().iter().map(|l| l.chars().count()).max().unwrap_or(0) };
+    let width = clf.labels().iter().map(|l| vit::text::escape(l).chars().count()).max().unwrap_or(0);
+    let format = Format { json: cli.json, label_width: width };
     let opts = cli.classify_options();
     let mut out = std::io::stdout().lock();
     let total = inputs.files.len() + inputs.failures.len();
@@ -115,8 +115,8 @@ fn classify(cli: &Cli) -> anyhow::Result<u8> {
     };
     let mut written = Ok(());
     for (path, reason) in &inputs.failures {
-        written =
-            written.and_then(|()| report(&mut out, path, &format!("cannot classify {}: {reason}", path.display())));
+        written = written
+            .and_then(|()| report(&mut out, path, &format!("cannot classify {}: {reason}", vit::text::path(path))));
     }
     // A chunk at a time, so that results print while later batches run.
     for chunk in inputs.files.chunks(opts.batch_size) {

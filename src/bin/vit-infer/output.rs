@@ -31,19 +31,21 @@ pub fn write_prediction(
             .iter()
             .map(|s| serde_json::json!({ "label": s.label, "index": s.index, "probability": s.probability }))
             .collect();
-        let line = serde_json::json!({ "path": path.display().to_string(), "top": top, "provider": provider });
+        let line = serde_json::json!({ "path": vit::text::path(path), "top": top, "provider": provider });
         return writeln!(out, "{line}");
     }
-    writeln!(out, "{}", path.display())?;
+    // Escaped: a file name or label may hold bytes that are not UTF-8, or control characters.
+    writeln!(out, "{}", vit::text::path(path))?;
     for s in &pred.top {
-        writeln!(out, "  {:<width$}  {:.4}", s.label, s.probability, width = format.label_width)?;
+        let label = vit::text::escape(&s.label);
+        writeln!(out, "  {:<width$}  {:.4}", label, s.probability, width = format.label_width)?;
     }
     Ok(())
 }
 
 /// Writes the JSON line of a file that could not be classified.
 pub fn write_json_error(out: &mut impl Write, path: &Path, error: &dyn std::fmt::Display) -> io::Result<()> {
-    let line = serde_json::json!({ "path": path.display().to_string(), "error": error.to_string() });
+    let line = serde_json::json!({ "path": vit::text::path(path), "error": error.to_string() });
     writeln!(out, "{line}")
 }
 
@@ -81,6 +83,7 @@ pub fn skipped(set: &EvalData, eval: &Evaluation) -> usize {
 
 /// A text table with a header row of column numbers and one row per true class.
 pub fn confusion_table(labels: &[String], confusion: &[Vec<u64>]) -> String {
+    let labels: Vec<String> = labels.iter().map(|l| vit::text::escape(l)).collect();
     let name_w = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
     let max = confusion.iter().flatten().copied().max().unwrap_or(0);
     let cell_w = max.to_string().len().max(labels.len().to_string().len()).max(3);
