@@ -366,9 +366,11 @@ fn missing_and_corrupt_models_are_clear_errors() {
     assert!(matches!(err, InferError::ModelLoad { .. }), "{err:?}");
     assert!(err.to_string().contains("corrupt.onnx"), "{err}");
 
-    // A directory is not a model file.
+    // A directory is not a model file: the error says what it is instead, before ONNX Runtime opens it.
     let err = Classifier::open(dir.path(), &cpu()).unwrap_err();
-    assert!(matches!(err, InferError::ModelNotFound(_)), "{err:?}");
+    assert!(matches!(err, InferError::File(vit::files::FileError::NotAFile { kind: "directory", .. })), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("directory") && msg.contains(&dir.path().display().to_string()), "{msg}");
 }
 
 #[test]
