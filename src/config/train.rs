@@ -131,6 +131,14 @@ pub struct TrainConfig {
     /// `config.toml` only when set.
     #[serde(skip_serializing_if = "is_false")]
     pub cuda_graph: bool,
+    /// Data-parallel only: BatchNorm layers normalise with the statistics of the
+    /// whole global batch, gathered from every rank (SyncBatchNorm), so ranks
+    /// train as one process would. `false` uses each rank's own batch, as
+    /// DistributedDataParallel without `SyncBatchNorm` does: no collective per
+    /// BatchNorm layer, but a different (noisier) training. Written to
+    /// `config.toml` only when false.
+    #[serde(skip_serializing_if = "is_true")]
+    pub sync_batch_norm: bool,
     /// Mixed precision of training (see [`Precision`]). Written to `config.toml`
     /// only when not fp32.
     #[serde(skip_serializing_if = "is_fp32")]
@@ -143,6 +151,10 @@ fn is_fp32(p: &Precision) -> bool {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for TrainConfig {
@@ -175,6 +187,7 @@ impl Default for TrainConfig {
             fused_attention: false,
             channels_last: false,
             cuda_graph: false,
+            sync_batch_norm: true,
             precision: Precision::Fp32,
         }
     }

@@ -4,6 +4,8 @@
 //! while decoding the same set into memory goes past that margin (so the bound
 //! is one the test can see broken). libtorch alone takes a few hundred MB, so
 //! the bound is measured against that baseline, not as an absolute number.
+//! A streamed run's peak also stops growing with the number of images once its
+//! queues are full: eight times as many images add no more than a small margin.
 //! Alone in its test binary: each child's peak is read from its own `wait4`.
 
 mod common;
@@ -39,11 +41,16 @@ seed = 3
 
 /// Writes the image folder: smooth colour ramps as PNG, different per image.
 fn write_images(dir: &Path) {
+    write_images_of(dir, PER_CLASS, SIDE);
+}
+
+/// Writes 3 classes of `per_class` PNG images of `side` x `side` pixels.
+fn write_images_of(dir: &Path, per_class: usize, side: u32) {
     for class in 0..3u32 {
         let class_dir = dir.join(format!("class{class}"));
         std::fs::create_dir_all(&class_dir).unwrap();
-        for n in 0..PER_CLASS as u32 {
-            let img = image::RgbImage::from_fn(SIDE, SIDE, |x, y| {
+        for n in 0..per_class as u32 {
+            let img = image::RgbImage::from_fn(side, side, |x, y| {
                 image::Rgb([(x + n) as u8, (y * 2 + class * 80) as u8, ((x + y) / 2 + n * 3) as u8])
             });
             img.save(class_dir.join(format!("{n:04}.png"))).unwrap();
@@ -100,4 +107,54 @@ fn a_set_over_the_budget_streams_within_a_fixed_margin_of_a_tiny_run() {
     eprintln!("{report}");
     assert!(streamed < baseline + margin, "the streamed run is over the bound: {report}");
     assert!(decoded_run > baseline + margin, "decoding the set must break the bound, or it proves nothing: {report}");
+}
+
+/// A 1-block ViT on 96x96 images in 16x16 patches, batches of 16.
+const WIDE_MODEL: &str = r#"
+variant = "standard"
+image_size = 96
+patch_size = 16
+in_channels = 3
+embed_dim = 32
+depth = 1
+num_heads = 2
+mlp_ratio = 2.0
+pooling = "mean"
+[train]
+epochs = 1
+batch_size = 16
+lr = 1e-3
+log_every = 50
+seed = 3
+"#;
+
+#[test]
+fn streamed_peak_memory_does_not_grow_with_the_number_of_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), WIDE_MODEL);
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    // Most images go to validation, where the default queue (--prefetch 8) of default
+    // evaluation batches (256) once held up to 8 x 256 x 110 KiB = 226 MiB. Both sets fill
+    // every queue (at least 256 + 10 x 32 validation and 10 x 16 training images), so a
+    // peak that depends on the data, not on the queues, shows as a difference.
+    let peak = |per_class: usize| {
+        let data = tmp.path().join(format!("data{per_class}"));
+        write_images_of(&data, per_class, 96);
+        let run = tmp.path().join(format!("run{per_class}"));
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&cfg).arg("--data").arg(&data).arg("--out").arg(&run);
+        cmd.args(["--no-export", "--data-mode", "stream", "--data-workers", "2", "--val-fraction", "0.8"]);
+        let peak = peak_rss(&mut cmd, &tmp.path().join(format!("fit{per_class}.log")));
+        let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+        assert!(summary.contains("\"best_val_accuracy\""), "the run must have evaluated: {summary}");
+        std::fs::remove_dir_all(&data).unwrap();
+        peak
+    };
+    let (small, large) = (peak(300), peak(2400));
+    // Measured: the old queue added 140-250 MiB at 8x the images, pieces 0-42 MiB (the allocator's arenas vary).
+    let margin = 64u64 << 20;
+    let report =
+        format!("900 images {:.1} MiB, 7,200 images {:.1} MiB, margin {:.1} MiB", mib(small), mib(large), mib(margin));
+    eprintln!("{report}");
+    assert!(large < small + margin, "peak memory grew with the data set: {report}");
 }

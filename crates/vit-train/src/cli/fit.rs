@@ -80,7 +80,8 @@ fn apply_overrides(cfg: &mut ViTConfig, a: &FitArgs) {
          grad_clip => t.grad_clip, log_every => t.log_every, eval_every => t.eval_every, seed => t.seed, color_jitter => t.color_jitter,
          mixup_alpha => t.mixup_alpha, cutmix_alpha => t.cutmix_alpha, random_erasing => t.random_erasing,
          ema_decay => t.ema_decay, precision => t.precision, fused_attention => t.fused_attention,
-         fused_optimizer => t.fused_optimizer, channels_last => t.channels_last, cuda_graph => t.cuda_graph);
+         fused_optimizer => t.fused_optimizer, channels_last => t.channels_last, cuda_graph => t.cuda_graph,
+         sync_batch_norm => t.sync_batch_norm);
     if let Some(min) = a.crop_scale {
         t.crop_scale = (min, 1.0);
     }

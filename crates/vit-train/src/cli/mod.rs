@@ -112,6 +112,10 @@ pub struct FitArgs {
     /// (CUDA only; elsewhere training is eager, with one warning).
     #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
     pub cuda_graph: Option<bool>,
+    /// Override train.sync_batch_norm (alone: true): under torchrun, BatchNorm statistics of the
+    /// global batch (false: each rank's own batch, as DDP without SyncBatchNorm).
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+    pub sync_batch_norm: Option<bool>,
     /// Override train.betas.0.
     #[arg(long, value_parser = finite_f64)]
     pub beta1: Option<f64>,

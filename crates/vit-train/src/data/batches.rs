@@ -23,7 +23,7 @@ use crate::data::augment::{augment_image, cutmix, draw_mix, mixup, Geometry, Mix
 pub use crate::data::workers::{Flow, Pipeline};
 
 /// A host-side batch: normalised NCHW f32 pixels and labels.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostBatch {
     /// `labels.len() * image_len` values.
     pub pixels: Vec<f32>,
@@ -193,24 +193,64 @@ pub fn for_each_train_batch(
     unreadable
 }
 
-/// Runs `consume` on the un-augmented batches of the images `indices` of
-/// `data`, in order (evaluation), built by `pipe`'s workers, so a streamed set
-/// decodes in parallel too. Returns the streamed files that could not be read
-/// (fed as black images).
-pub fn for_each_eval_batch(
+/// Images in each piece of an evaluation batch that the workers build and
+/// queue. The queue holds `prefetch` pieces, not `prefetch` whole batches, so
+/// its memory does not grow with `--eval-batch-size` or with the data: at
+/// 224x224 a batch of 256 is 154 MB of f32 pixels, and eight of them queued
+/// made a streamed run's peak memory grow with the validation set until the
+/// queue was full.
+pub const EVAL_PIECE: usize = 32;
+
+/// A piece of evaluation batch `batch`: images `offset..offset + len` of its `batch_len`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalPiece {
+    /// Index of the batch this piece belongs to.
+    pub batch: usize,
+    /// Images in the whole batch.
+    pub batch_len: usize,
+    /// Position of the piece's first image in the batch.
+    pub offset: usize,
+    /// The piece's pixels and labels (`unreadable` is moved to the returned list).
+    pub images: HostBatch,
+}
+
+impl EvalPiece {
+    /// True for the piece that completes its batch.
+    pub fn ends_batch(&self) -> bool {
+        self.offset + self.images.labels.len() == self.batch_len
+    }
+}
+
+/// Runs `consume` on the un-augmented images `indices` of `data`, in order
+/// (evaluation), cut into batches of `batch_size` that arrive as pieces of at
+/// most [`EVAL_PIECE`] images, built by `pipe`'s workers (so a streamed set
+/// decodes in parallel too). The consumer assembles each batch where it needs
+/// it (an image's pixels do not depend on its batch), so no whole batch waits
+/// in a queue. Returns the streamed files that could not be read (fed as
+/// black images).
+pub fn for_each_eval_piece(
     data: &Dataset,
     indices: &[usize],
     prep: &Preprocessor,
     batch_size: usize,
     pipe: Pipeline,
-    mut consume: impl FnMut(HostBatch),
+    mut consume: impl FnMut(EvalPiece),
 ) -> Vec<Skipped> {
-    let batches: Vec<&[usize]> = indices.chunks(batch_size.max(1)).collect();
-    let make = |i: usize| make_batch(data, batches[i], prep, Augment::NONE, None);
+    let batch_size = batch_size.max(1);
+    // Pieces never straddle two batches: (batch, its length, offset in it, the piece's images).
+    let pieces: Vec<(usize, usize, usize, &[usize])> = indices
+        .chunks(batch_size)
+        .enumerate()
+        .flat_map(|(b, batch)| {
+            batch.chunks(EVAL_PIECE).enumerate().map(move |(k, piece)| (b, batch.len(), k * EVAL_PIECE, piece))
+        })
+        .collect();
+    let make = |i: usize| make_batch(data, pieces[i].3, prep, Augment::NONE, None);
     let mut unreadable = Vec::new();
-    crate::data::workers::run_ordered(batches.len(), pipe, make, |_, mut batch, _| {
-        unreadable.append(&mut batch.unreadable);
-        consume(batch);
+    crate::data::workers::run_ordered(pieces.len(), pipe, make, |i, mut images, _| {
+        unreadable.append(&mut images.unreadable);
+        let (batch, batch_len, offset, _) = pieces[i];
+        consume(EvalPiece { batch, batch_len, offset, images });
         true
     });
     unreadable
@@ -239,5 +279,42 @@ mod tests {
         assert_ne!(draw(1, 2, 3), draw(1, 2, 4));
         assert_ne!(draw(1, 2, 3), draw(1, 3, 3));
         assert_ne!(draw(1, 2, 3), draw(2, 2, 3));
+    }
+
+    #[test]
+    fn evaluation_pieces_put_together_are_the_whole_batches() {
+        let (side, n) = (4usize, 2 * EVAL_PIECE + 5);
+        let cfg = vit::ViTConfig { image_size: side, ..vit::ViTConfig::default() };
+        let prep = Preprocessor::from_config(&cfg);
+        let image_len = prep.image_len();
+        let data = Dataset {
+            pixels: (0..n * image_len).map(|i| (i * 7 % 251) as u8).collect(),
+            labels: (0..n as i64).map(|i| i % 3).collect(),
+            image_len,
+            ..Dataset::default()
+        };
+        // A batch of 1.5 pieces then the rest: pieces must restart at each batch.
+        let indices: Vec<usize> = (0..n).rev().collect();
+        let batch_size = EVAL_PIECE + EVAL_PIECE / 2;
+        let whole: Vec<HostBatch> =
+            indices.chunks(batch_size).map(|c| make_batch(&data, c, &prep, Augment::NONE, None)).collect();
+        for workers in [1, 3] {
+            let mut joined: Vec<HostBatch> = Vec::new();
+            let pipe = Pipeline { workers, prefetch: 2 };
+            for_each_eval_piece(&data, &indices, &prep, batch_size, pipe, |p| {
+                assert!(p.images.labels.len() <= EVAL_PIECE);
+                if p.offset == 0 {
+                    joined.push(HostBatch::default());
+                }
+                let at = joined.len() - 1;
+                let b = &mut joined[at];
+                assert_eq!((p.batch, p.offset, p.batch_len), (at, b.labels.len(), whole[p.batch].labels.len()));
+                b.pixels.extend_from_slice(&p.images.pixels);
+                b.labels.extend_from_slice(&p.images.labels);
+                assert_eq!(p.ends_batch(), b.labels.len() == p.batch_len);
+            });
+            assert_eq!(joined.iter().map(|b| b.labels.len()).collect::<Vec<_>>(), vec![48, 21]);
+            assert_eq!(joined, whole, "{workers} workers");
+        }
     }
 }

@@ -277,6 +277,12 @@ impl ProcessGroup {
         Ok(())
     }
 
+    /// BatchNorm layers of this process normalise with its own batch from now
+    /// on (`train.sync_batch_norm = false`), as DDP without SyncBatchNorm does.
+    pub fn local_batch_norm(&self) {
+        let _ = SYNC_BN_GROUP.compare_exchange(self.raw, std::ptr::null_mut(), Ordering::SeqCst, Ordering::SeqCst);
+    }
+
     /// Waits for every rank; rank 0's error names the ranks that did not arrive.
     pub fn barrier(&self) -> Result<(), DistError> {
         // SAFETY: raw is the live group.

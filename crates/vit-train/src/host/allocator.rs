@@ -9,7 +9,23 @@
 //! CPU time in the kernel that way (its first activation, 64x32x64x64 floats, is
 //! 32 MiB). With large-block mmap and heap trimming off, freed blocks stay in
 //! the heap for the next step. glibc still falls back to `mmap` when the heap
-//! cannot grow, and peak memory is what the step needs either way.
+//! cannot grow.
+//!
+//! A heap that never gives memory back also fragments: streaming a 224x224 set
+//! (a 0.3M-parameter model, batches of 32) grew from 0.70 to 0.89 GB over 300
+//! steps while the memory in use stayed flat (glibc's defaults: 0.70-0.82 GB).
+//! So the epoch loop hands the free pages back every [`RELEASE_EVERY_STEPS`]
+//! steps ([`release_free_memory`]): the next step faults them in once, instead
+//! of every step. Measured on `models/coco5-vit-hires.toml`, 2 cores: 224 img/s
+//! with these settings, 175 with glibc's defaults.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Steps between two [`release_free_memory`] calls of the epoch loop.
+pub const RELEASE_EVERY_STEPS: usize = 64;
+
+/// Set once [`keep_freed_memory`] has changed the allocator.
+static KEEPING: AtomicBool = AtomicBool::new(false);
 
 /// What [`keep_freed_memory`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +49,7 @@ pub fn keep_freed_memory() -> MallocTuning {
             libc::mallopt(libc::M_MMAP_MAX, 0) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
         };
         if ok {
+            KEEPING.store(true, Ordering::Relaxed);
             MallocTuning::Applied
         } else {
             MallocTuning::Refused
@@ -41,6 +58,17 @@ pub fn keep_freed_memory() -> MallocTuning {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         MallocTuning::Unsupported
+    }
+}
+
+/// Returns the heap's free pages to the kernel (glibc's `malloc_trim`) when
+/// [`keep_freed_memory`] is in effect; otherwise glibc trims by itself and
+/// this does nothing.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if KEEPING.load(Ordering::Relaxed) {
+        // SAFETY: malloc_trim only releases free memory; allocations in use are untouched.
+        unsafe { libc::malloc_trim(0) };
     }
 }
 
@@ -81,5 +109,17 @@ mod tests {
         assert_eq!(keep_freed_memory(), MallocTuning::Applied);
         let (first, second) = faults_of_two_rounds(BYTES);
         assert!(second < pages / 20, "second round took {second} faults (first {first}, {pages} pages)");
+        // A block freed below one still in use (as between a step's activations) stays in the free
+        // lists, resident; released, its pages are the kernel's again and the next use faults them in.
+        let block = vec![1u8; BYTES];
+        let in_use = std::hint::black_box(vec![1u8; 4096]);
+        drop(block);
+        let (kept, _) = faults_of_two_rounds(BYTES);
+        release_free_memory();
+        let (after_release, again) = faults_of_two_rounds(BYTES);
+        drop(in_use);
+        assert!(kept < pages / 20, "a freed block below one in use took {kept} faults ({pages} pages)");
+        assert!(after_release > pages / 2, "after release_free_memory: {after_release} faults ({pages} pages)");
+        assert!(again < pages / 20, "and kept again afterwards: {again} faults");
     }
 }

@@ -5,7 +5,7 @@ use tch::{nn::ModuleT, Device, Kind, Tensor};
 use vit::data::{Dataset, Skipped};
 use vit::Preprocessor;
 
-use crate::data::batches::{for_each_eval_batch, Pipeline};
+use crate::data::batches::{for_each_eval_piece, Pipeline};
 use crate::dist::{DistError, ProcessGroup};
 use crate::run::metrics::Confusion;
 
@@ -55,13 +55,23 @@ pub fn predict_indices(
     batch: usize,
     pipe: Pipeline,
 ) -> (Tensor, Vec<Skipped>) {
-    let mut outs = Vec::new();
+    let (c, side) = (prep.channels as i64, prep.image_size as i64);
+    let (mut outs, mut filling) = (Vec::new(), None::<Tensor>);
     let unreadable = tch::no_grad(|| {
-        for_each_eval_batch(data, indices, prep, batch, pipe, |b| {
-            let (x, _) = to_device(&b.pixels, &b.labels, prep, device);
-            outs.push(model.forward_t(&x, false).to_device(Device::Cpu));
+        for_each_eval_piece(data, indices, prep, batch, pipe, |p| {
+            // Each piece is written into the batch's own tensor: no host copy of a whole batch.
+            let x = filling
+                .get_or_insert_with(|| Tensor::empty([p.batch_len as i64, c, side, side], (Kind::Float, Device::Cpu)));
+            let n = p.images.labels.len() as i64;
+            x.narrow(0, p.offset as i64, n).copy_(&Tensor::from_slice(&p.images.pixels).view([n, c, side, side]));
+            if p.ends_batch() {
+                let x = filling.take().map(|x| x.to_device(device)).unwrap_or_default();
+                outs.push(model.forward_t(&x, false).to_device(Device::Cpu));
+            }
         })
     });
+    // An evaluation batch is larger than a training batch: give its pages back rather than keep them.
+    crate::host::allocator::release_free_memory();
     (Tensor::cat(&outs, 0), unreadable)
 }
 

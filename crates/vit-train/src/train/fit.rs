@@ -163,6 +163,9 @@ pub fn fit_rank(
     if let Some(group) = &group {
         // Before the first collective whose shapes depend on any of it (rank 0's state broadcast).
         group.agree(&rank_facts(&cfg, &run, requested_mode, opts.resume))?;
+        if !cfg.train.sync_batch_norm {
+            group.local_batch_norm();
+        }
     }
     let measured = !splits.val.is_empty();
     if !measured {

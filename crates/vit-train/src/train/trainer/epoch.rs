@@ -11,6 +11,7 @@ use tch::Tensor;
 use super::{DataFlow, Divergence, EpochStats, StepReport, Trainer};
 use crate::data::batches::HostBatch;
 use crate::dist::DistError;
+use crate::host::allocator::{release_free_memory, RELEASE_EVERY_STEPS};
 use crate::train::evaluate::to_device;
 use crate::train::graph::GraphFailure;
 use crate::train::optim::learning_rate;
@@ -67,6 +68,9 @@ impl Trainer {
         let n = y.size().first().copied().unwrap_or(0) as usize;
         let stats = &mut ep.stats;
         (stats.train_seconds, stats.images) = (stats.train_seconds + started.elapsed().as_secs_f64(), stats.images + n);
+        if (step + 1) % RELEASE_EVERY_STEPS == 0 {
+            release_free_memory();
+        }
         let mut loss = None;
         if (step + 1) % ep.log_every == 0 {
             match self.tally.read_window() {
