@@ -20,9 +20,11 @@
 //! with these settings, 175 with glibc's defaults.
 //!
 //! `malloc_trim` frees pages in every arena's free lists but shrinks only the
-//! main arena's top: the top of a thread's arena (the data workers', OpenMP's)
-//! stays at its high-water mark. That is most of what the streamed 224x224 runs
-//! still grow by with the data set's size (docs/data.md).
+//! main arena's top; a thread's arena (a data worker's) keeps its top, since
+//! keeping memory sets the threshold at which glibc would trim it to never.
+//! Lowering that threshold for a few steps after each release did give those
+//! tops back, but left peak memory where it was (streamed 224x224 runs, within
+//! their run-to-run spread of about 100 MB), so it is not done.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
