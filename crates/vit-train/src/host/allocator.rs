@@ -24,7 +24,7 @@
 //! keeping memory sets the threshold at which glibc would trim it to never.
 //! Lowering that threshold for a few steps after each release did give those
 //! tops back, but left peak memory where it was (streamed 224x224 runs, within
-//! their run-to-run spread of about 100 MB), so it is not done.
+//! their run-to-run spread of 100-250 MB), so it is not done.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
