@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # HTTP serving numbers for one model: throughput and p50/p99 latency of POST
 # /v1/models/NAME/classify with COCO-5 JPEG bodies at concurrency 1, 8 and 64,
-# for vit-serve with batching off (--max-batch 1) and on (--max-batch 8
-# --max-delay-us 2000), and for bench/python_server.py (FastAPI + uvicorn +
+# for vit-serve with its defaults, with batching off (--max-batch 1), and with one
+# session (--instances 1) batching (--max-batch 8 --max-delay-us 2000) or not, and
+# for bench/python_server.py (FastAPI + uvicorn +
 # onnxruntime + Pillow, one worker); with each server's peak RSS. The load
 # generator is wrk (Debian package `wrk`, installed here when missing: the
 # fastest to install), fed by a Lua script that rotates over the JPEGs.
@@ -64,7 +65,10 @@ run() {
 echo "model $MODEL, ${SECS}s per point, JPEG bodies from $DATA/val (${#JPEGS[@]} files)"
 echo "| server                       | conc |    img/s | p50 (ms) | p99 (ms) | non-2xx | peak RSS kB |"
 echo "|---|---|---|---|---|---|---|"
-for mode in "batching off:--max-batch 1" "batching on:--max-batch 8 --max-delay-us 2000"; do
+# Defaults (on 2 cores: 2 sessions x 1 thread, batches of up to 8 without waiting), then
+# batching off, then one session of one thread per core with and without batching.
+for mode in "defaults:" "batching off:--max-batch 1" "1 session, batch 8 / 2 ms:--instances 1 --max-batch 8 --max-delay-us 2000" \
+  "1 session, batching off:--instances 1 --max-batch 1"; do
   label="vit-serve ${mode%%:*}"
   # shellcheck disable=SC2086
   "$BIN" "$MODEL" --port 0 --ep cpu --queue 256 ${mode#*:} > "$WORK/serve.out" 2> "$WORK/serve.err" &

@@ -346,6 +346,32 @@ fn sigterm_answers_or_refuses_every_request_and_exits_0() {
 }
 
 #[test]
+fn sessions_share_the_cores_unless_instances_or_threads_are_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(3);
+    let path = write_model(dir.path(), "m.onnx", &cfg, 1);
+    let data = pixels(&cfg, 2, 4);
+    let expected = open(&path).logits(&data, 2).unwrap();
+    // No --instances or --threads: the CPU's cores shared among auto_instances' sessions.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let auto = match vit::serve::auto_instances(cores) {
+        (1, _) => "1 session(s) on cpu, ONNX Runtime's default threads each".to_string(),
+        (n, threads) => format!("{n} session(s) on cpu, {threads} thread(s) each"),
+    };
+    for (args, sessions) in [
+        (&[][..], auto),
+        (&["--threads", "1"][..], "1 session(s) on cpu, 1 thread(s) each".to_string()),
+        (&["--instances", "3"][..], "3 session(s) on cpu, ONNX Runtime's default threads each".to_string()),
+    ] {
+        let server = Server::start_cpu(&path, args);
+        let (code, v) = server.post_json("/v2/models/m/infer", &infer_body(&cfg, &data, 2));
+        assert_eq!(code, 200, "{v}");
+        assert_close(&logits_of(&v), &expected, 1e-5);
+        assert!(server.stderr().contains(&sessions), "{args:?}: expected `{sessions}` in:\n{}", server.stderr());
+    }
+}
+
+#[test]
 fn reload_swaps_a_good_file_and_keeps_the_old_model_for_a_broken_one() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small(3);

@@ -25,7 +25,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use super::model::{Loaded, ModelSlot};
 use super::oip;
-use super::queue::{Input, Job, Refused};
+use super::queue::{Input, Job, Refused, Ticket};
 use super::ServeOptions;
 use crate::infer::softmax;
 
@@ -46,17 +46,26 @@ impl AppState {
     }
 
     /// Queues `images` images on the model and awaits their logits.
-    async fn submit(&self, m: &Loaded, input: Input, images: usize) -> Result<Vec<f32>, ApiError> {
+    /// A place in the model's queue for a request about to be decoded, or the 503.
+    fn reserve(&self, m: &Loaded) -> Result<Ticket, ApiError> {
+        m.queue.reserve().map_err(|refused| self.refusal(refused))
+    }
+
+    fn refusal(&self, refused: Refused) -> ApiError {
+        match refused {
+            Refused::Full => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the model's queue is full ({} requests waiting or decoding): retry later", self.opts.queue),
+            ),
+            Refused::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping: retry later"),
+        }
+    }
+
+    async fn submit(&self, m: &Loaded, ticket: Ticket, input: Input, images: usize) -> Result<Vec<f32>, ApiError> {
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
         let job = Job { input, images, deadline: self.opts.timeout.map(|t| now + t), queued: now, reply };
-        m.queue.push(job).map_err(|refused| match refused {
-            Refused::Full => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the model's queue is full ({} requests waiting): retry later", self.opts.queue),
-            ),
-            Refused::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping: retry later"),
-        })?;
+        m.queue.push(ticket, job).map_err(|refused| self.refusal(refused))?;
         match rx.await {
             Ok(Ok(logits)) => Ok(logits),
             Ok(Err(e)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)),
@@ -152,12 +161,13 @@ async fn infer(
     }
     let bytes = read_body(body, s.opts.max_body, s.opts.body_timeout).await?;
     let m = slot.current();
+    let ticket = s.reserve(&m)?;
     let parsed = {
         let m = Arc::clone(&m);
         tokio::task::spawn_blocking(move || oip::parse_request(&m, &bytes)).await.map_err(internal)??
     };
     let (id, input, images) = parsed;
-    let logits = s.submit(&m, input, images).await?;
+    let logits = s.submit(&m, ticket, input, images).await?;
     Ok(Json(oip::response(slot, id, logits, images, m.labels.len())))
 }
 
@@ -184,11 +194,12 @@ async fn classify(
     let bytes = read_body(body, s.opts.max_body, s.opts.body_timeout).await?;
     let image = if multipart { first_file(Request::from_parts(parts, Body::from(bytes))).await? } else { bytes };
     let m = slot.current();
+    let ticket = s.reserve(&m)?;
     let pixels = {
         let m = Arc::clone(&m);
         tokio::task::spawn_blocking(move || decode_image(&m.prep, &image)).await.map_err(internal)??
     };
-    let logits = s.submit(&m, Input::U8Chw(pixels), 1).await?;
+    let logits = s.submit(&m, ticket, Input::U8Chw(pixels), 1).await?;
     if !logits.iter().all(|v| v.is_finite()) {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,7 +13,7 @@ use super::queue::{run_batcher, BatchPolicy, Queue};
 use super::repo::ModelEntry;
 use super::{ServeError, ServeOptions};
 use crate::format::InputKind;
-use crate::infer::Classifier;
+use crate::infer::{Classifier, ExecutionProvider};
 use crate::preprocess::Preprocessor;
 
 /// What handlers need to know about a loaded model; the sessions live in its batchers.
@@ -99,9 +99,26 @@ fn open_loaded(
 ) -> Result<Loaded, ServeError> {
     let model_error =
         |source| ServeError::Model { name: name.to_string(), path: path.to_path_buf(), source: Box::new(source) };
-    let mut sessions = Vec::with_capacity(opts.instances.max(1));
-    for _ in 0..opts.instances.max(1) {
-        sessions.push(Classifier::open(path, &opts.classifier).map_err(model_error)?);
+    let mut sessions = vec![Classifier::open(path, &opts.classifier).map_err(model_error)?];
+    let mut classifier = opts.classifier.clone();
+    let count = match opts.instances {
+        Some(n) => n.max(1),
+        // Auto on the CPU provider with threads left to us: several sessions
+        // sharing the cores (the first, opened with one thread per core, is
+        // opened again with its share).
+        None if sessions[0].provider() == ExecutionProvider::Cpu && classifier.intra_threads.is_none() => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let (n, threads) = super::auto_instances(cores);
+            if n > 1 {
+                classifier.intra_threads = Some(threads);
+                sessions.clear();
+            }
+            n
+        }
+        None => 1,
+    };
+    while sessions.len() < count {
+        sessions.push(Classifier::open(path, &classifier).map_err(model_error)?);
     }
     let first = &sessions[0];
     let queue = Arc::new(Queue::new(name, opts.queue, Arc::clone(metrics)));
@@ -113,12 +130,13 @@ fn open_loaded(
         queue: Arc::clone(&queue),
     };
     log::info!(
-        "model `{name}`: {} ({} classes, {} input, {} session(s) on {})",
+        "model `{name}`: {} ({} classes, {} input, {} session(s) on {}, {} each)",
         path.display(),
         loaded.labels.len(),
         loaded.input,
         sessions.len(),
-        first.provider()
+        first.provider(),
+        classifier.intra_threads.map_or("ONNX Runtime's default threads".to_string(), |n| format!("{n} thread(s)"))
     );
     let policy = BatchPolicy { max_batch: opts.max_batch, max_delay: opts.max_delay };
     for (i, clf) in sessions.into_iter().enumerate() {

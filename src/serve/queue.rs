@@ -3,7 +3,11 @@
 //! most `max_delay` for more (never, at 0), runs one ORT call and answers
 //! each request on its oneshot channel. Handlers never touch a session
 //! (`Session::run` takes `&mut self`): they push decoded pixels and await.
-//! A full queue refuses at once (the caller answers 503); requests whose
+//! A full queue refuses at once (the caller answers 503), and a request takes
+//! its place ([`Queue::reserve`]) before its image is decoded or its JSON
+//! parsed, so that under overload refusals cost no decoding (at twice the
+//! sustainable rate, decoding what was then refused left a third of the
+//! throughput; docs/serving.md); requests whose
 //! client has gone or whose deadline has passed are dropped before a batch
 //! runs, and counted.
 
@@ -56,7 +60,27 @@ pub enum Refused {
 #[derive(Debug, Default)]
 struct State {
     jobs: VecDeque<Job>,
+    /// Places held by requests still being decoded ([`Ticket`]s).
+    reserved: usize,
     closed: bool,
+}
+
+/// A place in a model's queue, held from before a request is decoded until
+/// it is queued ([`Queue::push`]) or dropped (the place is given back).
+#[derive(Debug)]
+pub struct Ticket {
+    queue: Arc<Queue>,
+    /// False once the place became a queued job's.
+    held: bool,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.held {
+            let mut state = self.queue.lock();
+            state.reserved = state.reserved.saturating_sub(1);
+        }
+    }
 }
 
 /// The bounded queue of one model, shared by its batchers.
@@ -79,15 +103,30 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a job, or refuses it at once.
-    pub fn push(&self, job: Job) -> Result<(), Refused> {
+    /// Holds a place for a request about to be decoded, or refuses it at once:
+    /// queued jobs and held places together stay within the capacity.
+    pub fn reserve(self: &Arc<Self>) -> Result<Ticket, Refused> {
         let mut state = self.lock();
         if state.closed {
             return Err(Refused::Closed);
         }
-        if state.jobs.len() >= self.capacity {
+        if state.jobs.len() + state.reserved >= self.capacity {
             return Err(Refused::Full);
         }
+        state.reserved += 1;
+        Ok(Ticket { queue: Arc::clone(self), held: true })
+    }
+
+    /// Queues a job in the place its ticket held (refused only once closed).
+    pub fn push(&self, mut ticket: Ticket, job: Job) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.closed {
+            drop(state); // the ticket gives its place back as it drops, after the lock
+            return Err(Refused::Closed);
+        }
+        // The ticket's place becomes the job's.
+        state.reserved = state.reserved.saturating_sub(1);
+        ticket.held = false;
         state.jobs.push_back(job);
         self.metrics.queue_depth(&self.model, state.jobs.len());
         drop(state);
@@ -235,17 +274,22 @@ mod tests {
         (Job { input: Input::U8Chw(vec![]), images, deadline: None, queued: Instant::now(), reply: tx }, rx)
     }
 
+    /// Reserves a place and queues the job in it.
+    fn put(q: &Arc<Queue>, j: Job) -> Result<(), Refused> {
+        q.push(q.reserve()?, j)
+    }
+
     #[test]
     fn batches_fill_to_the_limit_and_a_full_queue_refuses() {
-        let q = Queue::new("m", 3, Arc::new(Metrics::default()));
+        let q = Arc::new(Queue::new("m", 3, Arc::new(Metrics::default())));
         let mut rxs = Vec::new();
         for n in [2, 1, 4] {
             let (j, rx) = job(n);
-            q.push(j).unwrap();
+            put(&q, j).unwrap();
             rxs.push(rx);
         }
         let (j, _rx) = job(1);
-        assert_eq!(q.push(j).unwrap_err(), Refused::Full);
+        assert_eq!(put(&q, j).unwrap_err(), Refused::Full);
         let first = q.next_batch(3, Duration::ZERO).unwrap();
         assert_eq!(first.iter().map(|j| j.images).collect::<Vec<_>>(), [2, 1]);
         // Larger than max_batch: runs alone.
@@ -254,7 +298,28 @@ mod tests {
         q.close();
         assert!(q.next_batch(3, Duration::ZERO).is_none());
         let (j, _rx) = job(1);
-        assert_eq!(q.push(j).unwrap_err(), Refused::Closed);
+        assert_eq!(put(&q, j).unwrap_err(), Refused::Closed);
+    }
+
+    #[test]
+    fn places_held_while_decoding_count_against_the_capacity_and_come_back_when_dropped() {
+        let q = Arc::new(Queue::new("m", 2, Arc::new(Metrics::default())));
+        let a = q.reserve().unwrap();
+        let b = q.reserve().unwrap();
+        // Two requests decoding fill a queue of 2: the third is refused before decoding.
+        assert_eq!(q.reserve().unwrap_err(), Refused::Full);
+        drop(b); // e.g. its image did not decode
+        let c = q.reserve().unwrap();
+        let (j, _rx) = job(1);
+        q.push(a, j).unwrap();
+        assert_eq!(q.reserve().unwrap_err(), Refused::Full, "one queued and one held");
+        drop(c);
+        let d = q.reserve().unwrap();
+        q.close();
+        let (j, _rx) = job(1);
+        assert_eq!(q.push(d, j).unwrap_err(), Refused::Closed);
+        assert_eq!(q.lock().reserved, 0, "a refused push gives its place back");
+        assert_eq!(q.lock().jobs.len(), 1);
     }
 
     #[test]
@@ -262,14 +327,14 @@ mod tests {
         let q = Arc::new(Queue::new("m", 8, Arc::new(Metrics::default())));
         let (gone, rx) = job(1);
         drop(rx);
-        q.push(gone).unwrap();
+        put(&q, gone).unwrap();
         let (j, _rx1) = job(1);
-        q.push(j).unwrap();
+        put(&q, j).unwrap();
         let q2 = Arc::clone(&q);
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             let (j, rx) = job(1);
-            q2.push(j).unwrap();
+            put(&q2, j).unwrap();
             rx
         });
         let batch = q.next_batch(2, Duration::from_secs(5)).unwrap();

@@ -21,12 +21,20 @@ pub struct Server {
 
 impl Server {
     /// Starts `vit-serve MODEL --port 0 --ep cpu ARGS` and waits (at most 60 s) for its address line.
+    /// vit-serve on a free port, CPU provider, one thread per session, plus `args`.
     pub fn start(model: &Path, args: &[&str]) -> Server {
+        let mut all = vec!["--threads", "1"];
+        all.extend_from_slice(args);
+        Self::start_cpu(model, &all)
+    }
+
+    /// vit-serve on a free port, CPU provider, with only `args` beside.
+    pub fn start_cpu(model: &Path, args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stderr.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_vit-serve"))
             .arg(model)
-            .args(["--port", "0", "--ep", "cpu", "--threads", "1"])
+            .args(["--port", "0", "--ep", "cpu"])
             .args(args)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())

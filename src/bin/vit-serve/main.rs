@@ -54,9 +54,9 @@ struct Cli {
     /// Longest a batch waits to fill, in microseconds; 0 never waits.
     #[arg(long, default_value_t = 0)]
     max_delay_us: u64,
-    /// ONNX Runtime sessions per model, each with its own batcher.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    instances: u64,
+    /// ONNX Runtime sessions per model, each with its own batcher (default: on the CPU with --threads unset, two sessions sharing the cores, the most throughput under load; one on CUDA or with --threads).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    instances: Option<u64>,
     /// Largest request body (B, KiB, MiB, GiB suffixes); larger bodies get 413.
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     max_body: usize,
@@ -69,7 +69,7 @@ struct Cli {
     /// Longest wait for a client's headers, or between parts of its body, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     read_timeout_ms: u64,
-    /// Threads inside each operator per session (default: ONNX Runtime's, one per core).
+    /// Threads inside each operator per session (default: the cores shared among the sessions; with --instances, ONNX Runtime's one per core).
     #[arg(long)]
     threads: Option<usize>,
     /// Execution provider: auto (CUDA when it starts, else CPU), cpu, or cuda (an error when unavailable).
@@ -118,7 +118,7 @@ impl Cli {
             },
             max_batch: self.max_batch as usize,
             max_delay: Duration::from_micros(self.max_delay_us),
-            instances: self.instances as usize,
+            instances: self.instances.map(|n| n as usize),
             max_body: self.max_body,
             queue: self.queue as usize,
             timeout: self.timeout_ms.map(Duration::from_millis),
