@@ -13,8 +13,10 @@ source scripts/env.sh
 MODEL="${1:-runs/demo/model.onnx}"
 [ -f "$MODEL" ] || { echo "bench-infer: $MODEL not found (run scripts/demo.sh first, or pass a model)" >&2; exit 1; }
 cargo build -q -p vit --features cli --bin vit-infer
-cargo build -q -p vit-train --example infer_latency
+# tract is at -O0 in dev builds (Cargo.toml): time it in the `measure` profile.
+cargo build -q -p vit-train --profile measure --example infer_latency
 BIN="$CARGO_TARGET_DIR/debug"
+LATENCY="$CARGO_TARGET_DIR/measure/examples/infer_latency"
 IMAGE="${2:-}"
 if [ -z "$IMAGE" ]; then
   IMAGE=$(ls runs/demo/samples/*.png 2>/dev/null | head -n 1 || true)
@@ -31,7 +33,7 @@ done
 printf '%s\n' "${all[@]}" | sort -n | awk '{v[NR]=$1} END {printf "process wall time: min %.3f s, median %.3f s, max %.3f s\n", v[1], v[int((NR+1)/2)], v[NR]}'
 
 echo "== latency and throughput, ort vs tract"
-"$BIN/examples/infer_latency" --model "$MODEL"
+"$LATENCY" --model "$MODEL"
 
 echo "== binary size"
 tmp=$(mktemp); cp "$BIN/vit-infer" "$tmp"; strip "$tmp"
