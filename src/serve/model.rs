@@ -13,7 +13,7 @@ use super::queue::{run_batcher, BatchPolicy, Queue};
 use super::repo::ModelEntry;
 use super::{ServeError, ServeOptions};
 use crate::format::InputKind;
-use crate::infer::{Classifier, ExecutionProvider};
+use crate::infer::{Classifier, ExecutionProvider, Provider};
 use crate::preprocess::Preprocessor;
 
 /// What handlers need to know about a loaded model; the sessions live in its batchers.
@@ -99,21 +99,32 @@ fn open_loaded(
 ) -> Result<Loaded, ServeError> {
     let model_error =
         |source| ServeError::Model { name: name.to_string(), path: path.to_path_buf(), source: Box::new(source) };
-    let mut sessions = vec![Classifier::open(path, &opts.classifier).map_err(model_error)?];
+    // Auto (neither --instances nor --threads): on the CPU provider,
+    // auto_instances' sessions sharing the cores.
+    let auto = opts.instances.is_none() && opts.classifier.intra_threads.is_none();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (auto_count, share) = super::auto_instances(cores);
     let mut classifier = opts.classifier.clone();
+    if auto && auto_count > 1 && classifier.provider == Provider::Cpu {
+        classifier.intra_threads = Some(share);
+    }
+    let first = Classifier::open(path, &classifier).map_err(model_error)?;
+    let on_cpu = first.provider() == ExecutionProvider::Cpu;
+    if on_cpu {
+        // The other sessions go where the first went: CUDA is not probed again.
+        classifier.provider = Provider::Cpu;
+    }
+    let mut sessions = vec![first];
     let count = match opts.instances {
         Some(n) => n.max(1),
-        // Auto on the CPU provider with threads left to us: several sessions
-        // sharing the cores (the first, opened with one thread per core, is
-        // opened again with its share).
-        None if sessions[0].provider() == ExecutionProvider::Cpu && classifier.intra_threads.is_none() => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let (n, threads) = super::auto_instances(cores);
-            if n > 1 {
-                classifier.intra_threads = Some(threads);
+        None if auto && on_cpu => {
+            if auto_count > 1 && classifier.intra_threads.is_none() {
+                // `auto` fell back to the CPU: the first, opened with one
+                // thread per core, is opened again with its share.
+                classifier.intra_threads = Some(share);
                 sessions.clear();
             }
-            n
+            auto_count
         }
         None => 1,
     };

@@ -20,15 +20,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `vit-serve MODEL --port 0 --ep cpu ARGS` and waits (at most 60 s) for its address line.
-    /// vit-serve on a free port, CPU provider, one thread per session, plus `args`.
+    /// [`Server::start_cpu`] with one thread per session: `--threads 1 ARGS`.
     pub fn start(model: &Path, args: &[&str]) -> Server {
         let mut all = vec!["--threads", "1"];
         all.extend_from_slice(args);
         Self::start_cpu(model, &all)
     }
 
-    /// vit-serve on a free port, CPU provider, with only `args` beside.
+    /// Starts `vit-serve MODEL --port 0 --ep cpu ARGS` and waits (at most 60 s) for its address line.
     pub fn start_cpu(model: &Path, args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stderr.log");
